@@ -1,0 +1,1095 @@
+"""The Peewee Store: SQLite, PostgreSQL and MySQL/MariaDB through ``playhouse.db_url``.
+
+Every decision a race depends on is taken by the database, so it holds across threads and across
+processes: unique constraints (claims, status events, sender addresses, template titles),
+compare-and-set updates whose row count says who won (session versions, message statuses, opt-out
+state) and atomic upserts (metrics, number blocks). No Python lock is involved.
+
+Each store owns its Database object and its own model classes bound to it, so stores on different
+URLs coexist in one process. Connections are per thread (Peewee's default): ``connect()`` and
+``close()`` open and close the calling thread's connection, and a method called without
+``connect()`` opens one on first use.
+
+Times are stored as naive UTC with microseconds and come back as aware UTC datetimes; the JSON-ish
+fields (settings, data, entities, metadata, env_phone_numbers) are stored as JSON text, so their
+values must be JSON-serialisable and come back as JSON values (tuples become lists).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from collections.abc import Callable
+from datetime import date, datetime
+from types import SimpleNamespace
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import peewee as pw
+from playhouse.db_url import connect as connect_url
+
+from flask_polysms.clock import as_utc, utcnow
+from flask_polysms.records import (
+    CLOSED,
+    OUTBOUND,
+    QUEUED,
+    SENDING,
+    Account,
+    ApiKey,
+    Connector,
+    Message,
+    OptOutEvent,
+    Project,
+    Sender,
+    Session,
+    StatusEvent,
+    Template,
+    new_id,
+)
+from flask_polysms.store import (
+    Conflict,
+    NotFound,
+    StaleVersion,
+    Store,
+    decode_cursor,
+    encode_cursor,
+)
+
+T = TypeVar("T")
+
+DEFAULT_TABLE_PREFIX = "polysms_"
+# Index names are the prefix plus up to 22 characters; PostgreSQL cuts identifiers at 63.
+_PREFIX_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,39}$")
+# A deadlock (MySQL/MariaDB 1213, PostgreSQL 40P01) or a serialization failure (40001) rolls the
+# whole transaction back: running it again is correct, and these retries are rare.
+_RETRIES = 5
+_RETRYABLE_MYSQL_CODES = frozenset({1213})
+_RETRYABLE_PG_CODES = frozenset({"40P01", "40001"})
+
+# Record attribute -> column, where the attribute's name is not a good column name.
+_COLUMN_FOR = {"from_": "from_number"}
+
+
+def _column(attribute: str) -> str:
+    return _COLUMN_FOR.get(attribute, attribute)
+
+
+# -- fields ---------------------------------------------------------------------------------------
+def _on_sqlite(field: pw.Field) -> bool:
+    return isinstance(field.model._meta.database, pw.SqliteDatabase)
+
+
+class UTCDateTimeField(pw.DateTimeField):
+    """Aware datetimes in (naive ones are taken as UTC), aware UTC datetimes out.
+
+    Stored as naive UTC with microseconds everywhere: ``DATETIME(6)`` on MySQL (plain ``DATETIME``
+    keeps whole seconds), ``TIMESTAMP`` on PostgreSQL, fixed-width text on SQLite, where datetimes
+    compare as text and so must all be written one way.
+    """
+
+    def get_modifiers(self) -> list[int] | None:
+        if isinstance(self.model._meta.database, pw.MySQLDatabase):
+            return [6]
+        return None
+
+    def db_value(self, value: Any) -> Any:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = self.adapt(value)
+        naive = as_utc(value).replace(tzinfo=None)
+        if _on_sqlite(self):
+            return naive.strftime("%Y-%m-%d %H:%M:%S.%f")
+        return naive
+
+    def python_value(self, value: Any) -> datetime | None:
+        value = super().python_value(value)
+        return None if value is None else as_utc(value)
+
+
+class DayField(pw.DateField):
+    """A calendar day (``DATE``; ISO text on SQLite, which has no date type)."""
+
+    def db_value(self, value: Any) -> Any:
+        if value is None:
+            return None
+        if isinstance(value, datetime):
+            value = value.date()
+        if _on_sqlite(self) and isinstance(value, date):
+            return value.isoformat()
+        return value
+
+
+class JSONTextField(pw.TextField):
+    """A JSON value stored as text, which reads the same on SQLite, PostgreSQL and MySQL."""
+
+    def db_value(self, value: Any) -> str | None:
+        if value is None:
+            return None
+        return json.dumps(value, separators=(",", ":"))
+
+    def python_value(self, value: Any) -> Any:
+        if value is None:
+            return None
+        return json.loads(value)
+
+
+class MediumJSONTextField(JSONTextField):
+    """JSON text on MySQL, where ``TEXT`` stops at 64 KB (a long session's metadata grows)."""
+
+    field_type = "MEDIUMTEXT"
+
+
+# -- models ---------------------------------------------------------------------------------------
+def _build_models(database: pw.Database, prefix: str) -> SimpleNamespace:
+    """Model classes bound to ``database`` only, tables named ``<prefix><name>``.
+
+    Built per store, so two stores (two URLs, or two prefixes) never share a binding.
+    """
+    is_mysql = isinstance(database, pw.MySQLDatabase)
+    # PostgreSQL orders text by the database's locale unless told otherwise: "C" orders by code
+    # point, as Python and the memory store do. MySQL gets a binary collation per table instead.
+    collation = '"C"' if isinstance(database, pw.PostgresqlDatabase) else None
+    json_field = MediumJSONTextField if is_mysql else JSONTextField
+
+    def key(length: int = 100, **kwargs: Any) -> pw.CharField:
+        # Bounded strings for what is indexed (MySQL cannot index TEXT).
+        return pw.CharField(max_length=length, collation=collation, **kwargs)
+
+    def opt_key(length: int = 100) -> pw.CharField:
+        return key(length, null=True)
+
+    class Base(pw.Model):
+        class Meta:
+            database = None
+            legacy_table_names = False
+
+    Base._meta.set_database(database)
+
+    class Account(Base):
+        id = key(primary_key=True)
+        name = pw.TextField()
+        created_at = UTCDateTimeField()
+
+        class Meta:
+            table_name = prefix + "account"
+
+    class ApiKey(Base):
+        id = key(primary_key=True)
+        account_id = key()
+        key_hash = key(255)
+        prefix = key(64)
+        created_at = UTCDateTimeField()
+        revoked_at = UTCDateTimeField(null=True)
+
+        class Meta:
+            table_name = prefix + "api_key"
+
+    class Project(Base):
+        id = key(primary_key=True)
+        account_id = key()
+        name = pw.TextField()
+        created_at = UTCDateTimeField()
+        twilio_account_sid = opt_key()
+        twilio_auth_token_encrypted = pw.TextField(null=True)
+        settings = json_field()
+
+        class Meta:
+            table_name = prefix + "project"
+
+    class Sender(Base):
+        id = key(primary_key=True)
+        project_id = key()
+        environment = key(32)
+        address = key()
+        created_at = UTCDateTimeField()
+        kind = key(32)
+        country = opt_key(8)
+        number_type = opt_key(32)
+        registration = key(32)
+        campaign_id = opt_key()
+
+        class Meta:
+            table_name = prefix + "sender"
+
+    class Connector(Base):
+        id = key(primary_key=True)
+        project_id = key()
+        environment = key(32)
+        created_at = UTCDateTimeField()
+
+        class Meta:
+            table_name = prefix + "connector"
+
+    class Session(Base):
+        # The autoincrement position orders sessions newest first and carries the page cursor.
+        seq = pw.BigAutoField()
+        id = key(unique=True)
+        project_id = key()
+        environment = key(32)
+        user_number = key()
+        agent_number = key()
+        created_at = UTCDateTimeField()
+        last_activity_at = UTCDateTimeField()
+        state = key(32)
+        engaged = pw.BooleanField()
+        closed_at = UTCDateTimeField(null=True)
+        end_reason = opt_key(32)
+        deadline_at = UTCDateTimeField(null=True)
+        timer_kind = opt_key(32)
+        version = pw.IntegerField()
+        data = json_field()
+        entities = json_field()
+        metadata = json_field()
+        language = opt_key(32)
+
+        class Meta:
+            table_name = prefix + "session"
+
+    class Message(Base):
+        seq = pw.BigAutoField()  # recording order
+        id = key(unique=True)
+        project_id = key()
+        environment = key(32)
+        session_id = opt_key()
+        direction = key(16)
+        kind = key(32)
+        body = pw.TextField()
+        to = key()
+        from_number = opt_key()
+        created_at = UTCDateTimeField()
+        updated_at = UTCDateTimeField()
+        status = key(32)
+        messaging_service_sid = opt_key()
+        error_code = pw.IntegerField(null=True)
+        error_message = pw.TextField(null=True)
+        twilio_sid = opt_key()
+        segments = pw.IntegerField()
+        encoding = key(16)
+        attempts = pw.IntegerField()
+        max_attempts = pw.IntegerField()
+        template = pw.TextField(null=True)
+        drop_reason = opt_key(64)
+
+        class Meta:
+            table_name = prefix + "message"
+
+    class StatusEvent(Base):
+        seq = pw.BigAutoField()
+        twilio_sid = key()
+        status = key(32)
+        received_at = UTCDateTimeField()
+        error_code = pw.IntegerField(null=True)
+
+        class Meta:
+            table_name = prefix + "status_event"
+
+    class InboundClaim(Base):
+        message_sid = key(primary_key=True)  # the primary key is what makes a claim exclusive
+        claimed_at = UTCDateTimeField()
+
+        class Meta:
+            table_name = prefix + "inbound_claim"
+
+    class Template(Base):
+        id = key(primary_key=True)
+        project_id = key()
+        title = key(255)
+        body = pw.TextField()
+        env_phone_numbers = json_field()
+        created_at = UTCDateTimeField()
+        updated_at = UTCDateTimeField()
+
+        class Meta:
+            table_name = prefix + "template"
+
+    class OptOut(Base):
+        # One row per (recipient, sender): its conditional update decides every change.
+        seq = pw.BigAutoField()
+        recipient = key()
+        sender = key()
+        project_id = key()
+        opted_out = pw.BooleanField()
+        updated_at = UTCDateTimeField()
+
+        class Meta:
+            table_name = prefix + "opt_out"
+
+    class OptOutEvent(Base):
+        seq = pw.BigAutoField()
+        project_id = key()
+        recipient = key()
+        sender = key()
+        action = key(16)
+        keyword = opt_key(64)
+        at = UTCDateTimeField()
+
+        class Meta:
+            table_name = prefix + "opt_out_event"
+
+    class Metric(Base):
+        seq = pw.BigAutoField()
+        project_id = key()
+        environment = key(32)
+        day = DayField()
+        name = key(64)
+        value = pw.BigIntegerField()
+
+        class Meta:
+            table_name = prefix + "metric"
+
+    class NumberBlock(Base):
+        seq = pw.BigAutoField()
+        project_id = key()
+        number = key()
+        blocked_until = UTCDateTimeField()
+        reason = pw.TextField()
+
+        class Meta:
+            table_name = prefix + "number_block"
+
+    def index(model: type[pw.Model], name: str, *fields: pw.Field, unique: bool = False) -> None:
+        model.add_index(*fields, unique=unique, name=prefix + name)
+
+    # One index per lookup the Store makes; the unique ones are also the race arbiters.
+    index(ApiKey, "api_key_hash", ApiKey.key_hash)
+    index(Project, "project_account", Project.account_id)
+    index(Sender, "sender_address", Sender.address, unique=True)
+    index(Sender, "sender_project", Sender.project_id, Sender.environment, Sender.created_at)
+    index(Connector, "connector_project", Connector.project_id)
+    index(
+        Session,
+        "session_open",
+        Session.project_id,
+        Session.user_number,
+        Session.agent_number,
+        Session.state,
+    )
+    index(Session, "session_due", Session.state, Session.deadline_at)
+    index(Session, "session_list", Session.project_id, Session.seq)
+    index(
+        Session,
+        "session_user",
+        Session.project_id,
+        Session.environment,
+        Session.user_number,
+    )
+    index(Message, "message_sid", Message.twilio_sid)
+    index(Message, "message_session", Message.session_id, Message.seq)
+    index(Message, "message_stuck", Message.status, Message.updated_at)
+    index(StatusEvent, "status_event_pair", StatusEvent.twilio_sid, StatusEvent.status, unique=True)
+    index(Template, "template_title", Template.project_id, Template.title, unique=True)
+    index(OptOut, "opt_out_pair", OptOut.recipient, OptOut.sender, unique=True)
+    index(
+        OptOutEvent,
+        "opt_out_event_pair",
+        OptOutEvent.project_id,
+        OptOutEvent.recipient,
+        OptOutEvent.sender,
+    )
+    index(
+        Metric,
+        "metric_day",
+        Metric.project_id,
+        Metric.environment,
+        Metric.day,
+        Metric.name,
+        unique=True,
+    )
+    index(NumberBlock, "number_block_pair", NumberBlock.project_id, NumberBlock.number, unique=True)
+
+    return SimpleNamespace(
+        Account=Account,
+        ApiKey=ApiKey,
+        Project=Project,
+        Sender=Sender,
+        Connector=Connector,
+        Session=Session,
+        Message=Message,
+        StatusEvent=StatusEvent,
+        InboundClaim=InboundClaim,
+        Template=Template,
+        OptOut=OptOut,
+        OptOutEvent=OptOutEvent,
+        Metric=Metric,
+        NumberBlock=NumberBlock,
+        all=[
+            Account,
+            ApiKey,
+            Project,
+            Sender,
+            Connector,
+            Session,
+            Message,
+            StatusEvent,
+            InboundClaim,
+            Template,
+            OptOut,
+            OptOutEvent,
+            Metric,
+            NumberBlock,
+        ],
+    )
+
+
+def _open_database(url: str, sqlite_busy_timeout_ms: int) -> pw.Database:
+    """A Peewee Database for ``url`` (not connected yet)."""
+    scheme = urlsplit(url).scheme
+    params: dict[str, Any] = {}
+    if scheme.startswith("sqlite"):
+        path = urlsplit(url).path[1:]
+        if path in ("", ":memory:"):
+            # Each thread has its own connection, and an in-memory database per connection.
+            raise ValueError(
+                f"{url!r} is an in-memory SQLite database, private to one connection: use a file "
+                "(sqlite:///polysms.db) or the memory:// store"
+            )
+        params["pragmas"] = {
+            # WAL lets readers run beside the one writer; busy_timeout makes writers queue.
+            "journal_mode": "wal",
+            "busy_timeout": sqlite_busy_timeout_ms,
+            "synchronous": "normal",
+        }
+        params["timeout"] = sqlite_busy_timeout_ms / 1000
+    elif scheme in ("mysql", "mysql+pool"):
+        from pymysql.constants import CLIENT
+
+        # Row counts must say "matched", not "changed": a compare-and-set that writes the values
+        # already stored still won, and PostgreSQL and SQLite count it so.
+        params["client_flag"] = CLIENT.FOUND_ROWS
+    return connect_url(url, **params)
+
+
+def _is_retryable(exc: pw.OperationalError) -> bool:
+    original = exc.args[0] if exc.args else None
+    if getattr(original, "pgcode", None) in _RETRYABLE_PG_CODES:
+        return True
+    codes = getattr(original, "args", ())
+    return bool(codes) and codes[0] in _RETRYABLE_MYSQL_CODES
+
+
+def _record(cls: type[T], row: dict[str, Any]) -> T:
+    return cls(**{f.name: row[_column(f.name)] for f in dataclasses.fields(cls)})
+
+
+def _values(record: Any) -> dict[str, Any]:
+    return {_column(f.name): getattr(record, f.name) for f in dataclasses.fields(record)}
+
+
+class PeeweeStore(Store):
+    """The Store on SQLite, PostgreSQL or MySQL/MariaDB, chosen by the URL's scheme.
+
+    Options: ``table_prefix`` (default ``"polysms_"``; letters, digits and ``_``) names the tables,
+    ``sqlite_busy_timeout_ms`` (default 10 000) is how long a SQLite writer waits for the lock.
+    Other options are ignored, as by every backend.
+    """
+
+    schemes = ("sqlite", "postgresql", "postgres", "mysql")
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        table_prefix: str = DEFAULT_TABLE_PREFIX,
+        sqlite_busy_timeout_ms: int = 10_000,
+        **options: Any,
+    ) -> None:
+        super().__init__(url)
+        if not _PREFIX_PATTERN.match(table_prefix):
+            raise ValueError(f"table_prefix {table_prefix!r}: letters, digits, _ (up to 40)")
+        self.table_prefix = table_prefix
+        self._db = _open_database(url, sqlite_busy_timeout_ms)
+        self._is_sqlite = isinstance(self._db, pw.SqliteDatabase)
+        self._is_mysql = isinstance(self._db, pw.MySQLDatabase)
+        self._m = _build_models(self._db, table_prefix)
+
+    def __repr__(self) -> str:
+        parts = urlsplit(self.url)
+        netloc = parts.netloc
+        if parts.password:
+            netloc = netloc.replace(":" + parts.password + "@", ":***@", 1)
+        return f"<PeeweeStore {urlunsplit(parts._replace(netloc=netloc))}>"
+
+    @property
+    def database(self) -> pw.Database:
+        """The Peewee Database this store owns (for diagnostics and tests)."""
+        return self._db
+
+    # -- life cycle -------------------------------------------------------------------------------
+    def create_schema(self) -> None:
+        """Create the tables and their indexes when missing (idempotent)."""
+        if self._is_mysql:
+            charset = f"DEFAULT CHARSET=utf8mb4 COLLATE={self._mysql_binary_collation()}"
+            for model in self._m.all:
+                model._meta.table_settings = [charset]
+        self._db.create_tables(self._m.all, safe=True)
+
+    def drop_schema(self) -> None:
+        """Drop every table of this store (tests only)."""
+        self._db.drop_tables(self._m.all, safe=True)
+
+    def connect(self) -> None:
+        """Open this thread's connection (no-op when open)."""
+        self._db.connect(reuse_if_open=True)
+
+    def close(self) -> None:
+        """Close this thread's connection if open."""
+        if not self._db.is_closed():
+            self._db.close()
+
+    def _mysql_binary_collation(self) -> str:
+        # The servers' default collations ignore case ("Hello" = "hello") and NO PAD-less ones
+        # ignore trailing spaces; a binary NO PAD collation compares as Python does.
+        for name in ("utf8mb4_nopad_bin", "utf8mb4_0900_bin"):
+            found = self._db.execute_sql("SHOW COLLATION WHERE Collation = %s", (name,))
+            if found.fetchone():
+                return name
+        return "utf8mb4_bin"
+
+    # -- plumbing ---------------------------------------------------------------------------------
+    def _transaction(self) -> Any:
+        # On SQLite take the write lock at BEGIN: a transaction that read first and then has to
+        # upgrade its lock fails at once with "database is locked" instead of waiting.
+        if self._is_sqlite:
+            return self._db.atomic("IMMEDIATE")
+        return self._db.atomic()
+
+    def _atomically(self, work: Callable[[], T]) -> T:
+        """Run ``work`` in one transaction, again when the database chose it as a deadlock victim."""
+        for attempt in range(1, _RETRIES + 1):
+            try:
+                with self._transaction():
+                    return work()
+            except pw.OperationalError as exc:
+                # Inside a caller's transaction the whole of it was rolled back: not ours to redo.
+                if attempt == _RETRIES or self._db.in_transaction() or not _is_retryable(exc):
+                    raise
+        raise AssertionError("unreachable")
+
+    def _insert(self, model: type[pw.Model], values: dict[str, Any]) -> None:
+        """Insert a row; IntegrityError (a unique value taken) leaves nothing behind."""
+        self._atomically(lambda: model.insert(values).execute())
+
+    def _first(self, query: pw.ModelSelect) -> dict[str, Any] | None:
+        rows = list(query.limit(1).dicts())
+        return rows[0] if rows else None
+
+    def _roundtrip(self, model: type[pw.Model], cls: type[T], record: T) -> T:
+        """``record`` as reading it back would give it (aware UTC times, JSON values)."""
+        fields = model._meta.fields
+        row = {}
+        for name, value in _values(record).items():
+            field = fields[name]
+            row[name] = field.python_value(field.db_value(value))
+        return _record(cls, row)
+
+    def _changes(
+        self,
+        model: type[pw.Model],
+        cls: type,
+        fields: dict[str, Any],
+        frozen: tuple[str, ...] = ("id",),
+    ) -> dict[pw.Field, Any]:
+        allowed = {f.name for f in dataclasses.fields(cls)} - set(frozen)
+        unknown = sorted(set(fields) - allowed)
+        if unknown:
+            raise TypeError(f"{cls.__name__} has no settable field(s) {', '.join(unknown)}")
+        return {getattr(model, _column(name)): value for name, value in fields.items()}
+
+    def _conflict_target(self, *fields: pw.Field) -> dict[str, Any]:
+        # MySQL's ON DUPLICATE KEY UPDATE names no target: any unique key that clashes counts.
+        return {} if self._is_mysql else {"conflict_target": list(fields)}
+
+    # -- accounts, keys, projects -----------------------------------------------------------------
+    def create_account(self, name: str) -> Account:
+        account = Account(id=new_id("acc_"), name=name, created_at=utcnow())
+        self._insert(self._m.Account, _values(account))
+        return self._roundtrip(self._m.Account, Account, account)
+
+    def get_account(self, account_id: str) -> Account | None:
+        A = self._m.Account
+        row = self._first(A.select().where(A.id == account_id))
+        return _record(Account, row) if row else None
+
+    def _require(self, model: type[pw.Model], record_id: str, what: str) -> None:
+        if not model.select(model.id).where(model.id == record_id).exists():
+            raise NotFound(f"no {what} {record_id}")
+
+    def add_api_key(self, account_id: str, key_hash: str, prefix: str) -> ApiKey:
+        self._require(self._m.Account, account_id, "account")
+        key = ApiKey(
+            id=new_id("key_"),
+            account_id=account_id,
+            key_hash=key_hash,
+            prefix=prefix,
+            created_at=utcnow(),
+        )
+        self._insert(self._m.ApiKey, _values(key))
+        return self._roundtrip(self._m.ApiKey, ApiKey, key)
+
+    def get_api_key_by_hash(self, key_hash: str) -> ApiKey | None:
+        K = self._m.ApiKey
+        row = self._first(K.select().where(K.key_hash == key_hash).order_by(K.created_at, K.id))
+        return _record(ApiKey, row) if row else None
+
+    def get_api_key(self, key_id: str) -> ApiKey | None:
+        K = self._m.ApiKey
+        row = self._first(K.select().where(K.id == key_id))
+        return _record(ApiKey, row) if row else None
+
+    def revoke_api_key(self, key_id: str, at: datetime) -> bool:
+        K = self._m.ApiKey
+        # Conditional update: of two revocations, exactly one sees the key still live.
+        query = K.update(revoked_at=at).where((K.id == key_id) & K.revoked_at.is_null())
+        return self._atomically(query.execute) == 1
+
+    def create_project(self, account_id: str, name: str) -> Project:
+        self._require(self._m.Account, account_id, "account")
+        project = Project(id=new_id("prj_"), account_id=account_id, name=name, created_at=utcnow())
+        self._insert(self._m.Project, _values(project))
+        return self._roundtrip(self._m.Project, Project, project)
+
+    def get_project(self, project_id: str) -> Project | None:
+        P = self._m.Project
+        row = self._first(P.select().where(P.id == project_id))
+        return _record(Project, row) if row else None
+
+    def update_project(self, project_id: str, **fields: Any) -> Project:
+        P = self._m.Project
+        changes = self._changes(P, Project, fields)
+
+        def work() -> dict[str, Any] | None:
+            if changes:
+                P.update(changes).where(P.id == project_id).execute()
+            return self._first(P.select().where(P.id == project_id))
+
+        row = self._atomically(work)
+        if row is None:
+            raise NotFound(f"no project {project_id}")
+        return _record(Project, row)
+
+    # -- senders and connectors -------------------------------------------------------------------
+    def add_sender(self, sender: Sender) -> Sender:
+        self._require(self._m.Project, sender.project_id, "project")
+        try:
+            self._insert(self._m.Sender, _values(sender))
+        except pw.IntegrityError as exc:
+            raise Conflict(f"sender {sender.address} is provisioned already") from exc
+        return self._roundtrip(self._m.Sender, Sender, sender)
+
+    def get_sender(self, address: str) -> Sender | None:
+        S = self._m.Sender
+        row = self._first(S.select().where(S.address == address))
+        return _record(Sender, row) if row else None
+
+    def list_senders(self, project_id: str, environment: str | None = None) -> list[Sender]:
+        S = self._m.Sender
+        query = S.select().where(S.project_id == project_id)
+        if environment is not None:
+            query = query.where(S.environment == environment)
+        return [_record(Sender, row) for row in query.order_by(S.created_at, S.address).dicts()]
+
+    def update_sender(self, address: str, **fields: Any) -> Sender:
+        S = self._m.Sender
+        changes = self._changes(S, Sender, fields)
+        new_address = fields.get("address", address)
+
+        def work() -> dict[str, Any] | None:
+            if changes and not S.update(changes).where(S.address == address).execute():
+                return None
+            return self._first(S.select().where(S.address == new_address))
+
+        try:
+            row = self._atomically(work)
+        except pw.IntegrityError as exc:
+            raise Conflict(f"sender {new_address} is provisioned already") from exc
+        if row is None:
+            raise NotFound(f"no sender {address}")
+        return _record(Sender, row)
+
+    def create_connector(self, project_id: str, environment: str) -> Connector:
+        self._require(self._m.Project, project_id, "project")
+        connector = Connector(
+            id=new_id("con_"), project_id=project_id, environment=environment, created_at=utcnow()
+        )
+        self._insert(self._m.Connector, _values(connector))
+        return self._roundtrip(self._m.Connector, Connector, connector)
+
+    def get_connector(self, connector_id: str) -> Connector | None:
+        C = self._m.Connector
+        row = self._first(C.select().where(C.id == connector_id))
+        return _record(Connector, row) if row else None
+
+    # -- sessions ---------------------------------------------------------------------------------
+    def create_session(self, session: Session) -> Session:
+        """Record a new session. Raises Conflict when its id is taken."""
+        try:
+            self._insert(self._m.Session, _values(session))
+        except pw.IntegrityError as exc:
+            raise Conflict(f"session {session.id} exists") from exc
+        return self._roundtrip(self._m.Session, Session, session)
+
+    def get_session(self, session_id: str) -> Session | None:
+        S = self._m.Session
+        row = self._first(S.select().where(S.id == session_id))
+        return _record(Session, row) if row else None
+
+    def find_open_session(
+        self, project_id: str, user_number: str, agent_number: str
+    ) -> Session | None:
+        S = self._m.Session
+        query = (
+            S.select()
+            .where(
+                (S.project_id == project_id)
+                & (S.user_number == user_number)
+                & (S.agent_number == agent_number)
+                & (S.state != CLOSED)
+            )
+            .order_by(S.seq.desc())
+        )
+        row = self._first(query)
+        return _record(Session, row) if row else None
+
+    def update_session(self, session_id: str, expected_version: int, **fields: Any) -> Session:
+        S = self._m.Session
+        changes = self._changes(S, Session, fields)
+        # As in the memory store, the stored version after the update is one more than before (or
+        # than the version the caller set).
+        changes[S.version] = fields["version"] + 1 if "version" in fields else S.version + 1
+
+        def work() -> dict[str, Any]:
+            # Compare-and-set: the row count says whether our expected version was still current.
+            won = (
+                S.update(changes)
+                .where((S.id == session_id) & (S.version == expected_version))
+                .execute()
+            )
+            row = self._first(S.select().where(S.id == session_id))
+            if row is None:
+                raise NotFound(f"no session {session_id}")
+            if not won:
+                raise StaleVersion(f"session {session_id} is at version {row['version']}")
+            return row
+
+        return _record(Session, self._atomically(work))
+
+    def list_sessions(
+        self,
+        project_id: str,
+        *,
+        environment: str | None = None,
+        user_number: str | None = None,
+        state: str | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
+    ) -> tuple[list[Session], str | None]:
+        """A page of a project's sessions, newest first, and the cursor of the next page (None on
+        the last page). Raises ValueError for a malformed cursor or a limit below 1."""
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        after = decode_cursor(cursor)
+        S = self._m.Session
+        query = S.select().where(S.project_id == project_id)
+        if environment is not None:
+            query = query.where(S.environment == environment)
+        if user_number is not None:
+            query = query.where(S.user_number == user_number)
+        if state is not None:
+            query = query.where(S.state == state)
+        if after is not None:
+            query = query.where(S.seq < after)
+        # One row more than the page tells whether there is a next page.
+        rows = list(query.order_by(S.seq.desc()).limit(limit + 1).dicts())
+        page = rows[:limit]
+        next_cursor = encode_cursor(page[-1]["seq"]) if len(rows) > limit else None
+        return [_record(Session, row) for row in page], next_cursor
+
+    def due_sessions(self, now: datetime, limit: int = 500) -> list[Session]:
+        S = self._m.Session
+        query = (
+            S.select()
+            .where(
+                # "state != closed" written as two ranges, so the (state, deadline_at) index serves it.
+                ((S.state < CLOSED) | (S.state > CLOSED))
+                & S.deadline_at.is_null(False)
+                & (S.deadline_at <= now)
+            )
+            .order_by(S.deadline_at, S.seq)
+            .limit(limit)
+        )
+        return [_record(Session, row) for row in query.dicts()]
+
+    def last_agent_number(self, project_id: str, environment: str, user_number: str) -> str | None:
+        S = self._m.Session
+        query = (
+            S.select(S.agent_number)
+            .where(
+                (S.project_id == project_id)
+                & (S.environment == environment)
+                & (S.user_number == user_number)
+            )
+            .order_by(S.seq.desc())
+        )
+        row = self._first(query)
+        return row["agent_number"] if row else None
+
+    # -- messages ---------------------------------------------------------------------------------
+    def add_message(self, message: Message) -> Message:
+        """Record a message. Raises Conflict when its id is taken."""
+        try:
+            self._insert(self._m.Message, _values(message))
+        except pw.IntegrityError as exc:
+            raise Conflict(f"message {message.id} exists") from exc
+        return self._roundtrip(self._m.Message, Message, message)
+
+    def get_message(self, message_id: str) -> Message | None:
+        M = self._m.Message
+        row = self._first(M.select().where(M.id == message_id))
+        return _record(Message, row) if row else None
+
+    def get_message_by_sid(self, twilio_sid: str) -> Message | None:
+        M = self._m.Message
+        row = self._first(M.select().where(M.twilio_sid == twilio_sid).order_by(M.seq.desc()))
+        return _record(Message, row) if row else None
+
+    def list_messages(self, session_id: str) -> list[Message]:
+        M = self._m.Message
+        query = M.select().where(M.session_id == session_id).order_by(M.seq)
+        return [_record(Message, row) for row in query.dicts()]
+
+    def update_message(
+        self, message_id: str, expected_status: str | tuple[str, ...] | None = None, **fields: Any
+    ) -> Message | None:
+        M = self._m.Message
+        changes = self._changes(M, Message, fields)
+        condition = M.id == message_id
+        if expected_status is not None:
+            allowed = (expected_status,) if isinstance(expected_status, str) else expected_status
+            if not allowed:
+                return None
+            # The status check and the write are one statement: two jobs cannot both pass it.
+            condition &= M.status.in_(list(allowed))
+
+        def work() -> dict[str, Any] | None:
+            if not changes:
+                return self._first(M.select().where(condition))
+            if not M.update(changes).where(condition).execute():
+                return None
+            return self._first(M.select().where(M.id == message_id))
+
+        row = self._atomically(work)
+        return _record(Message, row) if row else None
+
+    def stuck_messages(self, older_than: datetime, limit: int = 500) -> list[Message]:
+        M = self._m.Message
+        query = (
+            M.select()
+            .where(
+                M.status.in_([QUEUED, SENDING])
+                & (M.updated_at < older_than)
+                & (M.direction == OUTBOUND)
+            )
+            .order_by(M.updated_at, M.seq)
+            .limit(limit)
+        )
+        return [_record(Message, row) for row in query.dicts()]
+
+    def add_status_event(self, event: StatusEvent) -> bool:
+        # The unique (twilio_sid, status) index decides which of two deliveries is the first.
+        try:
+            self._insert(self._m.StatusEvent, _values(event))
+        except pw.IntegrityError:
+            return False
+        return True
+
+    def list_status_events(self, twilio_sid: str) -> list[StatusEvent]:
+        E = self._m.StatusEvent
+        query = E.select().where(E.twilio_sid == twilio_sid).order_by(E.received_at, E.seq)
+        return [_record(StatusEvent, row) for row in query.dicts()]
+
+    def claim_inbound(self, message_sid: str, at: datetime) -> bool:
+        # The primary key on message_sid lets exactly one insert through, in any process.
+        try:
+            self._insert(self._m.InboundClaim, {"message_sid": message_sid, "claimed_at": at})
+        except pw.IntegrityError:
+            return False
+        return True
+
+    # -- templates --------------------------------------------------------------------------------
+    def create_template(self, template: Template) -> Template:
+        """Raises Conflict when the project has a template with this title (or the id is taken)."""
+        try:
+            self._insert(self._m.Template, _values(template))
+        except pw.IntegrityError as exc:
+            raise Conflict(f"a template titled {template.title!r} exists") from exc
+        return self._roundtrip(self._m.Template, Template, template)
+
+    def get_template(self, project_id: str, template_id: str) -> Template | None:
+        T_ = self._m.Template
+        row = self._first(
+            T_.select().where((T_.id == template_id) & (T_.project_id == project_id))
+        )
+        return _record(Template, row) if row else None
+
+    def get_template_by_title(self, project_id: str, title: str) -> Template | None:
+        T_ = self._m.Template
+        row = self._first(T_.select().where((T_.project_id == project_id) & (T_.title == title)))
+        return _record(Template, row) if row else None
+
+    def list_templates(self, project_id: str) -> list[Template]:
+        T_ = self._m.Template
+        query = T_.select().where(T_.project_id == project_id).order_by(T_.title)
+        return [_record(Template, row) for row in query.dicts()]
+
+    def update_template(self, project_id: str, template_id: str, **fields: Any) -> Template:
+        """Raises NotFound, or Conflict when a new title is taken. ``id`` and ``project_id`` are
+        not settable (TypeError): a template never moves to another project."""
+        T_ = self._m.Template
+        changes = self._changes(T_, Template, fields, frozen=("id", "project_id"))
+        mine = (T_.id == template_id) & (T_.project_id == project_id)
+
+        def work() -> dict[str, Any] | None:
+            if changes and not T_.update(changes).where(mine).execute():
+                return None
+            return self._first(T_.select().where(mine))
+
+        try:
+            row = self._atomically(work)
+        except pw.IntegrityError as exc:
+            raise Conflict(f"a template titled {fields.get('title')!r} exists") from exc
+        if row is None:
+            raise NotFound(f"no template {template_id}")
+        return _record(Template, row)
+
+    def delete_template(self, project_id: str, template_id: str) -> bool:
+        T_ = self._m.Template
+        query = T_.delete().where((T_.id == template_id) & (T_.project_id == project_id))
+        return self._atomically(query.execute) > 0
+
+    # -- opt-outs ---------------------------------------------------------------------------------
+    def set_opt_out(
+        self,
+        project_id: str,
+        recipient: str,
+        sender: str,
+        opted_out: bool,
+        keyword: str | None,
+        at: datetime,
+    ) -> bool:
+        O_, E = self._m.OptOut, self._m.OptOutEvent
+        pair = (O_.recipient == recipient) & (O_.sender == sender)
+        if opted_out:
+            # The pair's row must exist for the conditional update to find; created (opted in)
+            # outside the transaction below, so MySQL takes no gap locks there to deadlock on.
+            self._ensure_opt_out_row(project_id, recipient, sender, at)
+
+        def work() -> bool:
+            # Only the caller whose update flips the state records the change.
+            flipped = (
+                O_.update(opted_out=opted_out, project_id=project_id, updated_at=at)
+                .where(pair & (O_.opted_out == (not opted_out)))
+                .execute()
+            )
+            if not flipped:
+                return False
+            E.insert(
+                project_id=project_id,
+                recipient=recipient,
+                sender=sender,
+                action="opt_out" if opted_out else "opt_in",
+                keyword=keyword,
+                at=at,
+            ).execute()
+            return True
+
+        return self._atomically(work)
+
+    def _ensure_opt_out_row(self, project_id: str, recipient: str, sender: str, at: datetime) -> None:
+        O_ = self._m.OptOut
+        pair = (O_.recipient == recipient) & (O_.sender == sender)
+        if O_.select(O_.seq).where(pair).exists():
+            return
+        values = {
+            "recipient": recipient,
+            "sender": sender,
+            "project_id": project_id,
+            "opted_out": False,
+            "updated_at": at,
+        }
+        try:
+            self._insert(O_, values)
+        except pw.IntegrityError:
+            pass  # another caller created it a moment ago: the row is all that is needed
+
+    def is_opted_out(self, recipient: str, sender: str) -> bool:
+        O_ = self._m.OptOut
+        row = self._first(
+            O_.select(O_.opted_out).where((O_.recipient == recipient) & (O_.sender == sender))
+        )
+        return bool(row and row["opted_out"])
+
+    def opt_out_history(
+        self, project_id: str, recipient: str, sender: str | None = None
+    ) -> list[OptOutEvent]:
+        E = self._m.OptOutEvent
+        query = E.select().where((E.project_id == project_id) & (E.recipient == recipient))
+        if sender is not None:
+            query = query.where(E.sender == sender)
+        return [_record(OptOutEvent, row) for row in query.order_by(E.seq).dicts()]
+
+    # -- metrics ----------------------------------------------------------------------------------
+    def incr_metric(
+        self, project_id: str, environment: str, day: date, name: str, amount: int = 1
+    ) -> None:
+        M = self._m.Metric
+        # One upsert statement: the database adds to the stored value, no read-modify-write.
+        query = M.insert(
+            project_id=project_id, environment=environment, day=day, name=name, value=amount
+        ).on_conflict(
+            update={M.value: M.value + amount},
+            **self._conflict_target(M.project_id, M.environment, M.day, M.name),
+        )
+        self._atomically(query.execute)
+
+    def get_metrics(
+        self, project_id: str, environment: str, start: date, end: date
+    ) -> dict[date, dict[str, int]]:
+        M = self._m.Metric
+        query = M.select(M.day, M.name, M.value).where(
+            (M.project_id == project_id)
+            & (M.environment == environment)
+            & (M.day >= start)
+            & (M.day <= end)
+        )
+        result: dict[date, dict[str, int]] = {}
+        for row in query.dicts():
+            result.setdefault(row["day"], {})[row["name"]] = int(row["value"])
+        return result
+
+    # -- inbound abuse blocks ---------------------------------------------------------------------
+    def block_number(self, project_id: str, number: str, until: datetime, reason: str) -> None:
+        B = self._m.NumberBlock
+        later = B.blocked_until < until
+        query = B.insert(
+            project_id=project_id, number=number, blocked_until=until, reason=reason
+        ).on_conflict(
+            # An upsert that keeps the later deadline (and its reason). The reason comes first:
+            # MySQL applies assignments left to right, so it must still see the old deadline.
+            update={
+                B.reason: pw.Case(None, [(later, reason)], B.reason),
+                B.blocked_until: pw.Case(
+                    None, [(later, B.blocked_until.to_value(until))], B.blocked_until
+                ),
+            },
+            **self._conflict_target(B.project_id, B.number),
+        )
+        self._atomically(query.execute)
+
+    def blocked_until(self, project_id: str, number: str) -> datetime | None:
+        B = self._m.NumberBlock
+        row = self._first(
+            B.select(B.blocked_until).where((B.project_id == project_id) & (B.number == number))
+        )
+        return row["blocked_until"] if row else None

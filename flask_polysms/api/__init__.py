@@ -1,0 +1,208 @@
+"""The HTTP API: flask-smorest blueprints, one error shape, authentication and the rate limit.
+
+Blueprints only parse, authenticate and call the services. Every error of every route answers
+``{"detail": ..., "errors"?: {field: [messages]}}``; invalid input is 400, never 422.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import wraps
+from typing import TYPE_CHECKING
+
+import marshmallow as ma
+from flask import g, jsonify, request
+from flask_limiter import Limiter, RateLimitExceeded
+from flask_smorest import Api
+from flask_smorest import Blueprint as SmorestBlueprint
+from webargs.flaskparser import FlaskParser
+from werkzeug.exceptions import HTTPException
+
+from ..errors import PolySMSError
+from ..extension import get_state
+from ..tenancy import AUTH_HEADER, CONNECTOR_HEADER, Tenant, authenticate
+
+if TYPE_CHECKING:
+    from flask import Flask
+
+    from ..extension import PolySMSState
+
+log = logging.getLogger("flask_polysms.api")
+
+API_CONFIG_PREFIX = "POLYSMS_"
+
+
+class ErrorSchema(ma.Schema):
+    """The one error body of every route."""
+
+    detail = ma.fields.String(required=True, metadata={"description": "What went wrong"})
+    errors = ma.fields.Dict(
+        keys=ma.fields.String(),
+        values=ma.fields.List(ma.fields.String()),
+        metadata={"description": "Messages per field at fault"},
+    )
+
+
+class Parser(FlaskParser):
+    """webargs parser answering 400 (the product's API reference), not webargs' 422."""
+
+    DEFAULT_VALIDATION_STATUS = 400
+
+
+class Blueprint(SmorestBlueprint):
+    """A flask-smorest blueprint with our parser and our error handlers."""
+
+    ARGUMENTS_PARSER = Parser()
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.register_error_handler(HTTPException, handle_http_error)
+        self.register_error_handler(PolySMSError, handle_polysms_error)
+        self.before_request(_limit_body_size)
+
+
+class PolySMSApi(Api):
+    """flask-smorest's Api without its app-wide error handler: the host app keeps its own error
+    pages; our blueprints carry ours."""
+
+    ERROR_SCHEMA = ErrorSchema
+
+    def _register_error_handlers(self) -> None:
+        return None
+
+
+def _flatten(messages) -> dict[str, list[str]]:
+    """webargs' {location: {field: [msgs]}} as {field: [msgs]}."""
+    errors: dict[str, list[str]] = {}
+    if isinstance(messages, dict):
+        for location, fields in messages.items():
+            if isinstance(fields, dict):
+                for name, msgs in fields.items():
+                    if isinstance(msgs, dict):  # nested fields: name.sub
+                        for sub, sub_msgs in _flatten({location: msgs}).items():
+                            errors[f"{name}.{sub}"] = sub_msgs
+                    else:
+                        errors[str(name)] = [str(m) for m in (msgs if isinstance(msgs, list) else [msgs])]
+            elif isinstance(fields, list):
+                errors.setdefault("_body", []).extend(str(m) for m in fields)
+    return errors
+
+
+def error_response(status: int, detail: str, errors=None, headers=None):
+    body = {"detail": detail}
+    if errors:
+        body["errors"] = errors
+    response = jsonify(body)
+    response.status_code = status
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def handle_polysms_error(error: PolySMSError):
+    return error_response(error.status, error.detail, error.errors, error.headers)
+
+
+def handle_http_error(error: HTTPException):
+    if isinstance(error, RateLimitExceeded):
+        retry_after = getattr(error, "retry_after", None)
+        return error_response(
+            429,
+            f"rate limit exceeded for this project ({error.description}); retry later",
+            headers={"Retry-After": str(retry_after)} if retry_after else None,
+        )
+    data = getattr(error, "data", None) or {}
+    status = error.code or 500
+    messages = data.get("messages")
+    if messages is not None:
+        errors = _flatten(messages)
+        if "_body" in errors and not any(k != "_body" for k in errors):
+            return error_response(400, "; ".join(errors["_body"]) or "invalid request body")
+        return error_response(400, "invalid request: see errors", errors)
+    if status == 413:
+        state = get_state()
+        return error_response(413, f"request body over {state.settings.max_content_length} bytes")
+    return error_response(status, error.description or error.name, headers=data.get("headers"))
+
+
+def _limit_body_size() -> None:
+    # Per request, so the host app's own MAX_CONTENT_LENGTH is left alone.
+    request.max_content_length = get_state().settings.max_content_length
+    if request.content_length is not None and request.content_length > request.max_content_length:
+        raise PolySMSError(
+            f"request body over {request.max_content_length} bytes", status=413
+        )
+
+
+def current_tenant() -> Tenant:
+    """The authenticated caller of this request (authenticated once, then cached on ``g``)."""
+    tenant = g.get("polysms_tenant")
+    if tenant is None:
+        state = get_state()
+        tenant = authenticate(
+            state.store, request.headers.get(AUTH_HEADER), request.headers.get(CONNECTOR_HEADER)
+        )
+        g.polysms_tenant = tenant
+    return tenant
+
+
+def authenticated(view):
+    """Authenticate before the view (401/403/404 per DESIGN §3.1) and pass the Tenant."""
+
+    @wraps(view)
+    def wrapper(*args, **kwargs):
+        return view(*args, tenant=current_tenant(), **kwargs)
+
+    wrapper._apidoc = getattr(view, "_apidoc", {})  # keep flask-smorest's docs on the wrapper
+    return wrapper
+
+
+def project_rate_key() -> str:
+    """flask-limiter key: the authenticated project, never a raw header (PITFALLS)."""
+    return "project:" + current_tenant().project_id
+
+
+AUTH_PARAMETERS = [
+    {"in": "header", "name": AUTH_HEADER, "required": True, "schema": {"type": "string"}},
+    {"in": "header", "name": CONNECTOR_HEADER, "required": True, "schema": {"type": "string"}},
+]
+
+
+def register_api(app: Flask, state: PolySMSState) -> None:
+    """Mount every blueprint on ``app`` and serve the OpenAPI document and its browsable view."""
+    from . import conversations, metrics, outbound, webhooks
+
+    prefix = state.settings.url_prefix
+    config = app.config
+    config.setdefault("POLYSMS_API_TITLE", "flask-polysms")
+    config.setdefault("POLYSMS_API_VERSION", "v1")
+    config.setdefault("POLYSMS_OPENAPI_VERSION", "3.0.3")
+    config.setdefault("POLYSMS_OPENAPI_URL_PREFIX", f"{prefix}/v1")
+    config.setdefault("POLYSMS_OPENAPI_JSON_PATH", "openapi.json")
+    config.setdefault("POLYSMS_OPENAPI_SWAGGER_UI_PATH", "docs")
+    config.setdefault(
+        "POLYSMS_OPENAPI_SWAGGER_UI_URL", "https://cdn.jsdelivr.net/npm/swagger-ui-dist/"
+    )
+    api = PolySMSApi(
+        app,
+        config_prefix=API_CONFIG_PREFIX,
+        spec_kwargs={
+            "components": {
+                "securitySchemes": {
+                    "ApiKey": {"type": "apiKey", "in": "header", "name": AUTH_HEADER},
+                    "Connector": {"type": "apiKey", "in": "header", "name": CONNECTOR_HEADER},
+                }
+            }
+        },
+    )
+    state.limiter = Limiter(
+        key_func=project_rate_key,
+        app=app,
+        storage_uri=state.settings.rate_limit_storage_url,
+        headers_enabled=True,
+        default_limits=[],
+        key_prefix="polysms",
+    )
+    for module in (outbound, conversations, metrics, webhooks):
+        api.register_blueprint(module.blp, url_prefix=prefix + module.URL_PREFIX)
+    outbound.apply_rate_limit(app, state)

@@ -1,0 +1,143 @@
+"""Twilio webhooks: inbound SMS and delivery-status callbacks, authenticated by signature."""
+
+from __future__ import annotations
+
+import marshmallow as ma
+from flask import Response, request
+from twilio.request_validator import RequestValidator
+
+from ..errors import Forbidden, InvalidInput
+from ..extension import get_state
+from ..inbound import handle_inbound, handle_status
+from ..records import Project
+from . import Blueprint, ErrorSchema
+
+URL_PREFIX = "/v1/twilio"
+
+blp = Blueprint("polysms_twilio", __name__, description="Twilio webhooks (X-Twilio-Signature)")
+
+EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
+SIGNATURE_HEADER = "X-Twilio-Signature"
+
+
+class InboundSmsSchema(ma.Schema):
+    """The parameters we use; Twilio adds others without notice, so unknown ones are accepted
+    (and still covered by the signature, which is checked over the raw form)."""
+
+    class Meta:
+        unknown = ma.EXCLUDE
+
+    MessageSid = ma.fields.String(required=True)
+    AccountSid = ma.fields.String()
+    From = ma.fields.String(required=True)
+    To = ma.fields.String()
+    MessagingServiceSid = ma.fields.String()
+    Body = ma.fields.String(load_default="")
+
+
+class StatusCallbackSchema(ma.Schema):
+    class Meta:
+        unknown = ma.EXCLUDE
+
+    MessageSid = ma.fields.String(required=True)
+    MessageStatus = ma.fields.String(required=True)
+    ErrorCode = ma.fields.String()
+    From = ma.fields.String()
+    To = ma.fields.String()
+
+
+def public_url() -> str:
+    """The URL Twilio called: POLYSMS_PUBLIC_URL (behind a proxy) or the request's own URL."""
+    settings = get_state().settings
+    if settings.public_url:
+        path = request.full_path if request.query_string else request.path
+        return settings.public_url + path
+    return request.url
+
+
+def verify_signature(project: Project | None) -> None:
+    """403 unless X-Twilio-Signature is valid for the project's Auth Token."""
+    state = get_state()
+    if not state.settings.validate_signatures:
+        return
+    signature = request.headers.get(SIGNATURE_HEADER)
+    if project is None or not project.twilio_auth_token_encrypted:
+        raise Forbidden("unknown destination: the request cannot be verified")
+    if not signature:
+        raise Forbidden(f"missing {SIGNATURE_HEADER}")
+    token = state.cipher.decrypt(project.twilio_auth_token_encrypted)
+    params = request.form.to_dict(flat=False)
+    # Twilio signs each value of a repeated parameter: give the validator every one of them.
+    flat = {k: v[0] if len(v) == 1 else v for k, v in params.items()}
+    if not RequestValidator(token).validate(public_url(), flat, signature):
+        raise Forbidden(f"invalid {SIGNATURE_HEADER}")
+
+
+def twiml() -> Response:
+    return Response(EMPTY_TWIML, status=200, mimetype="text/xml")
+
+
+def _form_doc(schema: type[ma.Schema]) -> dict:
+    fields = schema._declared_fields
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/x-www-form-urlencoded": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {name: {"type": "string"} for name in fields},
+                        "required": [n for n, f in fields.items() if f.required],
+                    }
+                }
+            },
+        }
+    }
+
+
+def _load(schema: type[ma.Schema]) -> dict:
+    # Parsed after the signature check, so an unsigned request is a 403 whatever its content.
+    try:
+        return schema().load(request.form.to_dict())
+    except ma.ValidationError as exc:
+        raise InvalidInput("invalid webhook parameters", errors=exc.messages) from exc
+
+
+@blp.route("/sms", methods=["POST"])
+@blp.doc(**_form_doc(InboundSmsSchema))
+@blp.response(200, description="empty TwiML <Response/>")
+@blp.alt_response(400, schema=ErrorSchema, description="a required parameter is missing")
+@blp.alt_response(403, schema=ErrorSchema, description="bad or missing signature")
+def inbound_sms():
+    """An SMS from a user to one of our numbers (Twilio's inbound webhook)."""
+    state = get_state()
+    raw = request.form
+    sender = None
+    for address in (raw.get("To"), raw.get("MessagingServiceSid")):
+        if address and sender is None:
+            sender = state.store.get_sender(address)
+    project = state.store.get_project(sender.project_id) if sender else None
+    verify_signature(project)
+    form = _load(InboundSmsSchema)
+    handle_inbound(state, sender, form["From"], form.get("Body", ""), form["MessageSid"])
+    return twiml()
+
+
+@blp.route("/status", methods=["POST"])
+@blp.doc(**_form_doc(StatusCallbackSchema))
+@blp.response(200, description="empty TwiML <Response/>")
+@blp.alt_response(400, schema=ErrorSchema, description="a required parameter is missing")
+@blp.alt_response(403, schema=ErrorSchema, description="bad or missing signature")
+def status_callback():
+    """A delivery-status update for a message we sent."""
+    state = get_state()
+    raw = request.form
+    message = state.store.get_message_by_sid(raw.get("MessageSid", ""))
+    project_id = message.project_id if message else None
+    for address in (raw.get("From"), raw.get("MessagingServiceSid")):
+        if project_id is None and address:
+            sender = state.store.get_sender(address)
+            project_id = sender.project_id if sender else None
+    verify_signature(state.store.get_project(project_id) if project_id else None)
+    handle_status(state, _load(StatusCallbackSchema))
+    return twiml()

@@ -1,0 +1,228 @@
+"""Every configuration key of the extension, its default, and the start-up checks.
+
+Keys are read once in ``init_app``; a bad value fails there with a message naming the key, not later
+in a request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from limits import parse_many
+
+
+class ConfigVars:
+    """Names of the configuration keys (all start with ``POLYSMS_``)."""
+
+    STORAGE_URL = "POLYSMS_STORAGE_URL"
+    SCHEDULER = "POLYSMS_SCHEDULER"
+    REDIS_URL = "POLYSMS_REDIS_URL"
+    QUEUE_NAME = "POLYSMS_QUEUE_NAME"
+    GATEWAY = "POLYSMS_GATEWAY"
+    TWILIO_BASE_URL = "POLYSMS_TWILIO_BASE_URL"
+    TWILIO_TIMEOUT = "POLYSMS_TWILIO_TIMEOUT"
+    PUBLIC_URL = "POLYSMS_PUBLIC_URL"
+    URL_PREFIX = "POLYSMS_URL_PREFIX"
+    RATE_LIMIT = "POLYSMS_RATE_LIMIT"
+    RATE_LIMIT_STORAGE_URL = "POLYSMS_RATE_LIMIT_STORAGE_URL"
+    IDLE_TIMEOUT = "POLYSMS_IDLE_TIMEOUT"
+    GRACE_PERIOD = "POLYSMS_GRACE_PERIOD"
+    WARNING_MESSAGE = "POLYSMS_WARNING_MESSAGE"
+    CLOSING_MESSAGE = "POLYSMS_CLOSING_MESSAGE"
+    VALIDATE_SIGNATURES = "POLYSMS_VALIDATE_SIGNATURES"
+    SECRET_KEY = "POLYSMS_SECRET_KEY"
+    SEND_MAX_ATTEMPTS = "POLYSMS_SEND_MAX_ATTEMPTS"
+    RETRY_BASE_DELAY = "POLYSMS_RETRY_BASE_DELAY"
+    INBOUND_SENDER_LIMIT = "POLYSMS_INBOUND_SENDER_LIMIT"
+    INBOUND_PROJECT_LIMIT = "POLYSMS_INBOUND_PROJECT_LIMIT"
+    DUPLICATE_TEXT_LIMIT = "POLYSMS_DUPLICATE_TEXT_LIMIT"
+    DUPLICATE_TEXT_BLOCK = "POLYSMS_DUPLICATE_TEXT_BLOCK"
+    SWEEP_INTERVAL = "POLYSMS_SWEEP_INTERVAL"
+    STUCK_AFTER = "POLYSMS_STUCK_AFTER"
+    SENDER_GUARD = "POLYSMS_SENDER_GUARD"
+    DASHBOARD = "POLYSMS_DASHBOARD"
+    MAX_CONTENT_LENGTH = "POLYSMS_MAX_CONTENT_LENGTH"
+
+
+DEFAULT_WARNING_MESSAGE = (
+    "Are you still there? This conversation will end in 10 minutes unless you reply."
+)
+DEFAULT_CLOSING_MESSAGE = "I am going to end conversation now"
+
+SCHEDULERS = ("manual", "thread", "rq")
+GATEWAYS = ("twilio", "outbox")
+
+# Defaults; POLYSMS_SCHEDULER and POLYSMS_SECRET_KEY depend on the app and are filled in init_app.
+DEFAULTS: dict[str, Any] = {
+    ConfigVars.STORAGE_URL: "memory://",
+    ConfigVars.SCHEDULER: None,  # "manual" when app.testing, else "thread"
+    ConfigVars.REDIS_URL: None,
+    ConfigVars.QUEUE_NAME: "polysms",
+    ConfigVars.GATEWAY: "twilio",
+    ConfigVars.TWILIO_BASE_URL: None,
+    ConfigVars.TWILIO_TIMEOUT: 10.0,
+    ConfigVars.PUBLIC_URL: None,
+    ConfigVars.URL_PREFIX: "",
+    ConfigVars.RATE_LIMIT: "20 per second",
+    ConfigVars.RATE_LIMIT_STORAGE_URL: "memory://",
+    ConfigVars.IDLE_TIMEOUT: timedelta(hours=24),
+    ConfigVars.GRACE_PERIOD: timedelta(minutes=10),
+    ConfigVars.WARNING_MESSAGE: DEFAULT_WARNING_MESSAGE,
+    ConfigVars.CLOSING_MESSAGE: DEFAULT_CLOSING_MESSAGE,
+    ConfigVars.VALIDATE_SIGNATURES: True,
+    ConfigVars.SECRET_KEY: None,  # the app's SECRET_KEY
+    ConfigVars.SEND_MAX_ATTEMPTS: 5,
+    ConfigVars.RETRY_BASE_DELAY: timedelta(seconds=2),
+    ConfigVars.INBOUND_SENDER_LIMIT: "10 per 60 seconds",
+    ConfigVars.INBOUND_PROJECT_LIMIT: "100 per minute",
+    ConfigVars.DUPLICATE_TEXT_LIMIT: "5 per 5 minutes",
+    ConfigVars.DUPLICATE_TEXT_BLOCK: timedelta(minutes=10),
+    ConfigVars.SWEEP_INTERVAL: timedelta(seconds=60),
+    ConfigVars.STUCK_AFTER: timedelta(minutes=5),
+    ConfigVars.SENDER_GUARD: True,
+    ConfigVars.DASHBOARD: False,
+    ConfigVars.MAX_CONTENT_LENGTH: 64 * 1024,
+}
+
+
+class ConfigError(ValueError):
+    """A configuration value is unusable; the message names the key."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The validated configuration of one app."""
+
+    storage_url: str
+    scheduler: str
+    redis_url: str | None
+    queue_name: str
+    gateway: str
+    twilio_base_url: str | None
+    twilio_timeout: float
+    public_url: str | None
+    url_prefix: str
+    rate_limit: str
+    rate_limit_storage_url: str
+    idle_timeout: timedelta
+    grace_period: timedelta
+    warning_message: str
+    closing_message: str
+    validate_signatures: bool
+    secret_key: str
+    send_max_attempts: int
+    retry_base_delay: timedelta
+    inbound_sender_limit: str
+    inbound_project_limit: str
+    duplicate_text_limit: str
+    duplicate_text_block: timedelta
+    sweep_interval: timedelta
+    stuck_after: timedelta
+    sender_guard: bool
+    dashboard: bool
+    max_content_length: int
+
+
+def _duration(config: dict, key: str) -> timedelta:
+    value = config[key]
+    if isinstance(value, timedelta):
+        result = value
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        result = timedelta(seconds=value)
+    else:
+        raise ConfigError(f"{key} must be a timedelta or a number of seconds, not {value!r}")
+    if result <= timedelta(0):
+        raise ConfigError(f"{key} must be positive, not {value!r}")
+    return result
+
+
+def _limit(config: dict, key: str) -> str:
+    value = config[key]
+    try:
+        parse_many(value)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{key} is not a rate limit such as '20 per second': {value!r}") from exc
+    return value
+
+
+def _choice(config: dict, key: str, choices: tuple[str, ...]) -> str:
+    value = config[key]
+    if value not in choices:
+        raise ConfigError(f"{key} must be one of {', '.join(choices)}, not {value!r}")
+    return value
+
+
+def _text(config: dict, key: str, *, optional: bool = False) -> str | None:
+    value = config[key]
+    if value is None and optional:
+        return None
+    if not isinstance(value, str) or (not value and not optional):
+        raise ConfigError(f"{key} must be a non-empty string, not {value!r}")
+    return value
+
+
+def load_settings(config: dict, *, testing: bool) -> Settings:
+    """Apply the defaults to ``config`` and validate every key; raises ConfigError naming the key."""
+    for key, value in DEFAULTS.items():
+        config.setdefault(key, value)
+    if config[ConfigVars.SCHEDULER] is None:
+        config[ConfigVars.SCHEDULER] = "manual" if testing else "thread"
+    if config[ConfigVars.SECRET_KEY] is None:
+        config[ConfigVars.SECRET_KEY] = config.get("SECRET_KEY")
+    secret = config[ConfigVars.SECRET_KEY]
+    if not secret or not isinstance(secret, (str, bytes)):
+        raise ConfigError(
+            f"{ConfigVars.SECRET_KEY} (or the app's SECRET_KEY) must be set: Twilio Auth Tokens "
+            "are encrypted with a key derived from it"
+        )
+    scheduler = _choice(config, ConfigVars.SCHEDULER, SCHEDULERS)
+    redis_url = _text(config, ConfigVars.REDIS_URL, optional=True)
+    if scheduler == "rq" and not redis_url:
+        raise ConfigError(f"{ConfigVars.REDIS_URL} is required when {ConfigVars.SCHEDULER} is 'rq'")
+    prefix = config[ConfigVars.URL_PREFIX] or ""
+    if prefix and (not prefix.startswith("/") or prefix.endswith("/")):
+        raise ConfigError(f"{ConfigVars.URL_PREFIX} must start with '/' and not end with it")
+    attempts = config[ConfigVars.SEND_MAX_ATTEMPTS]
+    if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 1:
+        raise ConfigError(f"{ConfigVars.SEND_MAX_ATTEMPTS} must be a positive integer")
+    timeout = config[ConfigVars.TWILIO_TIMEOUT]
+    if not isinstance(timeout, (int, float)) or timeout <= 0:
+        raise ConfigError(f"{ConfigVars.TWILIO_TIMEOUT} must be a positive number of seconds")
+    max_length = config[ConfigVars.MAX_CONTENT_LENGTH]
+    if not isinstance(max_length, int) or max_length < 1024:
+        raise ConfigError(f"{ConfigVars.MAX_CONTENT_LENGTH} must be an integer >= 1024")
+    public_url = _text(config, ConfigVars.PUBLIC_URL, optional=True)
+    if public_url and not public_url.startswith(("http://", "https://")):
+        raise ConfigError(f"{ConfigVars.PUBLIC_URL} must be an http(s) URL, not {public_url!r}")
+    return Settings(
+        storage_url=_text(config, ConfigVars.STORAGE_URL),
+        scheduler=scheduler,
+        redis_url=redis_url,
+        queue_name=_text(config, ConfigVars.QUEUE_NAME),
+        gateway=_choice(config, ConfigVars.GATEWAY, GATEWAYS),
+        twilio_base_url=_text(config, ConfigVars.TWILIO_BASE_URL, optional=True),
+        twilio_timeout=float(timeout),
+        public_url=public_url.rstrip("/") if public_url else None,
+        url_prefix=prefix,
+        rate_limit=_limit(config, ConfigVars.RATE_LIMIT),
+        rate_limit_storage_url=_text(config, ConfigVars.RATE_LIMIT_STORAGE_URL),
+        idle_timeout=_duration(config, ConfigVars.IDLE_TIMEOUT),
+        grace_period=_duration(config, ConfigVars.GRACE_PERIOD),
+        warning_message=_text(config, ConfigVars.WARNING_MESSAGE),
+        closing_message=_text(config, ConfigVars.CLOSING_MESSAGE),
+        validate_signatures=bool(config[ConfigVars.VALIDATE_SIGNATURES]),
+        secret_key=secret if isinstance(secret, str) else secret.decode("utf-8", "replace"),
+        send_max_attempts=attempts,
+        retry_base_delay=_duration(config, ConfigVars.RETRY_BASE_DELAY),
+        inbound_sender_limit=_limit(config, ConfigVars.INBOUND_SENDER_LIMIT),
+        inbound_project_limit=_limit(config, ConfigVars.INBOUND_PROJECT_LIMIT),
+        duplicate_text_limit=_limit(config, ConfigVars.DUPLICATE_TEXT_LIMIT),
+        duplicate_text_block=_duration(config, ConfigVars.DUPLICATE_TEXT_BLOCK),
+        sweep_interval=_duration(config, ConfigVars.SWEEP_INTERVAL),
+        stuck_after=_duration(config, ConfigVars.STUCK_AFTER),
+        sender_guard=bool(config[ConfigVars.SENDER_GUARD]),
+        dashboard=bool(config[ConfigVars.DASHBOARD]),
+        max_content_length=max_length,
+    )

@@ -1,0 +1,151 @@
+"""The Flask extension object and the per-app state it keeps in ``app.extensions["polysms"]``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from flask import Flask, current_app, has_app_context
+
+from .config import Settings, load_settings
+from .crypto import TokenCipher
+from .errors import NotConfigured
+from .gateways import Gateway, create_gateway
+from .schedulers import Scheduler, create_scheduler
+from .store import Store
+
+if TYPE_CHECKING:
+    from .conversation import Conversation
+
+log = logging.getLogger("flask_polysms")
+
+EXTENSION_KEY = "polysms"
+AgentFunc = Callable[["Conversation", str], "str | None"]
+
+
+@dataclass
+class PolySMSState:
+    """Everything one app's extension needs: its settings and the three ports."""
+
+    extension: PolySMS
+    app: Flask
+    settings: Settings
+    store: Store
+    gateway: Gateway
+    scheduler: Scheduler
+    cipher: TokenCipher
+    limiter: Any = None
+    emulator: Any = None  # a TwilioEmulator the app started in-process (the embedded demo)
+    inbound_limits: Any = None  # built on first inbound message (inbound.inbound_limits)
+
+    @property
+    def agent(self) -> AgentFunc | None:
+        return self.extension.agent_func
+
+
+def get_state(app: Flask | None = None) -> PolySMSState:
+    """The extension state of ``app`` (default: the current app)."""
+    if app is None:
+        if not has_app_context():
+            raise NotConfigured("no Flask app context: push one or pass the app")
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
+    state = app.extensions.get(EXTENSION_KEY)
+    if state is None:
+        raise NotConfigured(
+            f"flask-polysms is not set up on app {app.name!r}: did you call polysms.init_app(app)?"
+        )
+    return state
+
+
+class PolySMS:
+    """SMS conversations for a Flask app: ``PolySMS(app)`` or ``polysms.init_app(app)``.
+
+    One object may serve several apps; each app's state lives in ``app.extensions["polysms"]``.
+    """
+
+    def __init__(self, app: Flask | None = None) -> None:
+        self.agent_func: AgentFunc | None = None
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        """Validate the config, build the store, gateway and scheduler, mount the routes."""
+        if EXTENSION_KEY in app.extensions:
+            raise RuntimeError(
+                "flask-polysms is already initialised on this app: call init_app once per app"
+            )
+        from .backends import create_store
+
+        settings = load_settings(app.config, testing=app.testing)
+        store = create_store(settings.storage_url)
+        if store.creates_schema_on_start:
+            store.create_schema()
+        state = PolySMSState(
+            extension=self,
+            app=app,
+            settings=settings,
+            store=store,
+            gateway=create_gateway(
+                settings.gateway,
+                base_url=settings.twilio_base_url,
+                timeout=settings.twilio_timeout,
+            ),
+            scheduler=create_scheduler(app, settings),
+            cipher=TokenCipher(settings.secret_key),
+        )
+        app.extensions[EXTENSION_KEY] = state
+        self._warn_unsafe_defaults(app, settings)
+
+        from .api import register_api
+        from .cli import polysms_cli
+
+        register_api(app, state)
+        app.cli.add_command(polysms_cli)
+
+        @app.teardown_appcontext
+        def _close_store(exc: BaseException | None) -> None:
+            state.store.close()
+
+    @staticmethod
+    def _warn_unsafe_defaults(app: Flask, settings: Settings) -> None:
+        if app.testing or app.debug:
+            return
+        if settings.scheduler == "rq" and settings.rate_limit_storage_url.startswith("memory"):
+            log.warning(
+                "POLYSMS_RATE_LIMIT_STORAGE_URL is memory:// while POLYSMS_SCHEDULER is 'rq': "
+                "each web process counts on its own, so N processes allow N times the limit"
+            )
+        if settings.storage_url.startswith("memory"):
+            log.warning(
+                "POLYSMS_STORAGE_URL is memory://: sessions, opt-outs and messages are lost when "
+                "the process stops; use a database URL in production"
+            )
+
+    # -- the host app's hooks ---------------------------------------------------------------------
+    def agent(self, func: AgentFunc) -> AgentFunc:
+        """Register the agent: ``(conv, text) -> reply text or None``, run as a job per message."""
+        self.agent_func = func
+        return func
+
+    # -- test helpers -----------------------------------------------------------------------------
+    @property
+    def outbox(self) -> list[dict]:
+        """With ``POLYSMS_GATEWAY="outbox"``: the messages handed to the gateway, oldest first."""
+        gateway = get_state().gateway
+        outbox = getattr(gateway, "outbox", None)
+        if outbox is None:
+            raise RuntimeError("polysms.outbox needs POLYSMS_GATEWAY = 'outbox'")
+        return outbox
+
+    def run_due_timers(self) -> int:
+        """Fire every timer due at the current (possibly frozen) time; returns how many fired."""
+        from .lifecycle import run_due_timers
+
+        return run_due_timers(get_state())
+
+    @property
+    def store(self) -> Store:
+        """The current app's Store."""
+        return get_state().store

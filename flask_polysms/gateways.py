@@ -1,0 +1,149 @@
+"""The Gateway port: hands one message to Twilio (or to the test outbox) and says what happened."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import requests
+from twilio.base.exceptions import TwilioException, TwilioRestException
+from twilio.http.http_client import TwilioHttpClient
+from twilio.rest import Client
+
+TWILIO_API_ORIGIN = "https://api.twilio.com"
+
+# Twilio errors that no retry can fix: invalid number, unsubscribed recipient, not SMS-capable,
+# permission to send to the region not enabled.
+PERMANENT_CODES = frozenset({21211, 21610, 21614, 21408, 21602, 21603, 21604, 21606, 21612})
+RETRYABLE_CODES = frozenset({20429})
+
+
+@dataclass(frozen=True)
+class OutgoingSMS:
+    """One message to hand to Twilio."""
+
+    to: str
+    body: str
+    from_: str | None = None
+    messaging_service_sid: str | None = None
+    status_callback: str | None = None
+
+
+@dataclass(frozen=True)
+class SendResult:
+    sid: str
+    status: str
+
+
+class GatewayError(Exception):
+    """A send failed; ``retryable`` says whether trying again can help."""
+
+    def __init__(self, message: str, *, code: int | None, retryable: bool) -> None:
+        super().__init__(message)
+        self.code = code
+        self.retryable = retryable
+
+
+def classify_twilio_error(exc: Exception) -> GatewayError:
+    """Map anything the twilio client raises to a GatewayError with the right retry verdict."""
+    if isinstance(exc, TwilioRestException):
+        code = exc.code
+        status = exc.status or 0
+        retryable = code in RETRYABLE_CODES or status == 429 or status >= 500
+        if code in PERMANENT_CODES:
+            retryable = False
+        return GatewayError(exc.msg or str(exc), code=code or status or None, retryable=retryable)
+    if isinstance(exc, (requests.Timeout, requests.ConnectionError)):
+        return GatewayError(f"Twilio did not answer: {type(exc).__name__}", code=None, retryable=True)
+    return GatewayError(f"Twilio client error: {exc}", code=None, retryable=False)
+
+
+class Gateway(ABC):
+    """Sends one SMS with a project's Twilio credentials."""
+
+    @abstractmethod
+    def send(self, account_sid: str, auth_token: str, message: OutgoingSMS) -> SendResult:
+        """Hand the message over; raises GatewayError."""
+
+
+class _RedirectingHttpClient(TwilioHttpClient):
+    """The real twilio HTTP client, sending to another origin (the local emulator)."""
+
+    def __init__(self, base_url: str, timeout: float) -> None:
+        super().__init__(timeout=timeout)
+        self._base_url = base_url.rstrip("/")
+
+    def request(self, method, url, *args, **kwargs):
+        if url.startswith(TWILIO_API_ORIGIN):
+            url = self._base_url + url[len(TWILIO_API_ORIGIN) :]
+        return super().request(method, url, *args, **kwargs)
+
+
+class TwilioGateway(Gateway):
+    """Sends through the real ``twilio`` client; ``base_url`` points it at an emulator."""
+
+    def __init__(self, base_url: str | None = None, timeout: float = 10.0) -> None:
+        self.base_url = base_url
+        self.timeout = timeout
+        self._clients: dict[tuple[str, str], Client] = {}
+        self._lock = threading.Lock()
+
+    def _client(self, account_sid: str, auth_token: str) -> Client:
+        # One client per credential pair: it keeps its HTTP session (connection reuse) across sends.
+        key = (account_sid, auth_token)
+        with self._lock:
+            client = self._clients.get(key)
+            if client is None:
+                if self.base_url:
+                    http = _RedirectingHttpClient(self.base_url, self.timeout)
+                else:
+                    http = TwilioHttpClient(timeout=self.timeout)
+                # region/edge pinned to None so TWILIO_REGION/TWILIO_EDGE cannot rewrite the host.
+                client = Client(account_sid, auth_token, http_client=http, environment={})
+                self._clients[key] = client
+            return client
+
+    def send(self, account_sid: str, auth_token: str, message: OutgoingSMS) -> SendResult:
+        params = {"to": message.to, "body": message.body}
+        if message.messaging_service_sid:
+            params["messaging_service_sid"] = message.messaging_service_sid
+        if message.from_:
+            params["from_"] = message.from_
+        if message.status_callback:
+            params["status_callback"] = message.status_callback
+        try:
+            created = self._client(account_sid, auth_token).messages.create(**params)
+        except (TwilioException, requests.RequestException) as exc:
+            raise classify_twilio_error(exc) from exc
+        return SendResult(sid=created.sid, status=created.status or "queued")
+
+
+class OutboxGateway(Gateway):
+    """Records messages instead of sending them (``polysms.outbox`` in tests)."""
+
+    def __init__(self) -> None:
+        self.outbox: list[dict] = []
+        self._lock = threading.Lock()
+
+    def send(self, account_sid: str, auth_token: str, message: OutgoingSMS) -> SendResult:
+        sid = "SM" + uuid.uuid4().hex
+        with self._lock:
+            self.outbox.append(
+                {
+                    "to": message.to,
+                    "from": message.from_,
+                    "messaging_service_sid": message.messaging_service_sid,
+                    "body": message.body,
+                    "sid": sid,
+                    "status_callback": message.status_callback,
+                }
+            )
+        return SendResult(sid=sid, status="queued")
+
+
+def create_gateway(name: str, *, base_url: str | None, timeout: float) -> Gateway:
+    if name == "outbox":
+        return OutboxGateway()
+    return TwilioGateway(base_url=base_url, timeout=timeout)

@@ -1,0 +1,242 @@
+"""Inbound SMS and status callbacks: compliance keywords first, then abuse limits, then routing to
+the session and the agent (as a job, never inside the webhook request)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import TYPE_CHECKING
+
+from limits import parse
+from limits.storage import storage_from_string
+from limits.strategies import MovingWindowRateLimiter
+
+from .clock import utcnow
+from .keywords import DEFAULT_REPLIES, classify
+from .lifecycle import new_session, note_activity
+from .metrics import count
+from .records import DROPPED, INBOUND, RECEIVED, Message, Project, Sender, StatusEvent, new_id
+from .segments import count_segments
+from .sending import apply_status, queue_message
+
+if TYPE_CHECKING:
+    from .extension import PolySMSState
+
+log = logging.getLogger("flask_polysms.inbound")
+
+
+class InboundLimits:
+    """The abuse limits of DESIGN §4.4 on the `limits` library (memory or Redis storage)."""
+
+    def __init__(self, state: PolySMSState) -> None:
+        settings = state.settings
+        self.storage = storage_from_string(settings.rate_limit_storage_url)
+        self.window = MovingWindowRateLimiter(self.storage)
+        self.per_sender = parse(settings.inbound_sender_limit)
+        self.per_project = parse(settings.inbound_project_limit)
+        self.same_text = parse(settings.duplicate_text_limit)
+
+    def check(self, project_id: str, number: str, body: str) -> str | None:
+        """The reason to drop this message, or None to accept it."""
+        digest = hashlib.sha256(body.strip().lower().encode("utf-8")).hexdigest()[:16]
+        if not self.window.hit(self.same_text, "polysms-text", project_id, number, digest):
+            return "duplicate_text"
+        if not self.window.hit(self.per_sender, "polysms-sender", project_id, number):
+            return "sender_rate_limited"
+        if not self.window.hit(self.per_project, "polysms-project", project_id):
+            return "project_rate_limited"
+        return None
+
+
+def inbound_limits(state: PolySMSState) -> InboundLimits:
+    """The app's inbound limits, built on first use."""
+    if state.inbound_limits is None:
+        state.inbound_limits = InboundLimits(state)
+    return state.inbound_limits
+
+
+def keyword_reply(project: Project, keyword: str) -> str:
+    """The project's reply to a keyword (configurable per project; DESIGN §4.1 defaults)."""
+    replies = project.settings.get("keyword_replies") or {}
+    return replies.get(keyword) or DEFAULT_REPLIES[keyword]
+
+
+def _record_inbound(
+    state: PolySMSState,
+    sender: Sender,
+    *,
+    session_id: str | None,
+    user_number: str,
+    body: str,
+    message_sid: str,
+    kind: str,
+    status: str = RECEIVED,
+    drop_reason: str | None = None,
+) -> Message:
+    now = utcnow()
+    segments = count_segments(body)
+    message = Message(
+        id=new_id("msg_"),
+        project_id=sender.project_id,
+        environment=sender.environment,
+        session_id=session_id,
+        direction=INBOUND,
+        kind=kind,
+        body=body,
+        to=sender.address,
+        from_=user_number,
+        created_at=now,
+        updated_at=now,
+        status=status,
+        twilio_sid=message_sid,
+        segments=segments.segments,
+        encoding=segments.encoding,
+        drop_reason=drop_reason,
+    )
+    stored = state.store.add_message(message)
+    count(state, sender.project_id, sender.environment, "inbound")
+    if status == DROPPED:
+        count(state, sender.project_id, sender.environment, "inbound_dropped")
+        log.info("inbound %s from a user dropped: %s", message_sid, drop_reason)
+    return stored
+
+
+def handle_inbound(
+    state: PolySMSState, sender: Sender, user_number: str, body: str, message_sid: str
+) -> str:
+    """Process one inbound SMS already authenticated for ``sender``'s project.
+
+    Returns what happened (``duplicate``, ``keyword:STOP``, ``dropped:<reason>``, ``routed``).
+    """
+    store = state.store
+    now = utcnow()
+    # Twilio retries a webhook it thinks failed: the MessageSid is claimed once, ever.
+    if not store.claim_inbound(message_sid, now):
+        return "duplicate"
+    project = store.get_project(sender.project_id)
+    open_session = store.find_open_session(sender.project_id, user_number, sender.address)
+    keyword = classify(body)
+    if keyword is not None:
+        _record_inbound(
+            state,
+            sender,
+            session_id=open_session.id if open_session else None,
+            user_number=user_number,
+            body=body,
+            message_sid=message_sid,
+            kind="compliance",
+        )
+        if keyword in ("STOP", "START"):
+            store.set_opt_out(
+                sender.project_id,
+                user_number,
+                sender.address,
+                keyword == "STOP",
+                body.strip(),
+                now,
+            )
+        # Keyword messages never reach the agent, and do not count as activity: a STOP during the
+        # warning must not keep the session open.
+        queue_message(
+            state,
+            project_id=sender.project_id,
+            environment=sender.environment,
+            session=open_session,
+            kind="compliance",
+            body=keyword_reply(project, keyword),
+            to=user_number,
+            sender=sender.address,
+        )
+        return f"keyword:{keyword}"
+
+    drop_reason = None
+    blocked = store.blocked_until(sender.project_id, user_number)
+    if store.is_opted_out(user_number, sender.address):
+        drop_reason = "opted_out"
+    elif blocked is not None and blocked > now:
+        drop_reason = "blocked"
+    else:
+        drop_reason = inbound_limits(state).check(sender.project_id, user_number, body)
+        if drop_reason == "duplicate_text":
+            store.block_number(
+                sender.project_id,
+                user_number,
+                now + state.settings.duplicate_text_block,
+                "duplicate_text",
+            )
+    if drop_reason is not None:
+        _record_inbound(
+            state,
+            sender,
+            session_id=open_session.id if open_session else None,
+            user_number=user_number,
+            body=body,
+            message_sid=message_sid,
+            kind="user",
+            status=DROPPED,
+            drop_reason=drop_reason,
+        )
+        return f"dropped:{drop_reason}"
+
+    session = open_session or new_session(
+        state, sender.project_id, sender.environment, user_number, sender.address
+    )
+    message = _record_inbound(
+        state,
+        sender,
+        session_id=session.id,
+        user_number=user_number,
+        body=body,
+        message_sid=message_sid,
+        kind="user",
+    )
+    note_activity(state, session.id, user_reply=True)
+    state.scheduler.enqueue("agent", session.id, message.id)
+    return "routed"
+
+
+def agent_job(state: PolySMSState, session_id: str, message_id: str) -> bool:
+    """Run the host app's agent on one user message and send its reply from the session's number."""
+    from .conversation import Conversation
+
+    agent = state.agent
+    session = state.store.get_session(session_id)
+    message = state.store.get_message(message_id)
+    if agent is None or session is None or message is None:
+        return False
+    conv = Conversation(state, session)
+    try:
+        reply = agent(conv, message.body)
+    except Exception:
+        # The agent is the host app's code: its failure is logged and counted, and the session
+        # stays usable for the next message.
+        log.exception("the polysms agent raised on session %s", session_id)
+        count(state, session.project_id, session.environment, "agent_errors")
+        conv.save()
+        return False
+    conv.save()
+    if reply:
+        current = state.store.get_session(session_id)
+        if current is not None and current.state != "closed":
+            conv.reply(str(reply))
+    return True
+
+
+def handle_status(state: PolySMSState, form: dict) -> str:
+    """Record one status callback: one event per (SID, status), never a step back."""
+    sid = form.get("MessageSid") or form.get("SmsSid")
+    status = (form.get("MessageStatus") or form.get("SmsStatus") or "").lower()
+    if not sid or not status:
+        return "ignored"
+    error_code = form.get("ErrorCode")
+    code = int(error_code) if error_code and str(error_code).isdigit() else None
+    added = state.store.add_status_event(
+        StatusEvent(twilio_sid=sid, status=status, received_at=utcnow(), error_code=code)
+    )
+    if not added:
+        return "duplicate"
+    message = state.store.get_message_by_sid(sid)
+    if message is None:
+        # The callback beat the send job's own update: the job applies it when it records the SID.
+        return "pending"
+    return "applied" if apply_status(state, message, status, code) else "stale"

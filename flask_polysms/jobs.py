@@ -1,0 +1,63 @@
+"""The jobs every scheduler runs, by name, inside the app context.
+
+RQ imports ``run_job`` by its dotted path in the worker process; the worker command sets the app
+with :func:`set_worker_app`. Each job re-reads what it needs from the Store, so a job that runs twice
+(RQ can, see PITFALLS) or late does nothing wrong.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from flask import Flask, current_app, has_app_context
+
+if TYPE_CHECKING:
+    from .extension import PolySMSState
+
+log = logging.getLogger("flask_polysms.jobs")
+
+_worker_app: Flask | None = None
+
+
+def set_worker_app(app: Flask) -> None:
+    """The app whose context RQ jobs run in (set by ``flask polysms worker``)."""
+    global _worker_app
+    _worker_app = app
+
+
+def _handlers() -> dict[str, Any]:
+    from . import inbound, lifecycle, sending
+
+    return {
+        "send": sending.send_job,
+        "agent": inbound.agent_job,
+        "timer": lifecycle.timer_job,
+        "sweep": lifecycle.sweep,
+    }
+
+
+def run_job_in_app(app: Flask, name: str, *args: Any) -> Any:
+    """Run the named job with ``app``'s state, in its app context, with a store connection."""
+    from .extension import get_state
+
+    handler = _handlers()[name]
+    if has_app_context() and current_app._get_current_object() is app:  # type: ignore[attr-defined]
+        return handler(get_state(app), *args)
+    with app.app_context():
+        state: PolySMSState = get_state(app)
+        state.store.connect()
+        try:
+            return handler(state, *args)
+        finally:
+            state.store.close()
+
+
+def run_job(name: str, *args: Any) -> Any:
+    """Entry point for RQ: runs in the worker's app."""
+    app = _worker_app
+    if app is None:
+        if not has_app_context():
+            raise RuntimeError("no app for polysms jobs: start workers with `flask polysms worker`")
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
+    return run_job_in_app(app, name, *args)

@@ -1,0 +1,244 @@
+"""Session lifecycle: creation, activity, the 24 h warning, the 10 min grace and the close.
+
+The deadline lives on the session in the Store; a scheduled job only wakes the session up and
+re-reads it. A message that only moves the deadline later schedules nothing: the job already waiting
+wakes at the old time, sees the later deadline and sleeps again. Every transition is a
+compare-and-set on the session's version, so two workers firing the same timer make one transition.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from .clock import utcnow
+from .metrics import count
+from .records import (
+    ACTIVE,
+    CLOSED,
+    END_INACTIVITY,
+    END_UNENGAGED,
+    QUEUED,
+    SENDING,
+    TIMER_GRACE,
+    TIMER_IDLE,
+    WARNED,
+    Session,
+    new_id,
+)
+from .store import StaleVersion
+
+if TYPE_CHECKING:
+    from .extension import PolySMSState
+
+log = logging.getLogger("flask_polysms.lifecycle")
+
+MAX_CAS_TRIES = 20
+
+
+def new_session(
+    state: PolySMSState, project_id: str, environment: str, user_number: str, agent_number: str
+) -> Session:
+    """Open a session with its idle deadline, and schedule its wake-up."""
+    now = utcnow()
+    deadline = now + state.settings.idle_timeout
+    session = state.store.create_session(
+        Session(
+            id=new_id("conv_"),
+            project_id=project_id,
+            environment=environment,
+            user_number=user_number,
+            agent_number=agent_number,
+            created_at=now,
+            last_activity_at=now,
+            deadline_at=deadline,
+            timer_kind=TIMER_IDLE,
+            wake_at=deadline,
+        )
+    )
+    _schedule_wake(state, session.id, deadline)
+    count(state, project_id, environment, "conversations")
+    return session
+
+
+def _schedule_wake(state: PolySMSState, session_id: str, when: datetime) -> None:
+    # One job id per session: RQ replaces a scheduled job with the same id (PITFALLS), so there is
+    # never more than one wake-up per session waiting in Redis.
+    state.scheduler.enqueue_at(when, "timer", session_id, job_id=f"timer-{session_id}")
+
+
+def update_with_retry(
+    state: PolySMSState, session_id: str, change: Callable[[Session], dict[str, Any] | None]
+) -> tuple[Session | None, bool]:
+    """Apply ``change(session) -> fields`` with compare-and-set, re-reading on conflict.
+
+    ``change`` returns None to do nothing. Returns (the session as it ends, whether we changed it).
+    """
+    for _ in range(MAX_CAS_TRIES):
+        session = state.store.get_session(session_id)
+        if session is None:
+            return None, False
+        fields = change(session)
+        if fields is None:
+            return session, False
+        try:
+            return state.store.update_session(session_id, session.version, **fields), True
+        except StaleVersion:
+            continue
+    raise RuntimeError(f"session {session_id} kept changing under {MAX_CAS_TRIES} updates")
+
+
+def note_activity(state: PolySMSState, session_id: str, *, user_reply: bool) -> Session | None:
+    """A message went either way: restart the idle deadline; a user reply also engages the session
+    and brings a warned session back to ``active``."""
+    now = utcnow()
+    deadline = now + state.settings.idle_timeout
+
+    def change(session: Session) -> dict[str, Any] | None:
+        if session.state == CLOSED:
+            return None
+        fields: dict[str, Any] = {
+            "last_activity_at": now,
+            "deadline_at": deadline,
+            "timer_kind": TIMER_IDLE,
+        }
+        if user_reply:
+            fields["engaged"] = True
+            fields["state"] = ACTIVE
+        if session.wake_at is None or session.wake_at > deadline:
+            fields["wake_at"] = deadline
+        return fields
+
+    session, changed = update_with_retry(state, session_id, change)
+    if changed and session is not None and session.wake_at == deadline:
+        _schedule_wake(state, session_id, deadline)
+    return session
+
+
+def timer_job(state: PolySMSState, session_id: str) -> bool:
+    """Wake a session: fire its deadline if due, else sleep until it. True when it fired."""
+    now = utcnow()
+    fired: dict[str, Any] = {}
+
+    def change(session: Session) -> dict[str, Any] | None:
+        fired.clear()
+        if session.state == CLOSED or session.deadline_at is None:
+            return None
+        if session.deadline_at > now:
+            # Woken early (the deadline moved): sleep until the new deadline, unless a job for
+            # it is already waiting.
+            if session.wake_at == session.deadline_at and session.wake_at > now:
+                return None
+            fired["sleep"] = session.deadline_at
+            return {"wake_at": session.deadline_at}
+        if session.timer_kind == TIMER_IDLE and session.engaged:
+            grace_end = now + state.settings.grace_period
+            fired["warn"] = session
+            return {
+                "state": WARNED,
+                "timer_kind": TIMER_GRACE,
+                "deadline_at": grace_end,
+                "wake_at": grace_end,
+            }
+        fired["close"] = session
+        return {
+            "state": CLOSED,
+            "closed_at": now,
+            "end_reason": END_INACTIVITY if session.timer_kind == TIMER_GRACE else END_UNENGAGED,
+            "deadline_at": None,
+            "timer_kind": None,
+            "wake_at": None,
+        }
+
+    session, changed = update_with_retry(state, session_id, change)
+    if not changed or session is None:
+        return False
+    if "sleep" in fired:
+        _schedule_wake(state, session_id, fired["sleep"])
+        return False
+    from .sending import queue_message
+
+    if "warn" in fired:
+        _schedule_wake(state, session_id, session.deadline_at)
+        queue_message(
+            state,
+            project_id=session.project_id,
+            environment=session.environment,
+            session=session,
+            kind="warning",
+            body=state.settings.warning_message,
+            to=session.user_number,
+            sender=session.agent_number,
+        )
+        return True
+    if session.end_reason == END_INACTIVITY:
+        queue_message(
+            state,
+            project_id=session.project_id,
+            environment=session.environment,
+            session=session,
+            kind="closing",
+            body=state.settings.closing_message,
+            to=session.user_number,
+            sender=session.agent_number,
+        )
+    return True
+
+
+def end_session(state: PolySMSState, session_id: str, reason: str) -> Session | None:
+    """Close a session now (the agent's ``conv.end()``); a closed session stays closed."""
+    now = utcnow()
+
+    def change(session: Session) -> dict[str, Any] | None:
+        if session.state == CLOSED:
+            return None
+        return {
+            "state": CLOSED,
+            "closed_at": now,
+            "end_reason": reason,
+            "deadline_at": None,
+            "timer_kind": None,
+            "wake_at": None,
+        }
+
+    session, _ = update_with_retry(state, session_id, change)
+    return session
+
+
+def reap_stuck_messages(state: PolySMSState) -> int:
+    """Re-queue messages left ``queued`` or ``sending`` (a lost job, a killed worker)."""
+    older_than = utcnow() - state.settings.stuck_after
+    requeued = 0
+    for message in state.store.stuck_messages(older_than):
+        if message.status == SENDING:
+            # The worker died mid-send; at-least-once: send again rather than lose the message.
+            if state.store.update_message(
+                message.id, expected_status=SENDING, status=QUEUED, updated_at=utcnow()
+            ) is None:
+                continue
+        else:
+            state.store.update_message(message.id, expected_status=QUEUED, updated_at=utcnow())
+        state.scheduler.enqueue("send", message.id)
+        requeued += 1
+    return requeued
+
+
+def sweep(state: PolySMSState) -> int:
+    """Fire every overdue deadline and re-queue stuck messages; returns the timers fired.
+
+    Safe to run anywhere, any time, as often as wanted: timers are compare-and-set transitions.
+    """
+    fired = 0
+    for session in state.store.due_sessions(utcnow()):
+        if timer_job(state, session.id):
+            fired += 1
+    reap_stuck_messages(state)
+    return fired
+
+
+def run_due_timers(state: PolySMSState) -> int:
+    """Run the scheduler's due jobs, then sweep the Store; returns the timers fired."""
+    fired = state.scheduler.run_due(utcnow())
+    return fired + sweep(state)

@@ -1,0 +1,82 @@
+"""The outbound API's service: choose the sender, open the session, queue the greeting."""
+
+from __future__ import annotations
+
+import zlib
+from typing import TYPE_CHECKING
+
+from .errors import InvalidInput, NotFoundError
+from .lifecycle import new_session, update_with_retry
+from .phone import region_of
+from .records import Message, Session
+from .sender_facts import guard_error, two_way_supported
+from .sending import queue_message
+from .tenancy import Tenant
+
+if TYPE_CHECKING:
+    from .extension import PolySMSState
+
+
+def choose_agent_number(
+    state: PolySMSState, tenant: Tenant, user_number: str, requested: str | None
+) -> str:
+    """The sender for a new outbound conversation (DESIGN §3.1, number selection)."""
+    numbers = [
+        s.address
+        for s in state.store.list_senders(tenant.project_id, tenant.environment)
+        if s.kind == "number"
+    ]
+    if requested is not None:
+        if requested not in numbers:
+            raise InvalidInput(
+                f"agent_number {requested} is not provisioned for this project's "
+                f"{tenant.environment} environment",
+                errors={"agent_number": ["not a provisioned number for this environment"]},
+            )
+        return requested
+    if not numbers:
+        raise NotFoundError(
+            f"no numbers are provisioned for this project's {tenant.environment} environment"
+        )
+    # Keep talking to the user from the number they already know.
+    previous = state.store.last_agent_number(tenant.project_id, tenant.environment, user_number)
+    if previous in numbers:
+        return previous
+    # Otherwise spread users across numbers; a stable hash keeps one user on one number.
+    return numbers[zlib.crc32(user_number.encode()) % len(numbers)]
+
+
+def start_outbound(
+    state: PolySMSState,
+    tenant: Tenant,
+    user_number: str,
+    text: str,
+    agent_number: str | None = None,
+) -> tuple[Session, Message]:
+    """Open a session whose greeting is ``text`` and queue it for sending."""
+    chosen = choose_agent_number(state, tenant, user_number, agent_number)
+    if state.settings.sender_guard and tenant.project.settings.get("sender_guard", True):
+        problem = guard_error(state.store.get_sender(chosen))
+        if problem:
+            raise InvalidInput(problem)
+    session = new_session(state, tenant.project_id, tenant.environment, user_number, chosen)
+    country = region_of(user_number)
+    if country and two_way_supported(country) is False:
+        warning = (
+            f"{country} does not support two-way SMS: replies from {user_number} will not "
+            "come back"
+        )
+        session, _ = update_with_retry(
+            state, session.id, lambda s: {"metadata": {**s.metadata, "warnings": [warning]}}
+        )
+    message = queue_message(
+        state,
+        project_id=tenant.project_id,
+        environment=tenant.environment,
+        session=session,
+        kind="greeting",
+        body=text,
+        to=user_number,
+        sender=chosen,
+    )
+    return session, state.store.get_message(message.id) or message

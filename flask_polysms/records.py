@@ -1,0 +1,199 @@
+"""The domain records every Store backend keeps.
+
+Plain dataclasses: the services and blueprints read and build these, the backends translate them to
+and from their own storage. Times are aware UTC datetimes (see :mod:`flask_polysms.clock`).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+ENVIRONMENTS = ("sandbox", "pre-release", "live")
+ENVIRONMENT_ALIASES = {"dev": "sandbox"}
+
+# Session states and why a session ended.
+ACTIVE, WARNED, CLOSED = "active", "warned", "closed"
+END_INACTIVITY, END_UNENGAGED, END_AGENT, END_OPT_OUT = "inactivity", "unengaged", "agent", "opt_out"
+
+# Timer kinds kept on a session: "idle" waits for 24 h of silence, "grace" for the reply to a warning.
+TIMER_IDLE, TIMER_GRACE = "idle", "grace"
+
+# Message statuses. "sending" is held by one send job at a time; the final ones never move back.
+QUEUED, SENDING, SENT, DELIVERED, UNDELIVERED, FAILED = (
+    "queued",
+    "sending",
+    "sent",
+    "delivered",
+    "undelivered",
+    "failed",
+)
+SUPPRESSED, RECEIVED, DROPPED = "suppressed", "received", "dropped"
+FINAL_STATUSES = frozenset({DELIVERED, UNDELIVERED, FAILED, SUPPRESSED})
+# Order of Twilio's outbound statuses: a callback never moves a message to a lower rank.
+STATUS_RANK = {
+    QUEUED: 0,
+    SENDING: 1,
+    "accepted": 1,
+    "scheduled": 1,
+    SENT: 2,
+    DELIVERED: 3,
+    UNDELIVERED: 3,
+    FAILED: 3,
+}
+
+OUTBOUND, INBOUND = "outbound", "inbound"
+
+
+def new_id(prefix: str = "") -> str:
+    """A fresh, URL-safe, unguessable identifier."""
+    return prefix + uuid.uuid4().hex
+
+
+def canonical_environment(name: str) -> str | None:
+    """The environment a name stands for (``dev`` is ``sandbox``), or None when it names none."""
+    name = ENVIRONMENT_ALIASES.get(name, name)
+    return name if name in ENVIRONMENTS else None
+
+
+@dataclass
+class Account:
+    id: str
+    name: str
+    created_at: datetime
+
+
+@dataclass
+class ApiKey:
+    id: str
+    account_id: str
+    key_hash: str
+    prefix: str
+    created_at: datetime
+    revoked_at: datetime | None = None
+
+
+@dataclass
+class Project:
+    id: str
+    account_id: str
+    name: str
+    created_at: datetime
+    twilio_account_sid: str | None = None
+    # Encrypted with the app's key (see crypto.py); never the plain token.
+    twilio_auth_token_encrypted: str | None = None
+    # Per-project options: keyword replies, the sender guard, variant attributes per environment.
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Sender:
+    """A provisioned sender: an E.164 number or a Messaging Service SID, in one environment."""
+
+    id: str
+    project_id: str
+    environment: str
+    address: str
+    created_at: datetime
+    kind: str = "number"  # "number" or "messaging_service"
+    country: str | None = None  # ISO 3166 alpha-2, None when unknown
+    number_type: str | None = None  # long_code, toll_free, short_code, messaging_service, mobile
+    registration: str = "unknown"  # unknown, registered, verified, not_registered, not_verified...
+    campaign_id: str | None = None
+
+
+@dataclass
+class Connector:
+    id: str
+    project_id: str
+    environment: str
+    created_at: datetime
+
+
+@dataclass
+class Session:
+    """A conversation session: the thread between one user number and one agent number."""
+
+    id: str
+    project_id: str
+    environment: str
+    user_number: str
+    agent_number: str
+    created_at: datetime
+    last_activity_at: datetime
+    state: str = ACTIVE
+    engaged: bool = False
+    closed_at: datetime | None = None
+    end_reason: str | None = None
+    # The one pending timer: when it is due and what it does. The Store is its source of truth.
+    deadline_at: datetime | None = None
+    timer_kind: str | None = None
+    # When the scheduled wake-up job runs; a message that only moves the deadline later needs no
+    # new job (the job re-reads the deadline and sleeps again), so it does not touch Redis.
+    wake_at: datetime | None = None
+    # Optimistic concurrency: every update must name the version it read.
+    version: int = 1
+    data: dict[str, Any] = field(default_factory=dict)  # conv.state
+    entities: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)  # metadata.sms_sends, warnings
+    language: str | None = None
+
+
+@dataclass
+class Message:
+    id: str
+    project_id: str
+    environment: str
+    session_id: str | None
+    direction: str
+    kind: str  # greeting, agent, user, compliance, warning, closing
+    body: str
+    to: str
+    from_: str | None
+    created_at: datetime
+    updated_at: datetime
+    status: str = QUEUED
+    messaging_service_sid: str | None = None
+    error_code: int | None = None
+    error_message: str | None = None
+    twilio_sid: str | None = None
+    segments: int = 1
+    encoding: str = "GSM-7"
+    attempts: int = 0
+    max_attempts: int = 5
+    template: str | None = None
+    # Why an inbound message was not handed on (opted_out, rate_limited, duplicate_text...).
+    drop_reason: str | None = None
+
+
+@dataclass
+class StatusEvent:
+    twilio_sid: str
+    status: str
+    received_at: datetime
+    error_code: int | None = None
+
+
+@dataclass
+class Template:
+    id: str
+    project_id: str
+    title: str
+    body: str
+    env_phone_numbers: dict[str, str]
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass
+class OptOutEvent:
+    """One change of an opt-out pair, kept forever for record-keeping."""
+
+    project_id: str
+    recipient: str
+    sender: str
+    action: str  # "opt_out" or "opt_in"
+    keyword: str | None
+    at: datetime

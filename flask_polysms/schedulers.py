@@ -1,0 +1,210 @@
+"""The Scheduler port: run a job now or at a time.
+
+Jobs are named (see :mod:`flask_polysms.jobs`) and take plain, JSON-able arguments, so every
+scheduler can hand them across threads or processes. Three implementations:
+
+- ``manual``: runs jobs inline; timed jobs wait until ``run_due(now)`` (tests, under freezegun);
+- ``thread``: a background thread runs jobs and timers in-process (the embedded default);
+- ``rq``: jobs on Redis through RQ, timers with ``enqueue_at`` and the worker's built-in scheduler.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import os
+import threading
+from abc import ABC, abstractmethod
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from .clock import as_utc, utcnow
+
+if TYPE_CHECKING:
+    from flask import Flask
+
+log = logging.getLogger("flask_polysms.scheduler")
+
+
+class Scheduler(ABC):
+    """Runs named jobs now (``enqueue``) or later (``enqueue_at``)."""
+
+    def __init__(self, app: Flask) -> None:
+        # The app object is needed to push a context around each job; the scheduler lives in the
+        # app's extension state, so this is one app per scheduler.
+        self.app = app
+
+    @abstractmethod
+    def enqueue(self, job: str, *args: Any) -> None:
+        """Run the job as soon as possible."""
+
+    @abstractmethod
+    def enqueue_at(self, when: datetime, job: str, *args: Any, job_id: str | None = None) -> None:
+        """Run the job at ``when``; a later call with the same ``job_id`` replaces the earlier."""
+
+    def run_due(self, now: datetime) -> int:
+        """Run what is due at ``now`` (manual only); returns how many session timers fired."""
+        return 0
+
+    def start(self) -> None:  # noqa: B027 - nothing to start for inline schedulers
+        """Start background work, if any."""
+
+    def stop(self) -> None:  # noqa: B027
+        """Stop background work, if any."""
+
+    def _run(self, job: str, args: tuple) -> Any:
+        from .jobs import run_job_in_app
+
+        return run_job_in_app(self.app, job, *args)
+
+
+class ManualScheduler(Scheduler):
+    """Deterministic scheduler for tests: immediate jobs inline, timed jobs on ``run_due``."""
+
+    def __init__(self, app: Flask) -> None:
+        super().__init__(app)
+        self._timed: dict[str, tuple[datetime, str, tuple]] = {}
+        self._counter = itertools.count()
+        self._lock = threading.RLock()
+
+    def enqueue(self, job: str, *args: Any) -> None:
+        self._run(job, args)
+
+    def enqueue_at(self, when: datetime, job: str, *args: Any, job_id: str | None = None) -> None:
+        with self._lock:
+            key = job_id or f"job-{next(self._counter)}"
+            self._timed[key] = (as_utc(when), job, args)
+
+    def pending(self) -> list[tuple[datetime, str, tuple]]:
+        """The timed jobs waiting, earliest first."""
+        with self._lock:
+            return sorted(self._timed.values(), key=lambda item: item[0])
+
+    def run_due(self, now: datetime) -> int:
+        fired = 0
+        while True:
+            with self._lock:
+                due = sorted(
+                    (item for item in self._timed.items() if item[1][0] <= now),
+                    key=lambda item: item[1][0],
+                )
+                if not due:
+                    return fired
+                key, (_, job, args) = due[0]
+                del self._timed[key]
+            # A job may schedule again (even under the same id): it runs outside the lock.
+            if self._run(job, args) and job == "timer":
+                fired += 1
+
+
+class ThreadScheduler(Scheduler):
+    """In-process background loop: immediate jobs and timers in one daemon thread.
+
+    Timed jobs live in memory only; that is safe because every deadline also lives in the Store and
+    the loop runs the sweep every ``POLYSMS_SWEEP_INTERVAL``, so a restart loses nothing.
+    """
+
+    def __init__(self, app: Flask, sweep_interval: float = 60.0) -> None:
+        super().__init__(app)
+        self._heap: list[tuple[datetime, int, str, str, tuple]] = []
+        self._live_ids: dict[str, int] = {}
+        self._counter = itertools.count()
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._sweep_interval = sweep_interval
+
+    def _push(self, when: datetime, job: str, args: tuple, job_id: str | None) -> None:
+        with self._cond:
+            seq = next(self._counter)
+            key = job_id or f"job-{seq}"
+            self._live_ids[key] = seq  # an older entry under this id becomes stale and is skipped
+            heapq.heappush(self._heap, (as_utc(when), seq, key, job, args))
+            self._cond.notify()
+        self.start()
+
+    def enqueue(self, job: str, *args: Any) -> None:
+        self._push(utcnow(), job, args, None)
+
+    def enqueue_at(self, when: datetime, job: str, *args: Any, job_id: str | None = None) -> None:
+        self._push(when, job, args, job_id)
+
+    def start(self) -> None:
+        # Under `flask run --debug` the reloader's parent process never serves: it must not run
+        # timers, or they would fire twice.
+        if os.environ.get("FLASK_RUN_FROM_CLI") and os.environ.get("WERKZEUG_RUN_MAIN") == "false":
+            return
+        with self._cond:
+            if self._thread is not None and self._thread.is_alive():
+                return
+            self._stopping = False
+            self._thread = threading.Thread(
+                target=self._loop, name="polysms-scheduler", daemon=True
+            )
+            self._thread.start()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._thread = None
+
+    def _loop(self) -> None:
+        next_sweep = 0.0
+        while True:
+            with self._cond:
+                if self._stopping:
+                    return
+                now = utcnow()
+                if self._heap and self._heap[0][0] <= now:
+                    _, seq, key, job, args = heapq.heappop(self._heap)
+                    if self._live_ids.get(key) != seq:
+                        continue
+                    del self._live_ids[key]
+                else:
+                    wait = self._sweep_interval
+                    if self._heap:
+                        wait = min(wait, (self._heap[0][0] - now).total_seconds())
+                    sweep_due = now.timestamp() >= next_sweep
+                    if not sweep_due:
+                        self._cond.wait(timeout=max(0.01, min(wait, next_sweep - now.timestamp())))
+                        continue
+                    job, args = "sweep", ()
+                    next_sweep = now.timestamp() + self._sweep_interval
+            try:
+                self._run(job, args)
+            except Exception:  # one failing job must not stop the loop
+                log.exception("polysms job %s failed", job)
+
+
+class RQScheduler(Scheduler):
+    """Jobs on Redis through RQ; timers through ``enqueue_at`` and the worker's scheduler."""
+
+    def __init__(self, app: Flask, redis_url: str, queue_name: str) -> None:
+        super().__init__(app)
+        from redis import Redis
+        from rq import Queue
+
+        self.connection = Redis.from_url(redis_url)
+        self.queue = Queue(queue_name, connection=self.connection)
+
+    def enqueue(self, job: str, *args: Any) -> None:
+        # result_ttl=0: results are never read, and keeping them would cost Redis memory per job.
+        self.queue.enqueue("flask_polysms.jobs.run_job", job, *args, result_ttl=0)
+
+    def enqueue_at(self, when: datetime, job: str, *args: Any, job_id: str | None = None) -> None:
+        # Aware UTC: RQ reads naive datetimes as the server's local time.
+        self.queue.enqueue_at(
+            as_utc(when), "flask_polysms.jobs.run_job", job, *args, job_id=job_id, result_ttl=0
+        )
+
+
+def create_scheduler(app: Flask, settings) -> Scheduler:
+    if settings.scheduler == "manual":
+        return ManualScheduler(app)
+    if settings.scheduler == "thread":
+        return ThreadScheduler(app, sweep_interval=settings.sweep_interval.total_seconds())
+    return RQScheduler(app, settings.redis_url, settings.queue_name)

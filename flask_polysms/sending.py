@@ -1,0 +1,236 @@
+"""The one send path: record the message, then a job re-checks, sends and records the outcome.
+
+Every outbound message — API greeting, agent reply, ``conv.send_sms``, templates, keyword replies,
+warnings, closings — goes through :func:`queue_message` and :func:`send_job`.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from .clock import utcnow
+from .gateways import GatewayError, OutgoingSMS
+from .metrics import count
+from .phone import is_messaging_service_sid
+from .records import (
+    FAILED,
+    OUTBOUND,
+    QUEUED,
+    SENDING,
+    SENT,
+    STATUS_RANK,
+    SUPPRESSED,
+    Message,
+    Session,
+    new_id,
+)
+from .segments import count_segments
+from .sender_facts import guard_error
+
+if TYPE_CHECKING:
+    from .extension import PolySMSState
+
+log = logging.getLogger("flask_polysms.sending")
+
+# Keyword confirmations must reach the user even right after STOP (carriers require the reply).
+UNSUPPRESSED_KINDS = frozenset({"compliance"})
+
+
+def queue_message(
+    state: PolySMSState,
+    *,
+    project_id: str,
+    environment: str,
+    session: Session | None,
+    kind: str,
+    body: str,
+    to: str,
+    sender: str,
+    template: str | None = None,
+    max_attempts: int | None = None,
+    error: tuple[int | None, str] | None = None,
+) -> Message:
+    """Record an outbound message as ``queued`` and hand it to the send job.
+
+    ``sender`` is an E.164 number or a Messaging Service SID. With ``error`` the message is recorded
+    as ``failed`` at once (a send that cannot even be attempted) and counted in ``api_failures``.
+    """
+    now = utcnow()
+    segments = count_segments(body)
+    service = sender if is_messaging_service_sid(sender) else None
+    message = Message(
+        id=new_id("msg_"),
+        project_id=project_id,
+        environment=environment,
+        session_id=session.id if session else None,
+        direction=OUTBOUND,
+        kind=kind,
+        body=body,
+        to=to,
+        from_=None if service else sender,
+        messaging_service_sid=service,
+        created_at=now,
+        updated_at=now,
+        segments=segments.segments,
+        encoding=segments.encoding,
+        template=template,
+        max_attempts=max_attempts or state.settings.send_max_attempts,
+    )
+    if error is not None:
+        message.status = FAILED
+        message.error_code, message.error_message = error
+        state.store.add_message(message)
+        count(state, project_id, environment, "api_failures")
+        return message
+    state.store.add_message(message)
+    state.scheduler.enqueue("send", message.id)
+    return message
+
+
+def status_callback_url(state: PolySMSState) -> str | None:
+    """Where Twilio posts delivery updates: the public URL when set, else the serving host."""
+    from flask import has_request_context, request
+
+    path = f"{state.settings.url_prefix}/v1/twilio/status"
+    if state.settings.public_url:
+        return state.settings.public_url + path
+    if has_request_context():
+        return request.host_url.rstrip("/") + path
+    base = state.app.config.get("POLYSMS_CALLBACK_BASE_URL")
+    return base.rstrip("/") + path if base else None
+
+
+def _fail(state: PolySMSState, message: Message, code: int | None, text: str) -> None:
+    updated = state.store.update_message(
+        message.id,
+        expected_status=SENDING,
+        status=FAILED,
+        error_code=code,
+        error_message=text,
+        updated_at=utcnow(),
+    )
+    if updated is not None:
+        count(state, message.project_id, message.environment, "api_failures")
+
+
+def send_job(state: PolySMSState, message_id: str) -> bool:
+    """Send one queued message; idempotent (only the job that moves it to ``sending`` sends)."""
+    store = state.store
+    message = store.get_message(message_id)
+    if message is None or message.status != QUEUED:
+        return False
+    claimed = store.update_message(
+        message_id,
+        expected_status=QUEUED,
+        status=SENDING,
+        attempts=message.attempts + 1,
+        updated_at=utcnow(),
+    )
+    if claimed is None:
+        return False
+    message = claimed
+    sender = message.messaging_service_sid or message.from_
+    # The opt-out is checked here, at send time, not only when the message was accepted.
+    if message.kind not in UNSUPPRESSED_KINDS and store.is_opted_out(message.to, sender):
+        if store.update_message(
+            message_id, expected_status=SENDING, status=SUPPRESSED, updated_at=utcnow()
+        ):
+            count(state, message.project_id, message.environment, "suppressed")
+        return True
+    project = store.get_project(message.project_id)
+    if project is None or not project.twilio_account_sid or not project.twilio_auth_token_encrypted:
+        _fail(state, message, None, "the project has no Twilio connection (connect-twilio)")
+        return True
+    if state.settings.sender_guard and project.settings.get("sender_guard", True):
+        problem = guard_error(store.get_sender(sender)) if store.get_sender(sender) else None
+        if problem:
+            _fail(state, message, None, problem)
+            return True
+    try:
+        result = state.gateway.send(
+            project.twilio_account_sid,
+            state.cipher.decrypt(project.twilio_auth_token_encrypted),
+            OutgoingSMS(
+                to=message.to,
+                body=message.body,
+                from_=message.from_,
+                messaging_service_sid=message.messaging_service_sid,
+                status_callback=status_callback_url(state),
+            ),
+        )
+    except GatewayError as exc:
+        _handle_gateway_error(state, message, exc)
+        return True
+    sent = store.update_message(
+        message_id,
+        expected_status=SENDING,
+        status=SENT,
+        twilio_sid=result.sid,
+        error_code=None,
+        error_message=None,
+        updated_at=utcnow(),
+    )
+    if sent is not None:
+        count(state, message.project_id, message.environment, "sent")
+        # A status callback may have raced ahead of this update: apply what already arrived.
+        for event in store.list_status_events(result.sid):
+            apply_status(state, sent, event.status, event.error_code)
+    return True
+
+
+def _handle_gateway_error(state: PolySMSState, message: Message, exc: GatewayError) -> None:
+    if exc.retryable and message.attempts < message.max_attempts:
+        # Back to queued, then wake again after an exponential delay: 1x, 2x, 4x, 8x the base.
+        requeued = state.store.update_message(
+            message.id,
+            expected_status=SENDING,
+            status=QUEUED,
+            error_code=exc.code,
+            error_message=str(exc),
+            updated_at=utcnow(),
+        )
+        if requeued is not None:
+            state.scheduler.enqueue_at(
+                utcnow() + retry_delay(state, message.attempts),
+                "send",
+                message.id,
+                job_id=f"send-{message.id}-{message.attempts}",
+            )
+        return
+    _fail(state, message, exc.code, str(exc))
+    if exc.code == 21610:
+        # Twilio says the recipient unsubscribed (e.g. STOP sent to Twilio directly): agree with it.
+        state.store.set_opt_out(
+            message.project_id,
+            message.to,
+            message.messaging_service_sid or message.from_,
+            True,
+            "twilio:21610",
+            utcnow(),
+        )
+
+
+def apply_status(
+    state: PolySMSState, message: Message, status: str, error_code: int | None
+) -> bool:
+    """Move a message to a Twilio status if that is forward; counts the metric once per message."""
+    rank = STATUS_RANK.get(status)
+    if rank is None:
+        return False
+    lower = tuple(s for s, r in STATUS_RANK.items() if r < rank)
+    fields = {"status": status, "updated_at": utcnow()}
+    if error_code is not None:
+        fields["error_code"] = error_code
+    updated = state.store.update_message(message.id, expected_status=lower, **fields)
+    if updated is None:
+        return False
+    if status in ("delivered", "undelivered", "failed"):
+        count(state, message.project_id, message.environment, status)
+    return True
+
+
+def retry_delay(state: PolySMSState, attempt: int) -> timedelta:
+    """The wait before retry number ``attempt`` (1-based)."""
+    return state.settings.retry_base_delay * (2 ** (attempt - 1))

@@ -1,0 +1,280 @@
+"""The Store: the one storage contract every backend fulfils.
+
+Every method here is the whole promise; the contract test suite (tests/test_store_contract.py) runs
+unchanged against each backend. Methods that decide a race (claims, compare-and-set updates, opt-out
+changes, unique inserts) are atomic in every backend, across threads and, for the database backends,
+across processes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from abc import ABC, abstractmethod
+from datetime import date, datetime
+from typing import Any
+
+from .records import (
+    Account,
+    ApiKey,
+    Connector,
+    Message,
+    OptOutEvent,
+    Project,
+    Sender,
+    Session,
+    StatusEvent,
+    Template,
+)
+
+
+class StoreError(Exception):
+    """Base of the errors a Store raises."""
+
+
+class Conflict(StoreError):
+    """A unique value (sender address, template title, ...) is taken already."""
+
+
+class NotFound(StoreError):
+    """The record to change does not exist."""
+
+
+class StaleVersion(StoreError):
+    """A compare-and-set update lost: the record changed since it was read."""
+
+
+def encode_cursor(position: int) -> str:
+    """An opaque pagination cursor for a position in a backend's ordering."""
+    return base64.urlsafe_b64encode(str(position).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str | None) -> int | None:
+    """The position a cursor stands for; None for no cursor. Raises ValueError when malformed."""
+    if not cursor:
+        return None
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        return int(base64.urlsafe_b64decode(padded.encode()).decode())
+    except (binascii.Error, ValueError, UnicodeDecodeError) as exc:
+        raise ValueError("invalid cursor") from exc
+
+
+class Store(ABC):
+    """Persistence for accounts, projects, sessions, messages, templates, opt-outs and metrics."""
+
+    #: URL schemes this backend serves (used by the backend registry).
+    schemes: tuple[str, ...] = ()
+    #: Whether init_app creates the schema (embedded stores); server databases use `init-db`.
+    creates_schema_on_start: bool = False
+
+    def __init__(self, url: str, **options: Any) -> None:
+        self.url = url
+
+    # -- life cycle -------------------------------------------------------------------------------
+    def create_schema(self) -> None:  # noqa: B027 - optional for backends without a schema
+        """Create tables and indexes if missing (idempotent)."""
+
+    def drop_schema(self) -> None:  # noqa: B027
+        """Remove everything (tests only)."""
+
+    def connect(self) -> None:  # noqa: B027
+        """Open this thread's connection if the backend has one (called per request and job)."""
+
+    def close(self) -> None:  # noqa: B027
+        """Close this thread's connection if open."""
+
+    # -- accounts, keys, projects -----------------------------------------------------------------
+    @abstractmethod
+    def create_account(self, name: str) -> Account: ...
+
+    @abstractmethod
+    def get_account(self, account_id: str) -> Account | None: ...
+
+    @abstractmethod
+    def add_api_key(self, account_id: str, key_hash: str, prefix: str) -> ApiKey:
+        """Store a key's hash (never the key). Raises NotFound for an unknown account."""
+
+    @abstractmethod
+    def get_api_key_by_hash(self, key_hash: str) -> ApiKey | None: ...
+
+    @abstractmethod
+    def get_api_key(self, key_id: str) -> ApiKey | None: ...
+
+    @abstractmethod
+    def revoke_api_key(self, key_id: str, at: datetime) -> bool:
+        """Mark a key revoked; False when unknown or revoked already."""
+
+    @abstractmethod
+    def create_project(self, account_id: str, name: str) -> Project:
+        """Raises NotFound for an unknown account."""
+
+    @abstractmethod
+    def get_project(self, project_id: str) -> Project | None: ...
+
+    @abstractmethod
+    def update_project(self, project_id: str, **fields: Any) -> Project:
+        """Set the named fields (twilio_account_sid, twilio_auth_token_encrypted, settings, name)."""
+
+    # -- senders and connectors -------------------------------------------------------------------
+    @abstractmethod
+    def add_sender(self, sender: Sender) -> Sender:
+        """Provision a sender; its address is unique across all projects (Conflict otherwise)."""
+
+    @abstractmethod
+    def get_sender(self, address: str) -> Sender | None:
+        """The sender with this address (E.164 number or MG SID), in whatever project."""
+
+    @abstractmethod
+    def list_senders(self, project_id: str, environment: str | None = None) -> list[Sender]:
+        """A project's senders, oldest first, optionally of one environment."""
+
+    @abstractmethod
+    def update_sender(self, address: str, **fields: Any) -> Sender: ...
+
+    @abstractmethod
+    def create_connector(self, project_id: str, environment: str) -> Connector: ...
+
+    @abstractmethod
+    def get_connector(self, connector_id: str) -> Connector | None: ...
+
+    # -- sessions ---------------------------------------------------------------------------------
+    @abstractmethod
+    def create_session(self, session: Session) -> Session: ...
+
+    @abstractmethod
+    def get_session(self, session_id: str) -> Session | None: ...
+
+    @abstractmethod
+    def find_open_session(
+        self, project_id: str, user_number: str, agent_number: str
+    ) -> Session | None:
+        """The newest session of the triple that is not closed."""
+
+    @abstractmethod
+    def update_session(self, session_id: str, expected_version: int, **fields: Any) -> Session:
+        """Compare-and-set: apply ``fields`` and bump the version only if the stored version is
+        ``expected_version``; otherwise raise StaleVersion (NotFound if absent)."""
+
+    @abstractmethod
+    def list_sessions(
+        self,
+        project_id: str,
+        *,
+        environment: str | None = None,
+        user_number: str | None = None,
+        state: str | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
+    ) -> tuple[list[Session], str | None]:
+        """A page of a project's sessions, newest first, and the cursor of the next page."""
+
+    @abstractmethod
+    def due_sessions(self, now: datetime, limit: int = 500) -> list[Session]:
+        """Sessions not closed whose deadline is at or before ``now``, earliest first."""
+
+    @abstractmethod
+    def last_agent_number(self, project_id: str, environment: str, user_number: str) -> str | None:
+        """The agent number of this user's most recent session in the environment, if any."""
+
+    # -- messages ---------------------------------------------------------------------------------
+    @abstractmethod
+    def add_message(self, message: Message) -> Message: ...
+
+    @abstractmethod
+    def get_message(self, message_id: str) -> Message | None: ...
+
+    @abstractmethod
+    def get_message_by_sid(self, twilio_sid: str) -> Message | None: ...
+
+    @abstractmethod
+    def list_messages(self, session_id: str) -> list[Message]:
+        """A session's messages in the order they were recorded."""
+
+    @abstractmethod
+    def update_message(
+        self, message_id: str, expected_status: str | tuple[str, ...] | None = None, **fields: Any
+    ) -> Message | None:
+        """Apply ``fields``; when ``expected_status`` is given, only if the stored status is (one of)
+        it, atomically. Returns the updated message, or None when the status did not match."""
+
+    @abstractmethod
+    def stuck_messages(self, older_than: datetime, limit: int = 500) -> list[Message]:
+        """Outbound messages still ``queued`` or ``sending`` whose last update is before the time."""
+
+    @abstractmethod
+    def add_status_event(self, event: StatusEvent) -> bool:
+        """Record a status callback; False when the (SID, status) pair was recorded already."""
+
+    @abstractmethod
+    def list_status_events(self, twilio_sid: str) -> list[StatusEvent]: ...
+
+    @abstractmethod
+    def claim_inbound(self, message_sid: str, at: datetime) -> bool:
+        """True for exactly one caller per inbound MessageSid, ever."""
+
+    # -- templates --------------------------------------------------------------------------------
+    @abstractmethod
+    def create_template(self, template: Template) -> Template:
+        """Raises Conflict when the project has a template with this title."""
+
+    @abstractmethod
+    def get_template(self, project_id: str, template_id: str) -> Template | None: ...
+
+    @abstractmethod
+    def get_template_by_title(self, project_id: str, title: str) -> Template | None: ...
+
+    @abstractmethod
+    def list_templates(self, project_id: str) -> list[Template]:
+        """A project's templates ordered by title."""
+
+    @abstractmethod
+    def update_template(self, project_id: str, template_id: str, **fields: Any) -> Template:
+        """Raises NotFound, or Conflict when a new title is taken."""
+
+    @abstractmethod
+    def delete_template(self, project_id: str, template_id: str) -> bool: ...
+
+    # -- opt-outs ---------------------------------------------------------------------------------
+    @abstractmethod
+    def set_opt_out(
+        self,
+        project_id: str,
+        recipient: str,
+        sender: str,
+        opted_out: bool,
+        keyword: str | None,
+        at: datetime,
+    ) -> bool:
+        """Opt the pair out (or back in) and append the change to its history, atomically.
+        Returns False, and records nothing, when the pair was in that state already."""
+
+    @abstractmethod
+    def is_opted_out(self, recipient: str, sender: str) -> bool: ...
+
+    @abstractmethod
+    def opt_out_history(
+        self, project_id: str, recipient: str, sender: str | None = None
+    ) -> list[OptOutEvent]:
+        """The pair's (or the recipient's) opt-out changes, oldest first."""
+
+    # -- metrics ----------------------------------------------------------------------------------
+    @abstractmethod
+    def incr_metric(
+        self, project_id: str, environment: str, day: date, name: str, amount: int = 1
+    ) -> None:
+        """Add to a daily counter, atomically."""
+
+    @abstractmethod
+    def get_metrics(
+        self, project_id: str, environment: str, start: date, end: date
+    ) -> dict[date, dict[str, int]]:
+        """Counters per day for ``start`` <= day <= ``end``; days without data are absent."""
+
+    # -- inbound abuse blocks ---------------------------------------------------------------------
+    @abstractmethod
+    def block_number(self, project_id: str, number: str, until: datetime, reason: str) -> None:
+        """Block inbound from a number until a time (a later block extends it)."""
+
+    @abstractmethod
+    def blocked_until(self, project_id: str, number: str) -> datetime | None: ...
