@@ -1,8 +1,8 @@
 """Storage backends, chosen by the storage URL's scheme.
 
-``memory://`` is the in-memory store; ``sqlite``, ``postgresql``, ``postgres`` and ``mysql`` URLs are
-served by the Peewee store. Other packages add schemes with :func:`register_backend` or through the
-entry-point group ``flask_polysms.backends`` (name = scheme, value = ``module:StoreClass``).
+``memory://`` is the in-memory store; ``sqlite``, ``postgresql``, ``postgres`` and ``mysql``
+URLs are served by the Peewee store. Other packages add schemes with :func:`register_backend` or
+through the entry-point group ``flask_polysms.backends`` (name: scheme, value: ``module:Class``).
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ import threading
 from datetime import date, datetime
 from typing import Any
 
+from flask_polysms.clock import utcnow
 from flask_polysms.records import (
     CLOSED,
     OUTBOUND,
@@ -24,8 +25,14 @@ from flask_polysms.records import (
     Template,
     new_id,
 )
-from flask_polysms.clock import utcnow
-from flask_polysms.store import Conflict, NotFound, StaleVersion, Store, decode_cursor, encode_cursor
+from flask_polysms.store import (
+    Conflict,
+    NotFound,
+    StaleVersion,
+    Store,
+    decode_cursor,
+    encode_cursor,
+)
 
 
 def _copy(record):
@@ -173,7 +180,10 @@ class MemoryStore(Store):
             if project_id not in self._projects:
                 raise NotFound(f"no project {project_id}")
             connector = Connector(
-                id=new_id("con_"), project_id=project_id, environment=environment, created_at=utcnow()
+                id=new_id("con_"),
+                project_id=project_id,
+                environment=environment,
+                created_at=utcnow(),
             )
             self._connectors[connector.id] = connector
             return _copy(connector)
@@ -302,7 +312,9 @@ class MemoryStore(Store):
             if message is None:
                 return None
             if expected_status is not None:
-                allowed = (expected_status,) if isinstance(expected_status, str) else expected_status
+                allowed = (
+                    (expected_status,) if isinstance(expected_status, str) else expected_status
+                )
                 if message.status not in allowed:
                     return None
             for name, value in fields.items():
@@ -471,4 +483,3 @@ class MemoryStore(Store):
     def blocked_until(self, project_id: str, number: str) -> datetime | None:
         with self._lock:
             return self._blocks.get((project_id, number))
-

@@ -11,7 +11,7 @@ def utcnow() -> datetime:
 
 
 def as_utc(value: datetime) -> datetime:
-    """An aware UTC datetime for ``value`` (naive values are taken as UTC, as the backends store)."""
+    """An aware UTC datetime for ``value`` (naive values are taken as UTC, as stored)."""
     if value.tzinfo is None:
         return value.replace(tzinfo=timezone.utc)
     return value.astimezone(timezone.utc)

@@ -164,7 +164,7 @@ def _text(config: dict, key: str, *, optional: bool = False) -> str | None:
 
 
 def load_settings(config: dict, *, testing: bool) -> Settings:
-    """Apply the defaults to ``config`` and validate every key; raises ConfigError naming the key."""
+    """Apply the defaults to ``config`` and validate every key (ConfigError names the key)."""
     for key, value in DEFAULTS.items():
         config.setdefault(key, value)
     if config[ConfigVars.SCHEDULER] is None:

@@ -214,9 +214,12 @@ def reap_stuck_messages(state: PolySMSState) -> int:
     for message in state.store.stuck_messages(older_than):
         if message.status == SENDING:
             # The worker died mid-send; at-least-once: send again rather than lose the message.
-            if state.store.update_message(
-                message.id, expected_status=SENDING, status=QUEUED, updated_at=utcnow()
-            ) is None:
+            if (
+                state.store.update_message(
+                    message.id, expected_status=SENDING, status=QUEUED, updated_at=utcnow()
+                )
+                is None
+            ):
                 continue
         else:
             state.store.update_message(message.id, expected_status=QUEUED, updated_at=utcnow())

@@ -47,7 +47,9 @@ def summarise(
         counters = {name: per_day.get(day, {}).get(name, 0) for name in COUNTERS}
         for name, value in counters.items():
             totals[name] += value
-        by_day.append({"date": day.isoformat(), **counters, "delivery_rate": delivery_rate(counters)})
+        by_day.append(
+            {"date": day.isoformat(), **counters, "delivery_rate": delivery_rate(counters)}
+        )
         day += timedelta(days=1)
     return {
         "start": start.isoformat(),

@@ -58,8 +58,8 @@ def validate_e164(value: object) -> str:
     Raises ``ValueError`` with a message fit to show a user otherwise, e.g.
     ``'+1 415' is not an E.164 phone number such as +14155550100``.
     """
-    if is_e164(value):
-        return value  # type: ignore[return-value]  # is_e164 guarantees a str
+    if isinstance(value, str) and is_e164(value):
+        return value
     shown = repr(value)
     if len(shown) > _MAX_SHOWN:
         shown = shown[: _MAX_SHOWN - 1] + "…"

@@ -16,9 +16,14 @@ ENVIRONMENT_ALIASES = {"dev": "sandbox"}
 
 # Session states and why a session ended.
 ACTIVE, WARNED, CLOSED = "active", "warned", "closed"
-END_INACTIVITY, END_UNENGAGED, END_AGENT, END_OPT_OUT = "inactivity", "unengaged", "agent", "opt_out"
+END_INACTIVITY, END_UNENGAGED, END_AGENT, END_OPT_OUT = (
+    "inactivity",
+    "unengaged",
+    "agent",
+    "opt_out",
+)
 
-# Timer kinds kept on a session: "idle" waits for 24 h of silence, "grace" for the reply to a warning.
+# Timer kinds of a session: "idle" waits for 24 h of silence, "grace" for the reply to a warning.
 TIMER_IDLE, TIMER_GRACE = "idle", "grace"
 
 # Message statuses. "sending" is held by one send job at a time; the final ones never move back.

@@ -132,9 +132,9 @@ def describe_address(address: str) -> dict[str, Any]:
     - a 5-6 digit code: kind ``number``, number type ``short_code``, country None (the code alone
       does not say which country provisioned it);
     - an E.164 number: kind ``number``, country its ISO 3166 alpha-2 region and number type
-      ``toll_free`` or ``long_code`` as ``phonenumbers`` classifies it. A number ``phonenumbers``
-      does not recognise as valid, or of a type that is not an SMS sender, gets None for what is
-      unknown.
+      ``toll_free`` or ``long_code`` as ``phonenumbers`` classifies it. A number that is not valid
+      or not in canonical E.164 form gets None for both; one of a type that is not an SMS sender
+      (premium rate, shared cost...) gets None for its type.
 
     Raises ValueError for anything else.
     """
@@ -151,8 +151,10 @@ def describe_address(address: str) -> dict[str, Any]:
         number = phonenumbers.parse(address, None)
     except phonenumbers.NumberParseException:
         return facts
-    if not phonenumbers.is_valid_number(number):
-        # region_code_for_number would answer None anyway; the number type would be a guess.
+    canonical = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    if canonical != address or not phonenumbers.is_valid_number(number):
+        # Lenient parsing accepts "+440..." as a UK number; a sender address that is not the
+        # canonical E.164 form, or not a valid number, gets no facts rather than a guessed one.
         return facts
     facts["country"] = phonenumbers.region_code_for_number(number)
     kind_of_number = phonenumbers.number_type(number)
@@ -353,9 +355,9 @@ def compliance_report(sender: Sender, destination_countries: Iterable[str] = ())
             problem(
                 "warning",
                 f"{sender.address} is a Messaging Service: Twilio manages its numbers' compliance "
-                "(the A2P 10DLC campaign or toll-free verification is attached to the service), "
-                "but its numbers are unknown here, so none of it can be checked. Record its "
-                "registration once the service's campaign is approved.",
+                "(an A2P 10DLC campaign is attached to the service, toll-free numbers are verified "
+                "one by one), but its numbers are unknown here, so none of it can be checked. "
+                "Record its registration once the service's campaign is approved.",
             )
     else:
         _check_number(sender, country, number_type, missing, problem)

@@ -114,7 +114,7 @@ class Store(ABC):
 
     @abstractmethod
     def update_project(self, project_id: str, **fields: Any) -> Project:
-        """Set the named fields (twilio_account_sid, twilio_auth_token_encrypted, settings, name)."""
+        """Set the named fields (name, settings, Twilio SID, encrypted Auth Token)."""
 
     # -- senders and connectors -------------------------------------------------------------------
     @abstractmethod
@@ -195,12 +195,12 @@ class Store(ABC):
     def update_message(
         self, message_id: str, expected_status: str | tuple[str, ...] | None = None, **fields: Any
     ) -> Message | None:
-        """Apply ``fields``; when ``expected_status`` is given, only if the stored status is (one of)
-        it, atomically. Returns the updated message, or None when the status did not match."""
+        """Apply ``fields``; when ``expected_status`` is given, only if the stored status is (one
+        of) it, atomically. Returns the updated message, or None when the status did not match."""
 
     @abstractmethod
     def stuck_messages(self, older_than: datetime, limit: int = 500) -> list[Message]:
-        """Outbound messages still ``queued`` or ``sending`` whose last update is before the time."""
+        """Outbound messages still ``queued`` or ``sending`` last updated before ``older_than``."""
 
     @abstractmethod
     def add_status_event(self, event: StatusEvent) -> bool:

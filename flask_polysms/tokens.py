@@ -17,18 +17,16 @@ Pure functions, no I/O.
 from __future__ import annotations
 
 import re
+import string
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 TokenKind = Literal["variant", "entity", "variable"]
 
-#: What a token name may contain. Kept narrow on purpose: allowing more later (``-``, ``.``) keeps
-#: every saved template valid, while narrowing it would break saved templates.
-TOKEN_NAME_PATTERN = r"[A-Za-z0-9_]+"
-
-_NAME_RE = re.compile(TOKEN_NAME_PATTERN)
-_NAME_PREFIX_RE = re.compile(r"[A-Za-z0-9_]*")
+# What a token name may contain. Kept narrow on purpose: allowing more later ("-", ".") keeps every
+# saved template valid, while narrowing it would break saved templates.
+_NAME_CHARACTERS = frozenset(string.ascii_letters + string.digits + "_")
 # Where something token-like starts or a stray closing brace pair is. "${{" is not a variant start:
 # it is the common "$" + "{{entity:amount}}" of a price.
 _MARK_RE = re.compile(r"\$\{(?!\{)|\{\{|\}\}")
@@ -97,8 +95,10 @@ def _shown(text: str) -> str:
 
 def _variant_at(body: str, start: int) -> Token:
     """The ``${name}`` token starting at ``start`` (where ``body`` has ``${``)."""
-    name = _NAME_PREFIX_RE.match(body, start + 2).group()  # type: ignore[union-attr]
-    after = start + 2 + len(name)
+    after = start + 2
+    while after < len(body) and body[after] in _NAME_CHARACTERS:
+        after += 1
+    name = body[start + 2 : after]
     if after < len(body) and body[after] == "}":
         if not name:
             raise TemplateSyntaxError("${}", start, "an attribute name is required inside ${}")
@@ -129,7 +129,7 @@ def _double_brace_at(body: str, start: int) -> Token:
         )
     if not name:
         raise TemplateSyntaxError(written, start, f"a name is required after '{word}:'")
-    if _NAME_RE.fullmatch(name) is None:
+    if not all(c in _NAME_CHARACTERS for c in name):
         raise TemplateSyntaxError(
             written, start, "names use only ASCII letters, digits and underscore"
         )

@@ -1,0 +1,307 @@
+"""Session inactivity lifecycle (DESIGN §4.2) with the manual scheduler under freezegun."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from flask import Flask
+from freezegun import freeze_time
+
+from flask_polysms import PolySMS, get_state
+from flask_polysms.config import DEFAULT_CLOSING_MESSAGE
+from flask_polysms.testing import provision, sign_twilio_request
+
+AGENT = "+14155552671"
+USER = "+14155552672"
+START = "2026-03-02 09:00:00"
+
+
+@pytest.fixture
+def polysms():
+    ext = PolySMS()
+
+    @ext.agent
+    def answer(conv, text):
+        return f"you said {text}"
+
+    return ext
+
+
+@pytest.fixture
+def app(polysms):
+    app = Flask(__name__)
+    app.testing = True
+    app.config.update(SECRET_KEY="test", POLYSMS_GATEWAY="outbox")
+    polysms.init_app(app)
+    return app
+
+
+@pytest.fixture
+def tenant(app):
+    return provision(app, numbers=(AGENT,))
+
+
+class Phone:
+    """The user's side: sends signed inbound webhooks."""
+
+    def __init__(self, app, tenant):
+        self.client = app.test_client()
+        self.tenant = tenant
+        self.count = 0
+
+    def send(self, body: str, user: str = USER) -> None:
+        self.count += 1
+        params = {
+            "MessageSid": f"SM{self.count:032x}",
+            "From": user,
+            "To": AGENT,
+            "Body": body,
+        }
+        url = "http://localhost/v1/twilio/sms"
+        signature = sign_twilio_request(url, params, self.tenant.twilio_auth_token)
+        response = self.client.post(
+            "/v1/twilio/sms", data=params, headers={"X-Twilio-Signature": signature}
+        )
+        assert response.status_code == 200
+
+
+@pytest.fixture
+def phone(app, tenant):
+    return Phone(app, tenant)
+
+
+def start_conversation(app, tenant) -> str:
+    response = app.test_client().post(
+        "/v1/outbound-sms", json={"user_number": USER, "message": "Hello!"}, headers=tenant.headers
+    )
+    assert response.status_code == 202
+    return response.json["conversation_id"]
+
+
+def session(app, conversation_id):
+    with app.app_context():
+        return get_state(app).store.get_session(conversation_id)
+
+
+def bodies(app, polysms):
+    with app.app_context():
+        return [m["body"] for m in polysms.outbox]
+
+
+def kinds(app, conversation_id):
+    with app.app_context():
+        return [m.kind for m in get_state(app).store.list_messages(conversation_id)]
+
+
+def fire(app, polysms) -> int:
+    with app.app_context():
+        return polysms.run_due_timers()
+
+
+def test_engaged_session_warned_at_exactly_24h_not_before(app, tenant, phone, polysms):
+    with freeze_time(START) as clock:
+        conv = start_conversation(app, tenant)
+        phone.send("hi there")
+        clock.tick(timedelta(hours=24) - timedelta(seconds=1))
+        assert fire(app, polysms) == 0
+        assert session(app, conv).state == "active"
+        clock.tick(timedelta(seconds=1))
+        assert fire(app, polysms) == 1
+        s = session(app, conv)
+        assert s.state == "warned"
+        assert bodies(app, polysms)[-1] == get_state(app).settings.warning_message
+        assert kinds(app, conv)[-1] == "warning"
+
+
+def test_no_reply_in_grace_closes_with_closing_message_at_10_minutes(app, tenant, phone, polysms):
+    with freeze_time(START) as clock:
+        conv = start_conversation(app, tenant)
+        phone.send("hi")
+        clock.tick(timedelta(hours=24))
+        assert fire(app, polysms) == 1
+        clock.tick(timedelta(minutes=9, seconds=59))
+        assert fire(app, polysms) == 0
+        assert session(app, conv).state == "warned"
+        clock.tick(timedelta(seconds=1))
+        assert fire(app, polysms) == 1
+        s = session(app, conv)
+        assert (s.state, s.end_reason) == ("closed", "inactivity")
+        assert s.closed_at is not None
+        with app.app_context():
+            last = polysms.outbox[-1]
+        assert last["body"] == DEFAULT_CLOSING_MESSAGE == "I am going to end conversation now"
+        assert last["from"] == AGENT and last["to"] == USER
+        # Nothing more happens to a closed session.
+        clock.tick(timedelta(days=3))
+        assert fire(app, polysms) == 0
+
+
+def test_reply_during_grace_returns_to_active_reaches_agent_and_restarts_24h(
+    app, tenant, phone, polysms
+):
+    with freeze_time(START) as clock:
+        conv = start_conversation(app, tenant)
+        phone.send("hi")
+        clock.tick(timedelta(hours=24))
+        fire(app, polysms)
+        clock.tick(timedelta(minutes=9, seconds=59))
+        phone.send("still here")
+        s = session(app, conv)
+        assert s.state == "active"
+        assert bodies(app, polysms)[-1] == "you said still here"
+        # The old grace deadline passes: nothing happens.
+        clock.tick(timedelta(minutes=1))
+        assert fire(app, polysms) == 0
+        assert session(app, conv).state == "active"
+        # A new 24 h from the reply.
+        clock.tick(timedelta(hours=24) - timedelta(minutes=1, seconds=1))
+        assert fire(app, polysms) == 0
+        clock.tick(timedelta(seconds=1))
+        assert fire(app, polysms) == 1
+        assert session(app, conv).state == "warned"
+
+
+def test_unengaged_session_closed_silently_after_24h(app, tenant, polysms):
+    with freeze_time(START) as clock:
+        conv = start_conversation(app, tenant)
+        clock.tick(timedelta(hours=23, minutes=59, seconds=59))
+        assert fire(app, polysms) == 0
+        clock.tick(timedelta(seconds=1))
+        assert fire(app, polysms) == 1
+        s = session(app, conv)
+        assert (s.state, s.end_reason) == ("closed", "unengaged")
+        assert bodies(app, polysms) == ["Hello!"]  # no warning, no closing
+
+
+def test_activity_in_either_direction_restarts_idle_timer(app, tenant, phone, polysms):
+    with freeze_time(START) as clock:
+        conv = start_conversation(app, tenant)
+        phone.send("hi")  # agent answers at once: last activity now
+        clock.tick(timedelta(hours=12))
+        with app.app_context():
+            from flask_polysms.conversation import Conversation
+
+            Conversation(get_state(app), session(app, conv)).send_sms(USER, AGENT, "reminder")
+        clock.tick(timedelta(hours=23))
+        assert fire(app, polysms) == 0
+        clock.tick(timedelta(hours=1))
+        assert fire(app, polysms) == 1
+        assert session(app, conv).state == "warned"
+
+
+def test_stop_during_warning_closes_without_closing_text(app, tenant, phone, polysms):
+    with freeze_time(START) as clock:
+        conv = start_conversation(app, tenant)
+        phone.send("hi")
+        clock.tick(timedelta(hours=24))
+        fire(app, polysms)
+        phone.send("STOP")
+        sent_before = len(bodies(app, polysms))
+        clock.tick(timedelta(minutes=10))
+        assert fire(app, polysms) == 1
+        s = session(app, conv)
+        assert (s.state, s.end_reason) == ("closed", "inactivity")
+        assert len(bodies(app, polysms)) == sent_before  # the closing text was suppressed
+        with app.app_context():
+            closing = get_state(app).store.list_messages(conv)[-1]
+        assert (closing.kind, closing.status) == ("closing", "suppressed")
+
+
+def test_opted_out_pair_gets_no_warning(app, tenant, phone, polysms):
+    with freeze_time(START) as clock:
+        conv = start_conversation(app, tenant)
+        phone.send("hi")
+        phone.send("STOP")
+        sent_before = len(bodies(app, polysms))
+        clock.tick(timedelta(hours=24))
+        assert fire(app, polysms) == 1
+        assert session(app, conv).state == "warned"
+        assert len(bodies(app, polysms)) == sent_before
+
+
+def test_closed_session_is_never_reopened(app, tenant, phone, polysms):
+    with freeze_time(START) as clock:
+        conv = start_conversation(app, tenant)
+        clock.tick(timedelta(hours=24))
+        fire(app, polysms)
+        assert session(app, conv).state == "closed"
+        phone.send("are you there?")
+        s = session(app, conv)
+        assert s.state == "closed"
+        with app.app_context():
+            sessions, _ = get_state(app).store.list_sessions(tenant.project_id)
+        assert len(sessions) == 2
+        newest = sessions[0]
+        assert newest.id != conv and newest.state == "active" and newest.engaged
+
+
+def test_timer_fires_once_when_run_twice(app, tenant, phone, polysms):
+    """Two wake-ups of the same due timer (two workers, a job run twice): one transition."""
+    from flask_polysms.lifecycle import timer_job
+
+    with freeze_time(START) as clock:
+        conv = start_conversation(app, tenant)
+        phone.send("hi")
+        clock.tick(timedelta(hours=24))
+        with app.app_context():
+            state = get_state(app)
+            results = [timer_job(state, conv), timer_job(state, conv)]
+        assert results == [True, False]
+        assert bodies(app, polysms).count(state.settings.warning_message) == 1
+
+
+def test_sweep_fires_overdue_deadline_without_a_scheduled_job(app, tenant, phone, polysms):
+    """The deadline lives in the Store: losing every scheduled job (a Redis flush) loses nothing."""
+    from flask_polysms.lifecycle import sweep
+
+    with freeze_time(START) as clock:
+        conv = start_conversation(app, tenant)
+        phone.send("hi")
+        get_state(app).scheduler._timed.clear()  # every scheduled wake-up lost
+        clock.tick(timedelta(hours=25))
+        with app.app_context():
+            assert sweep(get_state(app)) == 1
+        assert session(app, conv).state == "warned"
+
+
+def test_message_moving_deadline_later_schedules_nothing(app, tenant, phone, polysms):
+    """Constant work per message: a reply only moves the deadline; the one wake-up waits."""
+    with freeze_time(START) as clock:
+        conv = start_conversation(app, tenant)
+        scheduler = get_state(app).scheduler
+        before = scheduler.pending()
+        assert [job for _, job, _ in before] == ["timer"]
+        clock.tick(timedelta(hours=1))
+        phone.send("one")
+        phone.send("two")
+        assert scheduler.pending() == before
+        # The early wake-up re-reads the session and sleeps until the new deadline.
+        clock.move_to("2026-03-03 09:00:00")
+        assert fire(app, polysms) == 0
+        assert [when for when, _, _ in scheduler.pending()] == [session(app, conv).deadline_at]
+
+
+def test_custom_timeouts_and_messages(polysms):
+    app = Flask(__name__)
+    app.testing = True
+    app.config.update(
+        SECRET_KEY="test",
+        POLYSMS_GATEWAY="outbox",
+        POLYSMS_IDLE_TIMEOUT=60,
+        POLYSMS_GRACE_PERIOD=timedelta(seconds=30),
+        POLYSMS_WARNING_MESSAGE="Still there?",
+        POLYSMS_CLOSING_MESSAGE="Bye.",
+    )
+    polysms.init_app(app)
+    tenant = provision(app, numbers=(AGENT,))
+    phone = Phone(app, tenant)
+    with freeze_time(START) as clock:
+        conv = start_conversation(app, tenant)
+        phone.send("hi")
+        clock.tick(60)
+        assert fire(app, polysms) == 1
+        clock.tick(30)
+        assert fire(app, polysms) == 1
+    assert bodies(app, polysms)[-2:] == ["Still there?", "Bye."]
+    assert session(app, conv).end_reason == "inactivity"
