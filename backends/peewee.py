@@ -238,6 +238,7 @@ def _build_models(database: pw.Database, prefix: str) -> SimpleNamespace:
         end_reason = opt_key(32)
         deadline_at = UTCDateTimeField(null=True)
         timer_kind = opt_key(32)
+        wake_at = UTCDateTimeField(null=True)
         version = pw.IntegerField()
         data = json_field()
         entities = json_field()
@@ -503,6 +504,8 @@ class PeeweeStore(Store):
         self._is_sqlite = isinstance(self._db, pw.SqliteDatabase)
         self._is_mysql = isinstance(self._db, pw.MySQLDatabase)
         self._m = _build_models(self._db, table_prefix)
+        # SQLite is embedded, so the app creates its tables; servers use `flask polysms init-db`.
+        self.creates_schema_on_start = self._is_sqlite
 
     def __repr__(self) -> str:
         parts = urlsplit(self.url)
@@ -556,7 +559,7 @@ class PeeweeStore(Store):
         return self._db.atomic()
 
     def _atomically(self, work: Callable[[], T]) -> T:
-        """Run ``work`` in one transaction, again when the database chose it as a deadlock victim."""
+        """Run ``work`` in one transaction; again when the database made it a deadlock victim."""
         for attempt in range(1, _RETRIES + 1):
             try:
                 with self._transaction():
@@ -811,7 +814,7 @@ class PeeweeStore(Store):
         query = (
             S.select()
             .where(
-                # "state != closed" written as two ranges, so the (state, deadline_at) index serves it.
+                # "state != closed" as two ranges, so that the (state, deadline_at) index serves it.
                 ((S.state < CLOSED) | (S.state > CLOSED))
                 & S.deadline_at.is_null(False)
                 & (S.deadline_at <= now)
@@ -928,9 +931,7 @@ class PeeweeStore(Store):
 
     def get_template(self, project_id: str, template_id: str) -> Template | None:
         T_ = self._m.Template
-        row = self._first(
-            T_.select().where((T_.id == template_id) & (T_.project_id == project_id))
-        )
+        row = self._first(T_.select().where((T_.id == template_id) & (T_.project_id == project_id)))
         return _record(Template, row) if row else None
 
     def get_template_by_title(self, project_id: str, title: str) -> Template | None:
@@ -1006,7 +1007,9 @@ class PeeweeStore(Store):
 
         return self._atomically(work)
 
-    def _ensure_opt_out_row(self, project_id: str, recipient: str, sender: str, at: datetime) -> None:
+    def _ensure_opt_out_row(
+        self, project_id: str, recipient: str, sender: str, at: datetime
+    ) -> None:
         O_ = self._m.OptOut
         pair = (O_.recipient == recipient) & (O_.sender == sender)
         if O_.select(O_.seq).where(pair).exists():

@@ -64,9 +64,11 @@ def new_session(
 
 
 def _schedule_wake(state: PolySMSState, session_id: str, when: datetime) -> None:
-    # One job id per session: RQ replaces a scheduled job with the same id (PITFALLS), so there is
-    # never more than one wake-up per session waiting in Redis.
-    state.scheduler.enqueue_at(when, "timer", session_id, job_id=f"timer-{session_id}")
+    # The id names the session and the time: a wake-up scheduled from inside the running wake-up
+    # job must not reuse its id (RQ deletes a finished job's hash, taking the new schedule with it),
+    # and the same wake-up scheduled twice is still one job (RQ replaces by id).
+    job_id = f"timer-{session_id}-{int(when.timestamp() * 1000)}"
+    state.scheduler.enqueue_at(when, "timer", session_id, job_id=job_id)
 
 
 def update_with_retry(
