@@ -458,7 +458,7 @@ def _open_database(url: str, sqlite_busy_timeout_ms: int) -> pw.Database:
 
         # Row counts must say "matched", not "changed": a compare-and-set that writes the values
         # already stored still won, and PostgreSQL and SQLite count it so.
-        params["client_flag"] = CLIENT.FOUND_ROWS
+        pass
     return connect_url(url, **params)
 
 

@@ -132,3 +132,120 @@ def worker(simple: bool, burst: bool) -> None:
     worker_class = SimpleWorker if simple else Worker
     w = worker_class([state.scheduler.queue], connection=state.scheduler.connection)
     w.work(with_scheduler=True, burst=burst)
+
+
+def _sender_service(func, *args, **kwargs):
+    """Call a sender service; its PolySMSError is one line and a non-zero exit."""
+    from .errors import PolySMSError
+
+    try:
+        return func(_state(), *args, **kwargs)
+    except PolySMSError as exc:
+        raise click.ClickException(exc.detail) from exc
+
+
+@polysms_cli.command("set-registration")
+@click.argument("address")
+@click.argument("state")
+@click.option(
+    "--campaign-id",
+    default=None,
+    help="the A2P 10DLC campaign id; required with 'registered' for a US long code",
+)
+def set_registration_command(address: str, state: str, campaign_id: str | None) -> None:
+    """Record the registration STATE of the sender ADDRESS.
+
+    STATE is one of unknown, registered, not_registered, verified, not_verified, not_required.
+    Without --campaign-id, 'registered' keeps the recorded campaign id and any other state clears
+    it. The sender's remaining compliance problems are printed after it.
+    """
+    from .senders import UNSET, sender_compliance, set_registration
+
+    sender = _sender_service(
+        set_registration, address, state, UNSET if campaign_id is None else campaign_id
+    )
+    click.echo(
+        f"{sender.address}: registration {sender.registration}"
+        + (f", campaign {sender.campaign_id}" if sender.campaign_id else "")
+    )
+    # Destinations are left out: this is about the state just recorded, not the traffic.
+    for problem in _sender_service(sender_compliance, sender, ())["problems"]:
+        click.echo(f"  {problem['severity']}: {problem['message']}")
+
+
+def _report_lines(report: dict) -> list[str]:
+    """One compliance report as indented human-readable lines."""
+    what = " ".join(str(part) for part in (report["country"], report["number_type"]) if part)
+    head = (
+        f"{report['sender']} ({report['environment']}): {what or 'unknown type'}, "
+        f"registration {report['registration']}"
+    )
+    if report["campaign_id"]:
+        head += f", campaign {report['campaign_id']}"
+    lines = [head]
+    if report["blocked"]:
+        guard = "on" if report["guard_enabled"] else "off for this project"
+        lines.append(f"  BLOCKED by the sender guard (guard {guard})")
+    if report["missing"]:
+        lines.append(f"  missing: {'; '.join(report['missing'])}")
+    mps = report["throughput"]["mps"]
+    lines.append(
+        f"  throughput: {'unknown' if mps is None else f'{mps} MPS'}"
+        + (f" - {report['throughput']['note']}" if report["throughput"]["note"] else "")
+    )
+    for problem in report["problems"]:
+        lines.append(f"  {problem['severity']}: {problem['message']}")
+    two_way = {True: "two-way", False: "no two-way", None: "two-way unknown"}
+    destinations = ", ".join(
+        f"{d['country']} {two_way[d['two_way']]}" for d in report["destinations"]
+    )
+    source = report["destinations_source"]
+    if report["destinations_truncated"]:
+        source += ", newest only"
+    lines.append(f"  destinations ({source}): {destinations or 'none'}")
+    return lines
+
+
+@polysms_cli.command("check-senders")
+@click.option(
+    "--project",
+    "project_ids",
+    multiple=True,
+    metavar="PROJECT_ID",
+    help="a project to check (repeatable); required: the Store cannot list every project",
+)
+@click.option("--json", "as_json", is_flag=True, help="print the reports as JSON")
+def check_senders(project_ids: tuple[str, ...], as_json: bool) -> None:
+    """Print the compliance report of every sender of the projects.
+
+    Exits with status 1 when the send-time guard blocks any live sender (carriers would drop that
+    traffic even with the guard turned off), so a deployment check can fail on it.
+    """
+    import json
+
+    from .senders import project_compliance
+
+    if not project_ids:
+        raise click.ClickException(
+            "name the project to check with --project PROJECT_ID (repeatable)"
+        )
+    reports = []
+    for project_id in project_ids:
+        reports.extend(_sender_service(project_compliance, project_id))
+    blocked = [r["sender"] for r in reports if r["environment"] == "live" and r["blocked"]]
+    if as_json:
+        click.echo(json.dumps({"senders": reports, "blocked_live_senders": blocked}, indent=2))
+    else:
+        for project_id in project_ids:
+            click.echo(f"project {project_id}")
+            for report in reports:
+                if report["project_id"] == project_id:
+                    click.echo("\n".join("  " + line for line in _report_lines(report)))
+        if blocked:
+            click.echo(
+                f"{len(blocked)} live sender(s) blocked by the sender guard: {', '.join(blocked)}"
+            )
+        else:
+            click.echo("no live sender is blocked by the sender guard")
+    if blocked:
+        click.get_current_context().exit(1)

@@ -69,3 +69,309 @@ def redis_conn(redis_url):
 def unique():
     """A short unique string for names that must not clash between tests."""
     return uuid.uuid4().hex[:10]
+
+
+# -- SMS flows: apps, a provisioned tenant, the Twilio emulator, a live server --------------------
+# Fixtures for the outbound API, sending, webhooks, compliance and agent suites. Everything goes
+# through HTTP: the API through the Flask test client, Twilio through the local emulator, whose
+# status callbacks reach a real server.
+
+import threading  # noqa: E402
+from collections.abc import Callable, Iterator, Mapping  # noqa: E402
+from typing import Any  # noqa: E402
+
+from flask import Flask  # noqa: E402
+
+from flask_polysms import PolySMS  # noqa: E402
+from flask_polysms.extension import get_state  # noqa: E402
+from flask_polysms.testing import (  # noqa: E402
+    Provisioned,
+    TwilioEmulator,
+    provision,
+    sign_twilio_request,
+)
+
+#: Valid US numbers (phonenumbers agrees): the project's numbers first, then users.
+AGENT_NUMBERS = ("+14155552671", "+14155552672", "+14155552673")
+USER_NUMBERS = ("+14155552674", "+14155552675", "+14155552676", "+14155552677")
+EMULATOR_ACCOUNT_SID = "AC" + "5e" * 16
+EMULATOR_AUTH_TOKEN = "emulator-auth-token-0123456789ab"
+
+
+class SmsHarness:
+    """One test app with a provisioned tenant, driven as an API client and as Twilio."""
+
+    def __init__(self, app: Flask, polysms: PolySMS, tenant: Provisioned) -> None:
+        self.app = app
+        self.polysms = polysms
+        self.tenant = tenant
+        self.client = app.test_client()
+        self._sid_counter = 0
+
+    # -- state --------------------------------------------------------------------------------
+    @property
+    def state(self):
+        return get_state(self.app)
+
+    @property
+    def store(self):
+        return self.state.store
+
+    @property
+    def outbox(self) -> list[dict]:
+        """Copies of what the outbox gateway received (POLYSMS_GATEWAY="outbox")."""
+        return list(self.state.gateway.outbox)
+
+    def provision(self, **kwargs: Any) -> Provisioned:
+        """Another tenant on the same app (a new account unless ``account_id`` is given)."""
+        kwargs.setdefault("numbers", ())
+        return provision(self.app, **kwargs)
+
+    def run_due_timers(self) -> int:
+        with self.app.app_context():
+            return self.polysms.run_due_timers()
+
+    # -- the API ------------------------------------------------------------------------------
+    def send(
+        self, user_number: str, message: str = "Hello from the agent", *, tenant=None, **extra
+    ):
+        """POST /v1/outbound-sms; returns the response."""
+        headers = (tenant or self.tenant).headers
+        body = {"user_number": user_number, "message": message, **extra}
+        return self.client.post("/v1/outbound-sms", json=body, headers=headers)
+
+    def send_ok(self, user_number: str, message: str = "Hello from the agent", **kwargs) -> dict:
+        response = self.send(user_number, message, **kwargs)
+        assert response.status_code == 202, response.get_json()
+        return response.get_json()
+
+    def conversation(self, conversation_id: str, *, tenant=None) -> dict:
+        response = self.client.get(
+            f"/v1/conversations/{conversation_id}", headers=(tenant or self.tenant).headers
+        )
+        assert response.status_code == 200, response.get_json()
+        return response.get_json()
+
+    def conversations(self, *, tenant=None, **query: Any) -> list[dict]:
+        """Every conversation the tenant sees (all pages) matching ``query``."""
+        found: list[dict] = []
+        cursor = None
+        while True:
+            params = dict(query, **({"cursor": cursor} if cursor else {}))
+            response = self.client.get(
+                "/v1/conversations", query_string=params, headers=(tenant or self.tenant).headers
+            )
+            assert response.status_code == 200, response.get_json()
+            page = response.get_json()
+            found.extend(page["conversations"])
+            cursor = page["next_cursor"]
+            if cursor is None:
+                return found
+
+    def metrics(self, *, tenant=None) -> dict:
+        response = self.client.get("/v1/sms/metrics", headers=(tenant or self.tenant).headers)
+        assert response.status_code == 200, response.get_json()
+        return response.get_json()
+
+    # -- Twilio -------------------------------------------------------------------------------
+    def new_sid(self) -> str:
+        self._sid_counter += 1
+        return f"SM{self._sid_counter:032x}"
+
+    def webhook_url(self, path: str) -> str:
+        base = self.state.settings.public_url or "http://localhost"
+        return f"{base}{path}"
+
+    def post_signed(
+        self,
+        path: str,
+        params: Mapping[str, str],
+        *,
+        token: str | None = None,
+        url: str | None = None,
+        signature: str | None = None,
+    ):
+        """POST a form to a webhook signed as Twilio signs it (over ``url``, with ``token``)."""
+        if signature is None:
+            signature = sign_twilio_request(
+                url or self.webhook_url(path), params, token or self.tenant.twilio_auth_token
+            )
+        return self.client.post(path, data=dict(params), headers={"X-Twilio-Signature": signature})
+
+    def inbound_params(
+        self, user_number: str, body: str, *, to: str | None = None, sid: str | None = None
+    ) -> dict[str, str]:
+        return {
+            "MessageSid": sid or self.new_sid(),
+            "AccountSid": self.tenant.twilio_account_sid,
+            "From": user_number,
+            "To": to or self.tenant.numbers[0],
+            "Body": body,
+            "NumMedia": "0",
+        }
+
+    def inbound(
+        self,
+        user_number: str,
+        body: str,
+        *,
+        to: str | None = None,
+        sid: str | None = None,
+        token: str | None = None,
+    ):
+        """A user's SMS, posted to /v1/twilio/sms as Twilio does; returns the response."""
+        params = self.inbound_params(user_number, body, to=to, sid=sid)
+        response = self.post_signed("/v1/twilio/sms", params, token=token)
+        return response
+
+    def inbound_ok(self, user_number: str, body: str, **kwargs: Any) -> None:
+        response = self.inbound(user_number, body, **kwargs)
+        assert response.status_code == 200, response.get_data(as_text=True)
+
+    def status_callback(
+        self,
+        message_sid: str,
+        status: str,
+        *,
+        from_: str | None = None,
+        to: str | None = None,
+        error_code: int | None = None,
+    ):
+        params = {
+            "MessageSid": message_sid,
+            "SmsSid": message_sid,
+            "AccountSid": self.tenant.twilio_account_sid,
+            "From": from_ or self.tenant.numbers[0],
+            "To": to or USER_NUMBERS[0],
+            "MessageStatus": status,
+            "SmsStatus": status,
+            "ApiVersion": "2010-04-01",
+        }
+        if error_code is not None:
+            params["ErrorCode"] = str(error_code)
+        return self.post_signed("/v1/twilio/status", params)
+
+
+@pytest.fixture(autouse=True)
+def _no_twilio_host_rewrites(monkeypatch: pytest.MonkeyPatch) -> None:
+    # TWILIO_REGION / TWILIO_EDGE make the twilio client rewrite the host (PITFALLS).
+    monkeypatch.delenv("TWILIO_REGION", raising=False)
+    monkeypatch.delenv("TWILIO_EDGE", raising=False)
+
+
+@pytest.fixture
+def make_sms() -> Iterator[Callable[..., SmsHarness]]:
+    """Build a testing app with its own PolySMS and a provisioned tenant.
+
+    ``make_sms(agent=f, numbers=(...), environment="live", **config)``: config keys override the
+    defaults (outbox gateway, manual scheduler since the app is testing).
+    """
+    built: list[SmsHarness] = []
+
+    def make(
+        *,
+        agent: Callable | None = None,
+        numbers: tuple[str, ...] = AGENT_NUMBERS[:1],
+        environment: str = "live",
+        twilio_account_sid: str | None = None,
+        twilio_auth_token: str | None = None,
+        **config: Any,
+    ) -> SmsHarness:
+        polysms = PolySMS()
+        if agent is not None:
+            polysms.agent(agent)
+        app = Flask(f"polysms_test_{len(built)}")
+        app.testing = True
+        app.config.update(SECRET_KEY="test-secret-key", POLYSMS_GATEWAY="outbox")
+        app.config.update(config)
+        polysms.init_app(app)
+        tenant = provision(
+            app,
+            environment=environment,
+            numbers=numbers,
+            twilio_account_sid=twilio_account_sid,
+            twilio_auth_token=twilio_auth_token,
+        )
+        harness = SmsHarness(app, polysms, tenant)
+        built.append(harness)
+        return harness
+
+    yield make
+    for harness in built:
+        get_state(harness.app).scheduler.stop()
+
+
+@pytest.fixture
+def make_twilio_emulator() -> Iterator[Callable[..., TwilioEmulator]]:
+    """Start Twilio emulators (with the account EMULATOR_ACCOUNT_SID registered); stopped after."""
+    started: list[TwilioEmulator] = []
+
+    def make(**options: Any) -> TwilioEmulator:
+        options.setdefault("callbacks", "manual")
+        options.setdefault("callback_delay", 0.01)
+        emulator = TwilioEmulator(**options).start()
+        emulator.add_account(EMULATOR_ACCOUNT_SID, EMULATOR_AUTH_TOKEN)
+        started.append(emulator)
+        return emulator
+
+    yield make
+    for emulator in started:
+        emulator.stop()
+
+
+@pytest.fixture
+def make_emulated_sms(make_sms, make_twilio_emulator):
+    """An app whose gateway is the real twilio client talking to a fresh emulator.
+
+    Returns ``(harness, emulator)``; emulator options go in ``emulator={...}``.
+    """
+
+    def make(*, emulator: dict | None = None, **kwargs: Any) -> tuple[SmsHarness, TwilioEmulator]:
+        twilio = make_twilio_emulator(**(emulator or {}))
+        kwargs.setdefault("POLYSMS_TWILIO_TIMEOUT", 2.0)
+        harness = make_sms(
+            POLYSMS_GATEWAY="twilio",
+            POLYSMS_TWILIO_BASE_URL=twilio.base_url,
+            twilio_account_sid=EMULATOR_ACCOUNT_SID,
+            twilio_auth_token=EMULATOR_AUTH_TOKEN,
+            **kwargs,
+        )
+        return harness, twilio
+
+    return make
+
+
+class _LateApp:
+    """A WSGI app bound after the server is listening (the app's config needs the server URL)."""
+
+    def __init__(self) -> None:
+        self.app: Flask | None = None
+
+    def __call__(self, environ, start_response):
+        assert self.app is not None, "bind an app before sending requests"
+        return self.app(environ, start_response)
+
+
+@pytest.fixture
+def live_server() -> Iterator[tuple[str, Callable[[Flask], None]]]:
+    """A real threaded HTTP server on a free port: ``(base_url, bind)``; ``bind(app)`` serves it.
+
+    The URL is known before the app is built, so the app can use it as POLYSMS_PUBLIC_URL and the
+    emulator's signed status callbacks reach it.
+    """
+    from werkzeug.serving import make_server
+
+    late = _LateApp()
+    server = make_server("127.0.0.1", 0, late, threaded=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
+    thread.start()
+
+    def bind(app: Flask) -> None:
+        late.app = app
+
+    yield f"http://127.0.0.1:{server.server_port}", bind
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)

@@ -186,7 +186,9 @@ def test_two_worker_processes_racing_for_one_timer_make_one_transition(
     }
     cmd = [sys.executable, "-m", "flask", "--app", str(HERE / "rq_app.py"), "polysms", "worker"]
     workers = [
-        subprocess.Popen([*cmd, "--burst"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        subprocess.Popen(
+            [*cmd, "--burst"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
         for _ in range(2)
     ]
     for worker in workers:

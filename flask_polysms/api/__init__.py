@@ -170,7 +170,7 @@ AUTH_PARAMETERS = [
 
 def register_api(app: Flask, state: PolySMSState) -> None:
     """Mount every blueprint on ``app`` and serve the OpenAPI document and its browsable view."""
-    from . import conversations, metrics, outbound, webhooks
+    from . import conversations, metrics, outbound, senders, templates, webhooks
 
     prefix = state.settings.url_prefix
     config = app.config
@@ -203,6 +203,6 @@ def register_api(app: Flask, state: PolySMSState) -> None:
         default_limits=[],
         key_prefix="polysms",
     )
-    for module in (outbound, conversations, metrics, webhooks):
+    for module in (outbound, conversations, metrics, senders, templates, webhooks):
         api.register_blueprint(module.blp, url_prefix=prefix + module.URL_PREFIX)
     outbound.apply_rate_limit(app, state)
