@@ -1,1 +1,69 @@
-"""pytest plugin (entry point ``pytest11``): ready fixtures for a host app's SMS tests."""
+"""pytest plugin (entry point ``pytest11``): ready fixtures for a host app's SMS tests.
+
+The fixtures build on the host suite's own ``app`` fixture (the usual pytest-flask convention):
+
+- ``twilio_emulator``: a started local Twilio Messages API, stopped after the test;
+- ``polysms_tenant``: ``provision(app)``, with ``.headers`` for the test client;
+- ``sms_phone``: a user's phone that sends signed inbound SMS to the tenant's first number.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from .testing import Provisioned, TwilioEmulator, provision, sign_twilio_request
+
+DEFAULT_USER_NUMBER = "+14155552672"
+
+
+class Phone:
+    """A user's phone: ``send("YES")`` posts a signed inbound webhook, as Twilio would."""
+
+    def __init__(self, app, tenant: Provisioned, number: str = DEFAULT_USER_NUMBER) -> None:
+        self.app = app
+        self.tenant = tenant
+        self.number = number
+        self._sids = itertools.count(1)
+
+    def send(self, body: str, *, to: str | None = None, **extra: str):
+        """Post one inbound SMS; returns the response (200 with empty TwiML when accepted)."""
+        prefix = self.app.config.get("POLYSMS_URL_PREFIX", "")
+        path = f"{prefix}/v1/twilio/sms"
+        params = {
+            "MessageSid": f"SM{id(self) & 0xFFFF:04x}{next(self._sids):028x}",
+            "AccountSid": self.tenant.twilio_account_sid,
+            "From": self.number,
+            "To": to or self.tenant.numbers[0],
+            "Body": body,
+            **extra,
+        }
+        public = self.app.config.get("POLYSMS_PUBLIC_URL")
+        url = (public.rstrip("/") if public else "http://localhost") + path
+        signature = sign_twilio_request(url, params, self.tenant.twilio_auth_token)
+        return self.app.test_client().post(
+            path, data=params, headers={"X-Twilio-Signature": signature}
+        )
+
+
+@pytest.fixture
+def twilio_emulator():
+    """A running TwilioEmulator on 127.0.0.1 (a free port)."""
+    emulator = TwilioEmulator().start()
+    try:
+        yield emulator
+    finally:
+        emulator.stop()
+
+
+@pytest.fixture
+def polysms_tenant(app) -> Provisioned:
+    """An account, project, number, connector and API key on the host suite's ``app``."""
+    return provision(app)
+
+
+@pytest.fixture
+def sms_phone(app, polysms_tenant) -> Phone:
+    """The phone of a user (+14155552672) writing to the tenant's first number."""
+    return Phone(app, polysms_tenant)

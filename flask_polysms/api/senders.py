@@ -133,9 +133,12 @@ class ComplianceReportSchema(ma.Schema):
     )
 
 
+# The query schemas are named again in @blp.doc because flask-smorest's manual doc *replaces* the
+# parameter list that @blp.arguments(location="query") built: without them the OpenAPI document
+# would show the auth headers only.
 @blp.route("", methods=["GET"])
 @authenticated
-@blp.doc(parameters=AUTH_PARAMETERS)
+@blp.doc(parameters=[*AUTH_PARAMETERS, {"in": "query", "schema": SenderQuerySchema}])
 @blp.arguments(SenderQuerySchema, location="query")
 @blp.response(200, SenderListSchema)
 @blp.alt_response(400, schema=ErrorSchema, description="unknown environment")
@@ -168,7 +171,9 @@ def update_sender(body, sender, tenant):
 
 @blp.route("/<sender>/compliance", methods=["GET"])
 @authenticated
-@blp.doc(parameters=[*AUTH_PARAMETERS, _SENDER_PATH])
+@blp.doc(
+    parameters=[*AUTH_PARAMETERS, _SENDER_PATH, {"in": "query", "schema": ComplianceQuerySchema}]
+)
 @blp.arguments(ComplianceQuerySchema, location="query")
 @blp.response(200, ComplianceReportSchema)
 @blp.alt_response(400, schema=ErrorSchema, description="bad destinations")

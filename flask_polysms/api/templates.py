@@ -45,11 +45,12 @@ def _rule(check):
 
 def _title_field(**kwargs: Any) -> ma.fields.String:
     return ma.fields.String(
-        validate=[ma.validate.Length(max=service.TITLE_MAX_LENGTH), _rule(service.title_problems)],
+        validate=_rule(service.title_problems),
         metadata={
-            "description": "1–100 characters, unique in the project; the name the agent sends",
+            "description": "unique in the project; the name the agent's code sends it by",
             "example": "reservation_confirmation",
             "minLength": 1,
+            "maxLength": service.TITLE_MAX_LENGTH,
         },
         **kwargs,
     )
@@ -57,11 +58,12 @@ def _title_field(**kwargs: Any) -> ma.fields.String:
 
 def _body_field(**kwargs: Any) -> ma.fields.String:
     return ma.fields.String(
-        validate=[ma.validate.Length(max=service.BODY_MAX_LENGTH), _rule(service.body_problems)],
+        validate=_rule(service.body_problems),
         metadata={
-            "description": f"1–500 characters; {TOKENS_HELP}",
+            "description": TOKENS_HELP,
             "example": "See you on {{entity:booking_date}} at ${property_name}.",
             "minLength": 1,
+            "maxLength": service.BODY_MAX_LENGTH,
         },
         **kwargs,
     )
