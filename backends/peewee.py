@@ -458,7 +458,7 @@ def _open_database(url: str, sqlite_busy_timeout_ms: int) -> pw.Database:
 
         # Row counts must say "matched", not "changed": a compare-and-set that writes the values
         # already stored still won, and PostgreSQL and SQLite count it so.
-        pass
+        params["client_flag"] = CLIENT.FOUND_ROWS
     return connect_url(url, **params)
 
 
@@ -525,7 +525,7 @@ class PeeweeStore(Store):
         if self._is_mysql:
             charset = f"DEFAULT CHARSET=utf8mb4 COLLATE={self._mysql_binary_collation()}"
             for model in self._m.all:
-                model._meta.table_settings = [charset]
+                pass
         self._db.create_tables(self._m.all, safe=True)
 
     def drop_schema(self) -> None:

@@ -417,14 +417,15 @@ def test_a_number_the_user_wrote_to_first_is_reused(sms):
     assert body["agent_number"] == AGENT_NUMBERS[1]
 
 
-def test_new_users_are_spread_over_the_numbers_deterministically(sms, make_sms):
+def test_new_users_are_spread_over_the_numbers_deterministically(make_sms):
+    sms = make_sms(numbers=AGENT_NUMBERS, POLYSMS_RATE_LIMIT="1000 per second")
     users = [f"+1415555{n:04d}" for n in range(2680, 2710)]
     chosen = {user: sms.send_ok(user)["agent_number"] for user in users}
 
     # Every number carries some of the users.
     assert set(chosen.values()) == set(AGENT_NUMBERS)
     # The choice depends on nothing but the user and the numbers: another app agrees.
-    other = make_sms(numbers=AGENT_NUMBERS)
+    other = make_sms(numbers=AGENT_NUMBERS, POLYSMS_RATE_LIMIT="1000 per second")
     assert {user: other.send_ok(user)["agent_number"] for user in users} == chosen
 
 
@@ -564,7 +565,7 @@ def test_metrics_count_the_projects_sends_and_conversations(sms):
 def _v1_paths(app) -> set[str]:
     paths = set()
     for rule in app.url_map.iter_rules():
-        if not rule.rule.startswith("/v1/") or rule.endpoint.startswith("api-docs."):
+        if not rule.rule.startswith("/v1/") or "api-docs." in rule.endpoint:
             continue
         paths.add(re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule))
     return paths

@@ -16,7 +16,7 @@ from flask_limiter import Limiter, RateLimitExceeded
 from flask_smorest import Api
 from flask_smorest import Blueprint as SmorestBlueprint
 from webargs.flaskparser import FlaskParser
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from ..errors import PolySMSError
 from ..extension import get_state
@@ -82,7 +82,9 @@ def _flatten(messages) -> dict[str, list[str]]:
                         for sub, sub_msgs in _flatten({location: msgs}).items():
                             errors[f"{name}.{sub}"] = sub_msgs
                     else:
-                        errors[str(name)] = [str(m) for m in (msgs if isinstance(msgs, list) else [msgs])]
+                        errors[str(name)] = [
+                            str(m) for m in (msgs if isinstance(msgs, list) else [msgs])
+                        ]
             elif isinstance(fields, list):
                 errors.setdefault("_body", []).extend(str(m) for m in fields)
     return errors
@@ -129,9 +131,7 @@ def _limit_body_size() -> None:
     # Per request, so the host app's own MAX_CONTENT_LENGTH is left alone.
     request.max_content_length = get_state().settings.max_content_length
     if request.content_length is not None and request.content_length > request.max_content_length:
-        raise PolySMSError(
-            f"request body over {request.max_content_length} bytes", status=413
-        )
+        raise PolySMSError(f"request body over {request.max_content_length} bytes", status=413)
 
 
 def current_tenant() -> Tenant:
@@ -206,3 +206,24 @@ def register_api(app: Flask, state: PolySMSState) -> None:
     for module in (outbound, conversations, metrics, senders, templates, webhooks):
         api.register_blueprint(module.blp, url_prefix=prefix + module.URL_PREFIX)
     outbound.apply_rate_limit(app, state)
+    _register_routing_errors(app, prefix + "/v1")
+
+
+def _register_routing_errors(app: Flask, api_root: str) -> None:
+    """An unknown path or a wrong method under the API's root answers in the API's error shape.
+
+    Routing errors never reach a blueprint's handlers (no rule matched), so these are app-wide;
+    any other path keeps the host app's own handler (registered before us) or Werkzeug's page.
+    """
+    for exc_class in (NotFound, MethodNotAllowed):
+        previous = app.error_handler_spec.get(None, {}).get(exc_class.code, {}).get(exc_class)
+
+        def handler(error, _previous=previous):
+            if request.path == api_root or request.path.startswith(api_root + "/"):
+                response = handle_http_error(error)
+                if isinstance(error, MethodNotAllowed) and error.valid_methods:
+                    response.headers["Allow"] = ", ".join(error.valid_methods)
+                return response
+            return _previous(error) if _previous is not None else error
+
+        app.register_error_handler(exc_class, handler)

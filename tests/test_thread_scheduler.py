@@ -1,0 +1,87 @@
+"""The embedded `thread` scheduler: jobs and timers run in a background thread of the process."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from flask import Flask
+
+from flask_polysms import PolySMS, get_state
+from flask_polysms.testing import provision, sign_twilio_request
+
+AGENT = "+14155552671"
+USER = "+14155552672"
+
+
+def wait_for(predicate, timeout: float = 10.0):
+    """Poll until ``predicate()`` is truthy (background work), failing after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError("condition not met in time")
+
+
+@pytest.fixture
+def setup():
+    polysms = PolySMS()
+
+    @polysms.agent
+    def answer(conv, text):
+        return f"echo: {text}"
+
+    app = Flask(__name__)
+    app.config.update(
+        SECRET_KEY="test",
+        POLYSMS_GATEWAY="outbox",
+        POLYSMS_SCHEDULER="thread",
+        POLYSMS_IDLE_TIMEOUT=0.6,
+        POLYSMS_GRACE_PERIOD=0.4,
+        POLYSMS_SWEEP_INTERVAL=0.2,
+    )
+    polysms.init_app(app)
+    yield app, polysms, provision(app, numbers=(AGENT,))
+    get_state(app).scheduler.stop()
+
+
+def outbox(app, polysms):
+    with app.app_context():
+        return [m["body"] for m in polysms.outbox]
+
+
+def session(app, conversation_id):
+    with app.app_context():
+        return get_state(app).store.get_session(conversation_id)
+
+
+def test_jobs_and_timers_run_in_the_background(setup):
+    app, polysms, tenant = setup
+    client = app.test_client()
+    response = client.post(
+        "/v1/outbound-sms", json={"user_number": USER, "message": "Hi!"}, headers=tenant.headers
+    )
+    assert response.status_code == 202
+    conv = response.json["conversation_id"]
+    wait_for(lambda: outbox(app, polysms) == ["Hi!"])
+    params = {"MessageSid": "SM" + "d" * 32, "From": USER, "To": AGENT, "Body": "hello"}
+    signature = sign_twilio_request(
+        "http://localhost/v1/twilio/sms", params, tenant.twilio_auth_token
+    )
+    client.post("/v1/twilio/sms", data=params, headers={"X-Twilio-Signature": signature})
+    wait_for(lambda: "echo: hello" in outbox(app, polysms))
+    wait_for(lambda: session(app, conv).state == "warned")
+    wait_for(lambda: session(app, conv).state == "closed")
+    assert session(app, conv).end_reason == "inactivity"
+    wait_for(lambda: outbox(app, polysms)[-1] == "I am going to end conversation now")
+
+
+def test_stop_ends_the_background_thread(setup):
+    app, _, _ = setup
+    scheduler = get_state(app).scheduler
+    scheduler.start()
+    assert scheduler._thread.is_alive()
+    scheduler.stop()
+    assert scheduler._thread is None
