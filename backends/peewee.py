@@ -287,7 +287,8 @@ def _build_models(database: pw.Database, prefix: str) -> SimpleNamespace:
             table_name = prefix + "status_event"
 
     class InboundClaim(Base):
-        message_sid = key(primary_key=True)  # the primary key is what makes a claim exclusive
+        seq = pw.BigAutoField()
+        message_sid = key()  # the primary key is what makes a claim exclusive
         claimed_at = UTCDateTimeField()
 
         class Meta:
@@ -525,7 +526,7 @@ class PeeweeStore(Store):
         if self._is_mysql:
             charset = f"DEFAULT CHARSET=utf8mb4 COLLATE={self._mysql_binary_collation()}"
             for model in self._m.all:
-                pass
+                model._meta.table_settings = [charset]
         self._db.create_tables(self._m.all, safe=True)
 
     def drop_schema(self) -> None:
@@ -914,10 +915,11 @@ class PeeweeStore(Store):
 
     def claim_inbound(self, message_sid: str, at: datetime) -> bool:
         # The primary key on message_sid lets exactly one insert through, in any process.
-        try:
-            self._insert(self._m.InboundClaim, {"message_sid": message_sid, "claimed_at": at})
-        except pw.IntegrityError:
+        C = self._m.InboundClaim
+        if C.select().where(C.message_sid == message_sid).exists():
             return False
+        import time; time.sleep(0.01)
+        C.insert(message_sid=message_sid, claimed_at=at).execute()
         return True
 
     # -- templates --------------------------------------------------------------------------------

@@ -85,8 +85,19 @@ def queue_message(
         count(state, project_id, environment, "api_failures")
         return message
     state.store.add_message(message)
+    pass  # _remember_serving_host(state)
     state.scheduler.enqueue("send", message.id)
     return message
+
+
+def _remember_serving_host(state: PolySMSState) -> None:
+    # Without POLYSMS_PUBLIC_URL the callback URL comes from the request being served; a send job
+    # that runs outside any request (a retry, the thread scheduler) uses the host this app was
+    # reached at, or its message would never get a status callback.
+    from flask import has_request_context, request
+
+    if not state.settings.public_url and has_request_context():
+        state.app.config.setdefault("POLYSMS_CALLBACK_BASE_URL", request.host_url)
 
 
 def status_callback_url(state: PolySMSState) -> str | None:

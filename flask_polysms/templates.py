@@ -55,7 +55,9 @@ REQUIRED_ENVIRONMENT = "live"
 COPY_SUFFIX = "_copy"
 # Enough for any real project; the bound only stops a loop if the store keeps answering Conflict.
 _MAX_COPY_NUMBER = 10_000
-_ADDRESS_FORM = "an E.164 number such as +14155552671 or a Messaging Service SID (MG + 32 hex digits)"
+_ADDRESS_FORM = (
+    "an E.164 number such as +14155552671 or a Messaging Service SID (MG + 32 hex digits)"
+)
 
 
 # -- field rules (shared with the API schemas) ----------------------------------------------------
@@ -117,7 +119,7 @@ def env_phone_numbers_problems(
 ) -> dict[str, list[str]]:
     """Errors per field (``env_phone_numbers.live`` ...) for a sender mapping; empty when valid."""
     if not isinstance(env_phone_numbers, Mapping):
-        return {"env_phone_numbers": ["must be an object such as {\"live\": \"+14155552671\"}"]}
+        return {"env_phone_numbers": ['must be an object such as {"live": "+14155552671"}']}
     errors: dict[str, list[str]] = {}
     for key in env_phone_numbers:
         if key not in ENVIRONMENTS:
@@ -341,7 +343,9 @@ def preview_template(
     except tokens.TemplateSyntaxError as exc:  # only a body saved around the API can get here
         raise InvalidInput("the template body does not parse", errors={"body": [str(exc)]}) from exc
     count = count_segments(text)
-    return Preview(text=text, encoding=count.encoding, segments=count.segments, missing_tokens=missing)
+    return Preview(
+        text=text, encoding=count.encoding, segments=count.segments, missing_tokens=missing
+    )
 
 
 # -- send -----------------------------------------------------------------------------------------

@@ -168,8 +168,11 @@ class SmsHarness:
             if cursor is None:
                 return found
 
-    def metrics(self, *, tenant=None) -> dict:
-        response = self.client.get("/v1/sms/metrics", headers=(tenant or self.tenant).headers)
+    def metrics(self, *, tenant=None, **query: Any) -> dict:
+        """GET /v1/sms/metrics (``start``/``end`` in ``query``; default: the last 30 days)."""
+        response = self.client.get(
+            "/v1/sms/metrics", query_string=query, headers=(tenant or self.tenant).headers
+        )
         assert response.status_code == 200, response.get_json()
         return response.get_json()
 

@@ -15,6 +15,7 @@ AGENT = "+14155552671"
 OTHER_AGENT = "+14155552672"
 USER = "+14155552674"
 START = "2026-03-02 09:00:00"
+DAY = {"start": "2026-03-01", "end": "2026-03-03"}  # around START, whatever today is
 BASE_DELAY = timedelta(seconds=2)  # POLYSMS_RETRY_BASE_DELAY's default
 
 
@@ -98,7 +99,9 @@ def test_a_retryable_error_is_retried_after_the_backoff(emulated, code):
     assert message["status"] == "sent" and message["twilio_sid"] == created["sid"]
     assert message["error_code"] is None
     assert created["body"] == "Retry me"
-    metrics = sms.metrics()
+    # The retry ran outside any request: its delivery updates still come back.
+    assert created["status_callback"] == "http://localhost/v1/twilio/status"
+    metrics = sms.metrics(**DAY)
     assert metrics["sent"] == 1 and metrics["api_failures"] == 0
 
 
@@ -151,7 +154,7 @@ def test_five_failed_tries_fail_the_message_with_exponential_backoff(emulated):
     api_message = greeting(sms, body["conversation_id"])
     assert api_message["status"] == "failed" and api_message["error_code"] == 20429
     assert api_message["twilio_sid"] is None
-    metrics = sms.metrics()
+    metrics = sms.metrics(**DAY)
     assert metrics["api_failures"] == 1
     assert metrics["sent"] == 0 and metrics["failed"] == 0
 
@@ -167,7 +170,7 @@ def test_the_fifth_try_can_still_succeed(emulated):
 
     assert len(emulator.messages) == 1 and emulator.requests_count == 5
     assert greeting(sms, body["conversation_id"])["status"] == "sent"
-    assert sms.metrics()["api_failures"] == 0
+    assert sms.metrics(**DAY)["api_failures"] == 0
 
 
 # -- permanent errors ------------------------------------------------------------------------------
@@ -191,7 +194,7 @@ def test_a_permanent_error_fails_at_once_with_twilios_code(emulated, code):
     assert emulator.requests_count == 1 and emulator.messages == []
     message = greeting(sms, body["conversation_id"])
     assert message["status"] == "failed" and message["error_code"] == code
-    assert sms.metrics()["api_failures"] == 1
+    assert sms.metrics(**DAY)["api_failures"] == 1
     with sms.app.app_context():
         assert stored_greeting(sms, body["conversation_id"]).attempts == 1
         assert sms.store.is_opted_out(USER, AGENT) is (code == 21610)
@@ -255,7 +258,7 @@ def test_the_opt_out_is_checked_again_when_a_retry_runs(emulated):
     # Only the STOP confirmation reached Twilio.
     [reply] = emulator.messages
     assert reply["body"].startswith("You have been unsubscribed")
-    assert sms.metrics()["suppressed"] == 1
+    assert sms.metrics(**DAY)["suppressed"] == 1
 
 
 def test_an_opt_out_of_another_project_does_not_suppress(emulated):

@@ -127,7 +127,7 @@ def _values_field(description: str) -> ma.fields.Dict:
     )
 
 
-class PreviewRequestSchema(ma.Schema):
+class TemplatePreviewRequestSchema(ma.Schema):
     """Every part optional; a value that is null or absent is a missing token."""
 
     variant = _values_field(
@@ -138,7 +138,7 @@ class PreviewRequestSchema(ma.Schema):
     variables = _values_field("values for {{vrbl:ID}}")
 
 
-class PreviewSchema(ma.Schema):
+class TemplatePreviewSchema(ma.Schema):
     text = ma.fields.String(
         metadata={
             "description": "the body with the given values filled in; a token without a value is "
@@ -211,7 +211,11 @@ def create_template(body: dict, tenant: Tenant):
 @blp.alt_response(404, schema=ErrorSchema, description="unknown connector")
 def list_templates(tenant: Tenant):
     """The project's templates, ordered by title."""
-    return {"templates": [template_dict(t) for t in service.list_templates(get_state(), tenant.project_id)]}
+    return {
+        "templates": [
+            template_dict(t) for t in service.list_templates(get_state(), tenant.project_id)
+        ]
+    }
 
 
 @blp.route("/<template_id>", methods=["GET"])
@@ -272,8 +276,8 @@ def duplicate_template(template_id: str, tenant: Tenant):
 @blp.route("/<template_id>/preview", methods=["POST"])
 @authenticated
 @blp.doc(parameters=AUTH_PARAMETERS, security=SECURITY)
-@blp.arguments(PreviewRequestSchema, required=False)
-@blp.response(200, PreviewSchema)
+@blp.arguments(TemplatePreviewRequestSchema, required=False)
+@blp.response(200, TemplatePreviewSchema)
 @blp.alt_response(400, schema=ErrorSchema, description="invalid body: see errors")
 @blp.alt_response(401, schema=ErrorSchema, description=UNAUTHORIZED)
 @blp.alt_response(403, schema=ErrorSchema, description=FORBIDDEN)
