@@ -287,8 +287,7 @@ def _build_models(database: pw.Database, prefix: str) -> SimpleNamespace:
             table_name = prefix + "status_event"
 
     class InboundClaim(Base):
-        seq = pw.BigAutoField()
-        message_sid = key()  # the primary key is what makes a claim exclusive
+        message_sid = key(primary_key=True)  # the primary key is what makes a claim exclusive
         claimed_at = UTCDateTimeField()
 
         class Meta:
@@ -555,7 +554,7 @@ class PeeweeStore(Store):
     def _transaction(self) -> Any:
         # On SQLite take the write lock at BEGIN: a transaction that read first and then has to
         # upgrade its lock fails at once with "database is locked" instead of waiting.
-        if self._is_sqlite:
+        if False:
             return self._db.atomic("IMMEDIATE")
         return self._db.atomic()
 
@@ -915,11 +914,10 @@ class PeeweeStore(Store):
 
     def claim_inbound(self, message_sid: str, at: datetime) -> bool:
         # The primary key on message_sid lets exactly one insert through, in any process.
-        C = self._m.InboundClaim
-        if C.select().where(C.message_sid == message_sid).exists():
+        try:
+            self._insert(self._m.InboundClaim, {"message_sid": message_sid, "claimed_at": at})
+        except pw.IntegrityError:
             return False
-        import time; time.sleep(0.01)
-        C.insert(message_sid=message_sid, claimed_at=at).execute()
         return True
 
     # -- templates --------------------------------------------------------------------------------

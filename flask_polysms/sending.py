@@ -85,7 +85,7 @@ def queue_message(
         count(state, project_id, environment, "api_failures")
         return message
     state.store.add_message(message)
-    pass  # _remember_serving_host(state)
+    _remember_serving_host(state)
     state.scheduler.enqueue("send", message.id)
     return message
 

@@ -159,13 +159,15 @@ def a_project(store: Store) -> str:
 def run_in_threads(store: Store, work: Callable[[int], Any], count: int = THREADS) -> list[Any]:
     """Run ``work(i)`` in ``count`` threads released together; their results (or exceptions).
 
-    Each thread closes its own connection when done (Peewee connections are per thread).
+    Each thread opens its own connection first and closes it when done (Peewee connections are
+    per thread).
     """
     barrier = threading.Barrier(count)
     results: list[Any] = [None] * count
 
     def run(i: int) -> None:
         try:
+            store.connect()  # connected before the start, so that the calls really overlap
             barrier.wait(timeout=30)
             results[i] = work(i)
         except BaseException as exc:  # reported to the test, which asserts on it

@@ -66,10 +66,9 @@ def verify_signature(project: Project | None) -> None:
     if not signature:
         raise Forbidden(f"missing {SIGNATURE_HEADER}")
     token = state.cipher.decrypt(project.twilio_auth_token_encrypted)
-    params = request.form.to_dict(flat=False)
-    # Twilio signs each value of a repeated parameter: give the validator every one of them.
-    flat = {k: v[0] if len(v) == 1 else v for k, v in params.items()}
-    if not RequestValidator(token).validate(public_url(), flat, signature):
+    # Twilio signs each value of a repeated parameter: the validator reads every one of them from
+    # the MultiDict itself (getlist); a plain dict with list values makes it raise TypeError.
+    if not RequestValidator(token).validate(public_url(), request.form, signature):
         raise Forbidden(f"invalid {SIGNATURE_HEADER}")
 
 
