@@ -154,7 +154,7 @@ def _build_models(database: pw.Database, prefix: str) -> SimpleNamespace:
     json_field = MediumJSONTextField if is_mysql else JSONTextField
 
     def key(length: int = 100, **kwargs: Any) -> pw.CharField:
-        # Bounded strings for what is indexed (MySQL cannot index TEXT).
+        # Bounded strings for ids, numbers and codes: MySQL cannot index TEXT columns.
         return pw.CharField(max_length=length, collation=collation, **kwargs)
 
     def opt_key(length: int = 100) -> pw.CharField:
@@ -208,7 +208,7 @@ def _build_models(database: pw.Database, prefix: str) -> SimpleNamespace:
         country = opt_key(8)
         number_type = opt_key(32)
         registration = key(32)
-        campaign_id = opt_key()
+        campaign_id = pw.TextField(null=True)
 
         class Meta:
             table_name = prefix + "sender"
@@ -271,7 +271,7 @@ def _build_models(database: pw.Database, prefix: str) -> SimpleNamespace:
         attempts = pw.IntegerField()
         max_attempts = pw.IntegerField()
         template = pw.TextField(null=True)
-        drop_reason = opt_key(64)
+        drop_reason = pw.TextField(null=True)
 
         class Meta:
             table_name = prefix + "message"
@@ -323,7 +323,7 @@ def _build_models(database: pw.Database, prefix: str) -> SimpleNamespace:
         recipient = key()
         sender = key()
         action = key(16)
-        keyword = opt_key(64)
+        keyword = pw.TextField(null=True)
         at = UTCDateTimeField()
 
         class Meta:
@@ -447,9 +447,9 @@ def _open_database(url: str, sqlite_busy_timeout_ms: int) -> pw.Database:
                 "(sqlite:///polysms.db) or the memory:// store"
             )
         params["pragmas"] = {
-            # WAL lets readers run beside the one writer; busy_timeout makes writers queue.
-            "journal_mode": "wal",
+            # busy_timeout makes writers queue; WAL lets readers run beside the one writer.
             "busy_timeout": sqlite_busy_timeout_ms,
+            "journal_mode": "wal",
             "synchronous": "normal",
         }
         params["timeout"] = sqlite_busy_timeout_ms / 1000
@@ -542,8 +542,8 @@ class PeeweeStore(Store):
             self._db.close()
 
     def _mysql_binary_collation(self) -> str:
-        # The servers' default collations ignore case ("Hello" = "hello") and NO PAD-less ones
-        # ignore trailing spaces; a binary NO PAD collation compares as Python does.
+        # The default collations ignore case ("Hello" = "hello") and PAD SPACE ones ignore trailing
+        # spaces ("a" = "a "): a binary NO PAD collation compares and orders as Python does.
         for name in ("utf8mb4_nopad_bin", "utf8mb4_0900_bin"):
             found = self._db.execute_sql("SHOW COLLATION WHERE Collation = %s", (name,))
             if found.fetchone():
@@ -554,7 +554,7 @@ class PeeweeStore(Store):
     def _transaction(self) -> Any:
         # On SQLite take the write lock at BEGIN: a transaction that read first and then has to
         # upgrade its lock fails at once with "database is locked" instead of waiting.
-        if False:
+        if self._is_sqlite:
             return self._db.atomic("IMMEDIATE")
         return self._db.atomic()
 

@@ -113,8 +113,12 @@ def sweep_command() -> None:
 
 
 @polysms_cli.command("worker")
-@click.option("--simple/--fork", default=True, show_default=True,
-              help="SimpleWorker runs jobs in-process (fast); --fork forks a work-horse per job")
+@click.option(
+    "--simple/--fork",
+    default=True,
+    show_default=True,
+    help="SimpleWorker runs jobs in-process (fast); --fork forks a work-horse per job",
+)
 @click.option("--burst", is_flag=True, help="stop when the queue is empty")
 def worker(simple: bool, burst: bool) -> None:
     """Run an RQ worker with its scheduler, every job in this app's context."""

@@ -138,6 +138,17 @@ def _duration(config: dict, key: str) -> timedelta:
     return result
 
 
+def _flag(config: dict, key: str) -> bool:
+    value = config[key]
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if isinstance(value, str) and value.strip().lower() in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"{key} must be True or False, not {value!r}")
+
+
 def _limit(config: dict, key: str) -> str:
     value = config[key]
     try:
@@ -212,7 +223,7 @@ def load_settings(config: dict, *, testing: bool) -> Settings:
         grace_period=_duration(config, ConfigVars.GRACE_PERIOD),
         warning_message=_text(config, ConfigVars.WARNING_MESSAGE),
         closing_message=_text(config, ConfigVars.CLOSING_MESSAGE),
-        validate_signatures=bool(config[ConfigVars.VALIDATE_SIGNATURES]),
+        validate_signatures=_flag(config, ConfigVars.VALIDATE_SIGNATURES),
         secret_key=secret if isinstance(secret, str) else secret.decode("utf-8", "replace"),
         send_max_attempts=attempts,
         retry_base_delay=_duration(config, ConfigVars.RETRY_BASE_DELAY),
@@ -222,7 +233,7 @@ def load_settings(config: dict, *, testing: bool) -> Settings:
         duplicate_text_block=_duration(config, ConfigVars.DUPLICATE_TEXT_BLOCK),
         sweep_interval=_duration(config, ConfigVars.SWEEP_INTERVAL),
         stuck_after=_duration(config, ConfigVars.STUCK_AFTER),
-        sender_guard=bool(config[ConfigVars.SENDER_GUARD]),
-        dashboard=bool(config[ConfigVars.DASHBOARD]),
+        sender_guard=_flag(config, ConfigVars.SENDER_GUARD),
+        dashboard=_flag(config, ConfigVars.DASHBOARD),
         max_content_length=max_length,
     )

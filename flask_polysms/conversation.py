@@ -79,6 +79,10 @@ class Conversation:
             raise ValueError(f"{from_number!r} is not a sender provisioned for this project")
         if not isinstance(content, str) or not content or len(content) > 1600:
             raise ValueError("content must be 1 to 1600 characters")
+        if retry_count is not None and (
+            not isinstance(retry_count, int) or isinstance(retry_count, bool) or retry_count < 0
+        ):
+            raise ValueError("retry_count must be a whole number, 0 or more")
         message = queue_message(
             self._state,
             project_id=self.project_id,
@@ -88,7 +92,7 @@ class Conversation:
             body=content,
             to=to_number,
             sender=from_number,
-            max_attempts=None if retry_count is None else 1 + int(retry_count),
+            max_attempts=None if retry_count is None else 1 + retry_count,
         )
         note_activity(self._state, self.id, user_reply=False)
         return self._current(message)

@@ -39,6 +39,7 @@ class PolySMSState:
     limiter: Any = None
     emulator: Any = None  # a TwilioEmulator the app started in-process (the embedded demo)
     inbound_limits: Any = None  # built on first inbound message (inbound.inbound_limits)
+    seen_base_url: str | None = None  # the host our routes were last called on (callbacks)
 
     @property
     def agent(self) -> AgentFunc | None:
@@ -107,6 +108,11 @@ class PolySMS:
         @app.teardown_appcontext
         def _close_store(exc: BaseException | None) -> None:
             state.store.close()
+
+        if settings.dashboard:
+            from .dashboard import register_dashboard
+
+            register_dashboard(app, state)
 
     @staticmethod
     def _warn_unsafe_defaults(app: Flask, settings: Settings) -> None:

@@ -10,6 +10,7 @@ from .lifecycle import new_session, update_with_retry
 from .phone import region_of
 from .records import Message, Session
 from .sender_facts import guard_error, two_way_supported
+from .senders import guard_enabled
 from .sending import queue_message
 from .tenancy import Tenant
 
@@ -55,7 +56,7 @@ def start_outbound(
 ) -> tuple[Session, Message]:
     """Open a session whose greeting is ``text`` and queue it for sending."""
     chosen = choose_agent_number(state, tenant, user_number, agent_number)
-    if state.settings.sender_guard and tenant.project.settings.get("sender_guard", True):
+    if guard_enabled(state, tenant.project):
         problem = guard_error(state.store.get_sender(chosen))
         if problem:
             raise InvalidInput(problem)

@@ -98,8 +98,15 @@ def add_sender(
         country=facts["country"],
         number_type=facts["number_type"],
     )
-    if registration:
-        sender.registration = registration
+    if registration is not None or campaign_id is not None:
+        from .errors import PolySMSError
+        from .senders import check_registration
+
+        try:
+            check_registration(sender, registration or "unknown", campaign_id)
+        except PolySMSError as exc:
+            raise ProvisioningError(exc.detail) from exc
+        sender.registration = registration or "unknown"
         sender.campaign_id = campaign_id
     try:
         return state.store.add_sender(sender)

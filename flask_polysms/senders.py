@@ -117,49 +117,55 @@ def set_registration(
 
     ``registration`` None keeps the recorded state. ``campaign_id`` left out keeps the recorded id
     while the state stays ``registered`` and clears it otherwise; None clears it. Raises
-    NotFoundError for an unknown sender (or another project's, with ``project_id``) and
-    InvalidInput, changing nothing, when:
-
-    - the state is not one of ``REGISTRATION_STATES``;
-    - a campaign id is given for a state other than ``registered``, or is blank, contains
-      whitespace or is over 64 characters;
-    - a long code of the US A2P 10DLC area would be ``registered`` without a campaign id;
-    - neither a state nor a campaign id is given (an empty change is a caller's mistake).
+    NotFoundError for an unknown sender (or another project's, with ``project_id``), and
+    InvalidInput, changing nothing, when neither a state nor a campaign id is given (an empty
+    change is a caller's mistake) or when :func:`check_registration` refuses the change.
     """
     sender = find_sender(state, address, project_id)
     if registration is None and campaign_id is UNSET:
         raise InvalidInput("nothing to change: give registration and/or campaign_id")
-    if registration is not None and registration not in REGISTRATION_STATES:
-        raise InvalidInput(
-            f"unknown registration state {registration!r}: use one of "
-            f"{', '.join(REGISTRATION_STATES)}",
-            errors={"registration": [f"one of {', '.join(REGISTRATION_STATES)}"]},
-        )
     new_state = registration if registration is not None else sender.registration
     if campaign_id is UNSET:
         new_campaign = sender.campaign_id if new_state == REGISTERED else None
     else:
         new_campaign = campaign_id
-    if new_campaign is not None:
-        if not isinstance(new_campaign, str) or not _CAMPAIGN_ID.match(new_campaign):
+    check_registration(sender, new_state, new_campaign)
+    return state.store.update_sender(
+        sender.address, registration=new_state, campaign_id=new_campaign
+    )
+
+
+def check_registration(sender: Sender, registration: str, campaign_id: str | None) -> None:
+    """Raise InvalidInput unless ``sender`` may be recorded with this state and campaign id.
+
+    Refused: a state that is not one of ``REGISTRATION_STATES``; a campaign id for a state other
+    than ``registered``, or one that is blank, contains whitespace or is over 64 characters; a
+    long code of the US A2P 10DLC area as ``registered`` without a campaign id. Pure: reads
+    nothing but its arguments, so provisioning can apply the same rules before a sender exists.
+    """
+    if registration not in REGISTRATION_STATES:
+        raise InvalidInput(
+            f"unknown registration state {registration!r}: use one of "
+            f"{', '.join(REGISTRATION_STATES)}",
+            errors={"registration": [f"one of {', '.join(REGISTRATION_STATES)}"]},
+        )
+    if campaign_id is not None:
+        if not isinstance(campaign_id, str) or not _CAMPAIGN_ID.match(campaign_id):
             raise InvalidInput(
                 "campaign_id must be 1 to 64 characters without spaces",
                 errors={"campaign_id": ["1 to 64 characters without spaces"]},
             )
-        if new_state != REGISTERED:
+        if registration != REGISTERED:
             raise InvalidInput(
-                f"a campaign id applies only to the state {REGISTERED!r}, not {new_state!r}",
+                f"a campaign id applies only to the state {REGISTERED!r}, not {registration!r}",
                 errors={"campaign_id": [f"only with registration {REGISTERED!r}"]},
             )
-    if new_state == REGISTERED and not new_campaign and _needs_campaign(sender):
+    if registration == REGISTERED and not campaign_id and _needs_campaign(sender):
         raise InvalidInput(
             f"{sender.address} is a US A2P 10DLC long code: recording it as registered needs the "
             "campaign id (--campaign-id / campaign_id)",
             errors={"campaign_id": ["required to record a 10DLC long code as registered"]},
         )
-    return state.store.update_sender(
-        sender.address, registration=new_state, campaign_id=new_campaign
-    )
 
 
 def destination_countries(state: PolySMSState, sender: Sender) -> tuple[list[str], bool]:
@@ -168,7 +174,8 @@ def destination_countries(state: PolySMSState, sender: Sender) -> tuple[list[str
 
     Countries are ISO 3166 alpha-2 codes, sorted; numbers without a country (non-geographic ones)
     are left out. Every environment of the project is read: a sender that moved between
-    environments still reaches the users it reached before.
+    environments still reaches the users it reached before. A Messaging Service is rarely a
+    session's agent number, so it usually has none: its callers name them instead.
     """
     countries: set[str] = set()
     cursor: str | None = None

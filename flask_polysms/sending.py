@@ -28,6 +28,7 @@ from .records import (
 )
 from .segments import count_segments
 from .sender_facts import guard_error
+from .senders import guard_enabled
 
 if TYPE_CHECKING:
     from .extension import PolySMSState
@@ -76,7 +77,7 @@ def queue_message(
         segments=segments.segments,
         encoding=segments.encoding,
         template=template,
-        max_attempts=max_attempts or state.settings.send_max_attempts,
+        max_attempts=state.settings.send_max_attempts if max_attempts is None else max_attempts,
     )
     if error is not None:
         message.status = FAILED
@@ -85,15 +86,15 @@ def queue_message(
         count(state, project_id, environment, "api_failures")
         return message
     state.store.add_message(message)
-    _remember_serving_host(state)
+    remember_serving_host(state)
     state.scheduler.enqueue("send", message.id)
     return message
 
 
-def _remember_serving_host(state: PolySMSState) -> None:
-    # Without POLYSMS_PUBLIC_URL the callback URL comes from the request being served; a send job
-    # that runs outside any request (a retry, the thread scheduler) uses the host this app was
-    # reached at, or its message would never get a status callback.
+def remember_serving_host(state: PolySMSState) -> None:
+    """Without ``POLYSMS_PUBLIC_URL``, keep the host this app is reached at (first request wins),
+    so send jobs that run outside any request (retries, agent replies under the thread scheduler)
+    still give Twilio a status-callback URL."""
     from flask import has_request_context, request
 
     if not state.settings.public_url and has_request_context():
@@ -109,8 +110,8 @@ def status_callback_url(state: PolySMSState) -> str | None:
         return state.settings.public_url + path
     if has_request_context():
         return request.host_url.rstrip("/") + path
-    base = state.app.config.get("POLYSMS_CALLBACK_BASE_URL")
-    return base.rstrip("/") + path if base else None
+    # A job outside any request (thread or RQ worker): the host our routes were last called on.
+    return state.seen_base_url + path if state.seen_base_url else None
 
 
 def _fail(state: PolySMSState, message: Message, code: int | None, text: str) -> None:
@@ -154,8 +155,9 @@ def send_job(state: PolySMSState, message_id: str) -> bool:
     if project is None or not project.twilio_account_sid or not project.twilio_auth_token_encrypted:
         _fail(state, message, None, "the project has no Twilio connection (connect-twilio)")
         return True
-    if state.settings.sender_guard and project.settings.get("sender_guard", True):
-        problem = guard_error(store.get_sender(sender)) if store.get_sender(sender) else None
+    if guard_enabled(state, project):
+        record = store.get_sender(sender)
+        problem = guard_error(record) if record is not None else None
         if problem:
             _fail(state, message, None, problem)
             return True

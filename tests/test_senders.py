@@ -10,6 +10,7 @@ from flask import Flask
 from flask_polysms import PolySMS, provisioning
 from flask_polysms import senders as senders_service
 from flask_polysms.extension import get_state
+from flask_polysms.sender_facts import REGISTRATION_STATES
 from flask_polysms.testing import provision, sign_twilio_request
 
 US_LONG = "+14155552671"  # the blocked one in most tests
@@ -588,6 +589,14 @@ def test_cli_rejects_an_unknown_state(app, runner):
     assert "unknown registration state 'approved'" in result.output
     with app.app_context():
         assert get_state(app).store.get_sender(US_LONG).registration == "unknown"
+
+
+def test_cli_help_lists_every_state(app, runner):
+    result = runner.invoke(args=["polysms", "set-registration", "--help"])
+
+    assert result.exit_code == 0
+    help_text = " ".join(result.output.split())
+    assert all(state in help_text for state in REGISTRATION_STATES)
 
 
 def test_cli_unknown_sender_is_a_one_line_error(app, runner):

@@ -930,10 +930,11 @@ def test_every_lookup_has_an_index(store: Store) -> None:
             assert (columns, unique) in found, f"{name} lacks an index on {columns}"
 
 
-@pytest.mark.parametrize("backend", ["sqlite"])
+@pytest.mark.parametrize("backend", DATABASE_BACKENDS)
 def test_two_stores_on_different_urls_coexist(
     store: Store, tmp_path: Any, table_prefix: str
 ) -> None:
+    # Same prefix, another database: each store's models must be bound to its own database only.
     other = backends.create_store(f"sqlite:///{tmp_path / 'other.db'}", table_prefix=table_prefix)
     other.create_schema()
     try:
@@ -941,6 +942,7 @@ def test_two_stores_on_different_urls_coexist(
         theirs = other.create_account("Theirs")
         assert store.get_account(theirs.id) is None
         assert other.get_account(mine.id) is None
+        assert store.get_account(mine.id) == mine
         assert other.get_account(theirs.id) == theirs
         assert store.claim_inbound("SM1", T0) is True
         assert other.claim_inbound("SM1", T0) is True  # a separate database

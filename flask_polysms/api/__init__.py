@@ -59,6 +59,7 @@ class Blueprint(SmorestBlueprint):
         self.register_error_handler(HTTPException, handle_http_error)
         self.register_error_handler(PolySMSError, handle_polysms_error)
         self.before_request(_limit_body_size)
+        self.before_request(_remember_host)
 
 
 class PolySMSApi(Api):
@@ -128,10 +129,18 @@ def handle_http_error(error: HTTPException):
 
 
 def _limit_body_size() -> None:
+    state = get_state()
+    state.seen_base_url = request.host_url.rstrip("/")
     # Per request, so the host app's own MAX_CONTENT_LENGTH is left alone.
-    request.max_content_length = get_state().settings.max_content_length
+    request.max_content_length = state.settings.max_content_length
     if request.content_length is not None and request.content_length > request.max_content_length:
         raise PolySMSError(f"request body over {request.max_content_length} bytes", status=413)
+
+
+def _remember_host() -> None:
+    from ..sending import remember_serving_host
+
+    remember_serving_host(get_state())
 
 
 def current_tenant() -> Tenant:

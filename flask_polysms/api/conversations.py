@@ -79,9 +79,8 @@ def get_conversation(conversation_id, tenant):
     return conversation_dict(session)
 
 
-@blp.route("", methods=["GET"])
+@blp.route("", methods=["GET"], parameters=AUTH_PARAMETERS)
 @authenticated
-@blp.doc(parameters=AUTH_PARAMETERS)
 @blp.arguments(ConversationQuerySchema, location="query")
 @blp.response(200, ConversationPageSchema)
 @blp.alt_response(401, schema=ErrorSchema, description="missing or invalid API key")

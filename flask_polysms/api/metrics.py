@@ -45,9 +45,8 @@ class MetricsSchema(DayFiguresSchema):
     by_day = ma.fields.List(ma.fields.Nested(DayFiguresSchema))
 
 
-@blp.route("/metrics", methods=["GET"])
+@blp.route("/metrics", methods=["GET"], parameters=AUTH_PARAMETERS)
 @authenticated
-@blp.doc(parameters=AUTH_PARAMETERS)
 @blp.arguments(MetricsQuerySchema, location="query")
 @blp.response(200, MetricsSchema)
 @blp.alt_response(400, schema=ErrorSchema, description="bad date range")

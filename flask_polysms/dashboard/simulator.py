@@ -1,0 +1,174 @@
+"""The phone simulator: a user's phone, seen through the app's in-process TwilioEmulator.
+
+What the phone received is what the emulator was asked to send, limited to messages the project
+itself recorded (found by their Twilio SID), so one project never sees another's traffic on a shared
+emulator. What the phone sent are the project's inbound messages from that number. A reply is posted
+to the app's own ``/v1/twilio/sms`` over HTTP as a signed webhook, exactly as Twilio would post it,
+so it goes through signature checking, keywords, limits and the agent like any real SMS.
+"""
+
+from __future__ import annotations
+
+import secrets
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from ..clock import as_utc
+from ..records import INBOUND
+from ..tenancy import Tenant
+from ..testing import sign_twilio_request
+
+if TYPE_CHECKING:
+    from ..extension import PolySMSState
+
+#: Seconds to wait for our own webhook; it answers well under Twilio's 15 s budget.
+WEBHOOK_TIMEOUT = 15.0
+# Straight to the app, never through HTTP_PROXY: the target is this very server.
+_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+@dataclass(frozen=True)
+class PhoneMessage:
+    """One bubble on the simulated phone."""
+
+    direction: str  # "received" (by the phone) or "sent" (by the phone)
+    body: str
+    from_: str
+    to: str
+    status: str
+    at: datetime
+    twilio_sid: str | None
+    error_code: int | None = None
+
+
+def phone_messages(state: PolySMSState, tenant: Tenant, user_number: str) -> list[PhoneMessage]:
+    """The conversation on ``user_number``'s phone with the project's numbers, oldest first."""
+    store = state.store
+    thread: list[PhoneMessage] = []
+    for sent in state.emulator.messages:
+        if sent["to"] != user_number or sent["account_sid"] != tenant.project.twilio_account_sid:
+            continue
+        recorded = store.get_message_by_sid(sent["sid"])
+        if recorded is None or recorded.project_id != tenant.project_id:
+            continue
+        thread.append(
+            PhoneMessage(
+                direction="received",
+                body=sent["body"],
+                from_=sent["from"] or sent["messaging_service_sid"] or "",
+                to=sent["to"],
+                status=sent["status"],
+                # The store's time, not the emulator's whole seconds: replies in the same second
+                # as the message they answer must still sort after it.
+                at=as_utc(recorded.created_at),
+                twilio_sid=sent["sid"],
+                error_code=sent["error_code"],
+            )
+        )
+    for message in _inbound_from(state, tenant, user_number):
+        thread.append(
+            PhoneMessage(
+                direction="sent",
+                body=message.body,
+                from_=user_number,
+                to=message.to,
+                status=message.status,
+                at=as_utc(message.created_at),
+                twilio_sid=message.twilio_sid,
+            )
+        )
+    thread.sort(key=lambda m: m.at)
+    return thread
+
+
+def _inbound_from(state: PolySMSState, tenant: Tenant, user_number: str):
+    """The project's inbound messages from ``user_number`` (in sessions or not)."""
+    store = state.store
+    seen: set[str] = set()
+    cursor = None
+    while True:
+        sessions, cursor = store.list_sessions(
+            tenant.project_id, user_number=user_number, cursor=cursor, limit=200
+        )
+        for session in sessions:
+            for message in store.list_messages(session.id):
+                if message.direction == INBOUND and message.id not in seen:
+                    seen.add(message.id)
+                    yield message
+        if cursor is None:
+            return
+
+
+def recent_numbers(state: PolySMSState, tenant: Tenant, limit: int = 10) -> list[str]:
+    """User numbers the project's messages went to through the emulator, most recent first."""
+    numbers: list[str] = []
+    for sent in reversed(state.emulator.messages):
+        if sent["account_sid"] != tenant.project.twilio_account_sid or sent["to"] in numbers:
+            continue
+        recorded = state.store.get_message_by_sid(sent["sid"])
+        if recorded is not None and recorded.project_id == tenant.project_id:
+            numbers.append(sent["to"])
+            if len(numbers) == limit:
+                break
+    return numbers
+
+
+def webhook_url(state: PolySMSState, host_url: str) -> str:
+    """The inbound webhook's URL as Twilio would call it: POLYSMS_PUBLIC_URL, else this host."""
+    base = state.settings.public_url or host_url.rstrip("/")
+    return f"{base}{state.settings.url_prefix}/v1/twilio/sms"
+
+
+class ReplyFailed(Exception):
+    """The webhook did not take the simulated reply; the message says what it answered."""
+
+
+def post_reply(
+    state: PolySMSState, tenant: Tenant, url: str, user_number: str, to: str, body: str
+) -> str:
+    """Post ``body`` from ``user_number`` to our number ``to`` as Twilio's signed inbound webhook.
+
+    Returns the new MessageSid; raises ReplyFailed when the webhook does not answer 200.
+    """
+    project = tenant.project
+    if not project.twilio_account_sid or not project.twilio_auth_token_encrypted:
+        raise ReplyFailed("the project has no Twilio connection to sign the webhook with")
+    message_sid = "SM" + secrets.token_hex(16)
+    params = {
+        "MessageSid": message_sid,
+        "SmsSid": message_sid,
+        "SmsMessageSid": message_sid,
+        "AccountSid": project.twilio_account_sid,
+        "From": user_number,
+        "To": to,
+        "Body": body,
+        "NumMedia": "0",
+        "NumSegments": "1",
+        "ApiVersion": "2010-04-01",
+    }
+    token = state.cipher.decrypt(project.twilio_auth_token_encrypted)
+    request = urllib.request.Request(
+        url,
+        data=urllib.parse.urlencode(params).encode(),
+        method="POST",
+        headers={
+            "Content-Type": "application/x-www-form-urlencoded",
+            "X-Twilio-Signature": sign_twilio_request(url, params, token),
+            "User-Agent": "TwilioProxy/1.1",
+        },
+    )
+    try:
+        with _opener.open(request, timeout=WEBHOOK_TIMEOUT) as answer:
+            status = answer.status
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        raise ReplyFailed(f"{url} answered HTTP {exc.code}") from exc
+    except (OSError, ValueError) as exc:  # refused, timed out, or not a URL we can call
+        raise ReplyFailed(f"could not reach {url}: {exc}") from exc
+    if status != 200:
+        raise ReplyFailed(f"{url} answered HTTP {status}")
+    return message_sid
