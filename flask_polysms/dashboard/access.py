@@ -94,4 +94,5 @@ def check_csrf(submitted: str | None) -> None:
     try:
         validate_csrf(submitted, token_key=CSRF_SESSION_KEY)
     except ValidationError as exc:
-        raise InvalidInput(f"{exc.args[0] if exc.args else 'bad CSRF token'} Reload the page.") from exc
+        reason = exc.args[0] if exc.args else "The CSRF token is invalid."
+        raise InvalidInput(f"{reason} Reload the page and try again.") from exc

@@ -22,7 +22,7 @@ from flask import (
     request,
     url_for,
 )
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, default_exceptions
 
 from .. import templates as template_service
 from ..clock import as_utc, utcnow
@@ -66,7 +66,7 @@ SECURITY_HEADERS = {
 }
 
 
-# -- every request ----------------------------------------------------------------------------------
+# -- every request --------------------------------------------------------------------------------
 def _tenant() -> Tenant:
     tenant = access.signed_in_tenant(get_state().store)
     if tenant is None:  # _guard redirected already; only reachable if a view is called directly
@@ -120,9 +120,14 @@ def _service_error(error: PolySMSError):
     return _error_page(error.status, error.detail)
 
 
-@bp.errorhandler(HTTPException)
 def _http_error(error: HTTPException):
     return _error_page(error.code or 500, error.description or error.name)
+
+
+# By code, not by class: Flask tries every handler registered for the code (the app's included,
+# such as the API's 404 handler) before any handler registered for a class.
+for _code in (c for c in default_exceptions if 400 <= c < 500):
+    bp.register_error_handler(_code, _http_error)
 
 
 def _error_page(status: int, detail: str):
@@ -369,11 +374,7 @@ def conversations():
             )
         except ValueError:
             problems.append("that page link is no longer valid: start again from the first page")
-    next_url = (
-        url_for(".conversations", **filters, cursor=next_cursor)
-        if next_cursor
-        else None
-    )
+    next_url = url_for(".conversations", **filters, cursor=next_cursor) if next_cursor else None
     return render_template(
         "polysms_dashboard/conversations.html",
         sessions=sessions,
