@@ -109,6 +109,12 @@ class PolySMS:
         def _close_store(exc: BaseException | None) -> None:
             state.store.close()
 
+        @app.before_request
+        def _start_background_work() -> None:
+            # The thread scheduler's loop (and its periodic sweep) runs in the serving process
+            # only; for the other schedulers this does nothing.
+            state.scheduler.start()
+
         if settings.dashboard:
             from .dashboard import register_dashboard
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
-import os
 import threading
 from abc import ABC, abstractmethod
 from datetime import datetime
@@ -131,10 +130,9 @@ class ThreadScheduler(Scheduler):
         self._push(when, job, args, job_id)
 
     def start(self) -> None:
-        # Under `flask run --debug` the reloader's parent process never serves: it must not run
-        # timers, or they would fire twice.
-        if os.environ.get("FLASK_RUN_FROM_CLI") and os.environ.get("WERKZEUG_RUN_MAIN") == "false":
-            return
+        # Started lazily, by the first job or the first request: under `flask run --debug` the
+        # reloader's parent process loads the app but never serves, so it never runs timers (they
+        # would fire twice).
         with self._cond:
             if self._thread is not None and self._thread.is_alive():
                 return
