@@ -463,7 +463,7 @@ def _open_database(url: str, sqlite_busy_timeout_ms: int) -> pw.Database:
 
 
 def _is_retryable(exc: pw.OperationalError) -> bool:
-    original = exc.args[0] if exc.args else None
+    original = getattr(exc, "orig", None)  # the driver's exception, which Peewee wraps
     if getattr(original, "pgcode", None) in _RETRYABLE_PG_CODES:
         return True
     codes = getattr(original, "args", ())

@@ -26,6 +26,7 @@ import json
 import random
 import re
 import secrets
+import signal
 import threading
 import urllib.error
 import urllib.parse
@@ -781,7 +782,7 @@ def _account_arg(value: str) -> tuple[str, str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the emulator in the foreground until interrupted (for demos and manual testing)."""
+    """Serve in the foreground until SIGINT or SIGTERM, then stop cleanly (for demos)."""
     parser = argparse.ArgumentParser(
         prog="python -m flask_polysms.emulator",
         description="A local Twilio Messages API for the real twilio client.",
@@ -809,12 +810,20 @@ def main(argv: list[str] | None = None) -> None:
     )
     for account_sid, token in args.account:
         emulator.add_account(account_sid, token)
+    stopped = threading.Event()
+
+    def request_stop(signum: int, frame: object) -> None:
+        stopped.set()
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
     emulator.start()
     print(f"Twilio emulator on {emulator.base_url} (Ctrl-C to stop)", flush=True)
     try:
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        pass
+        # A bounded wait: a signal that lands on a server thread is only handled when the main
+        # thread wakes, and an unbounded wait would never wake.
+        while not stopped.wait(0.2):
+            pass
     finally:
         emulator.stop()
 

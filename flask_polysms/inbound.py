@@ -218,7 +218,13 @@ def agent_job(state: PolySMSState, session_id: str, message_id: str) -> bool:
     if reply:
         current = state.store.get_session(session_id)
         if current is not None and current.state != "closed":
-            conv.reply(str(reply))
+            try:
+                conv.reply(str(reply))
+            except ValueError:
+                # A reply that can never be sent (over 1600 characters) is the agent's fault too.
+                log.exception("the polysms agent's reply on session %s cannot be sent", session_id)
+                count(state, session.project_id, session.environment, "agent_errors")
+                return False
     return True
 
 

@@ -86,19 +86,8 @@ def queue_message(
         count(state, project_id, environment, "api_failures")
         return message
     state.store.add_message(message)
-    remember_serving_host(state)
     state.scheduler.enqueue("send", message.id)
     return message
-
-
-def remember_serving_host(state: PolySMSState) -> None:
-    """Without ``POLYSMS_PUBLIC_URL``, keep the host this app is reached at (first request wins),
-    so send jobs that run outside any request (retries, agent replies under the thread scheduler)
-    still give Twilio a status-callback URL."""
-    from flask import has_request_context, request
-
-    if not state.settings.public_url and has_request_context():
-        state.app.config.setdefault("POLYSMS_CALLBACK_BASE_URL", request.host_url)
 
 
 def status_callback_url(state: PolySMSState) -> str | None:
@@ -162,9 +151,16 @@ def send_job(state: PolySMSState, message_id: str) -> bool:
             _fail(state, message, None, problem)
             return True
     try:
+        auth_token = state.cipher.decrypt(project.twilio_auth_token_encrypted)
+    except ValueError as exc:
+        # The secret key changed: no retry can help, and a message left `sending` would be
+        # re-sent by every sweep, forever.
+        _fail(state, message, None, str(exc))
+        return True
+    try:
         result = state.gateway.send(
             project.twilio_account_sid,
-            state.cipher.decrypt(project.twilio_auth_token_encrypted),
+            auth_token,
             OutgoingSMS(
                 to=message.to,
                 body=message.body,

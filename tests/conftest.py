@@ -255,13 +255,6 @@ class SmsHarness:
         return self.post_signed("/v1/twilio/status", params)
 
 
-@pytest.fixture(autouse=True)
-def _no_twilio_host_rewrites(monkeypatch: pytest.MonkeyPatch) -> None:
-    # TWILIO_REGION / TWILIO_EDGE make the twilio client rewrite the host (PITFALLS).
-    monkeypatch.delenv("TWILIO_REGION", raising=False)
-    monkeypatch.delenv("TWILIO_EDGE", raising=False)
-
-
 @pytest.fixture
 def make_sms() -> Iterator[Callable[..., SmsHarness]]:
     """Build a testing app with its own PolySMS and a provisioned tenant.

@@ -343,3 +343,20 @@ def test_the_agent_runs_as_a_job_after_twilio_has_its_answer(make_sms):
     assert (reply["from"], reply["to"], reply["body"]) == (AGENT, USER, "answer to a hard question")
     # The job ran outside the webhook's request: its message still asks for status callbacks.
     assert reply["status_callback"] == "http://localhost/v1/twilio/status"
+
+
+def test_a_reply_that_cannot_be_sent_counts_as_an_agent_error(make_sms, caplog):
+    def verbose(conv, text):
+        return "blah " * 400 if text == "tell me everything" else "short answer"
+
+    sms = make_sms(agent=verbose, numbers=(AGENT,))
+
+    with caplog.at_level(logging.ERROR, logger="flask_polysms"):
+        response = sms.inbound(USER, "tell me everything", to=AGENT)
+
+    assert response.status_code == 200  # Twilio still gets its TwiML
+    assert sms.outbox == []
+    assert sms.metrics()["agent_errors"] == 1
+    assert any(r.levelno >= logging.ERROR for r in caplog.records)
+    sms.inbound_ok(USER, "ok, briefly", to=AGENT)
+    assert [m["body"] for m in sms.outbox] == ["short answer"]

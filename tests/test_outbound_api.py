@@ -618,11 +618,53 @@ def test_an_unknown_v1_path_has_the_error_shape(sms):
     assert_error(sms.client.get("/v1/no-such-thing", headers=sms.tenant.headers), 404)
 
 
+def test_an_unexpected_failure_has_the_error_shape_and_hides_the_cause(make_sms, monkeypatch):
+    sms = make_sms(numbers=AGENT_NUMBERS[:1], PROPAGATE_EXCEPTIONS=False)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("database password is hunter2")
+
+    monkeypatch.setattr(sms.store, "get_metrics", broken)
+
+    body = assert_error(sms.client.get("/v1/sms/metrics", headers=sms.tenant.headers), 500)
+    assert "hunter2" not in body["detail"]
+
+
 def test_the_host_apps_own_404_pages_are_left_alone(sms):
     response = sms.client.get("/not-the-api")
 
     assert response.status_code == 404
     assert response.mimetype == "text/html"
+
+
+def test_the_host_apps_own_error_handlers_keep_working():
+    from flask import Flask
+
+    from flask_polysms import PolySMS
+
+    app = Flask("host_with_handlers")
+    app.testing = True
+    app.config.update(SECRET_KEY="k", PROPAGATE_EXCEPTIONS=False)
+
+    @app.errorhandler(404)
+    def not_found(error):
+        return "host 404", 404
+
+    @app.errorhandler(500)
+    def crashed(error):
+        return "host 500", 500
+
+    @app.get("/crash")
+    def crash():
+        raise RuntimeError("host bug")
+
+    PolySMS(app)
+    client = app.test_client()
+
+    assert client.get("/nowhere").get_data(as_text=True) == "host 404"
+    assert client.get("/crash").get_data(as_text=True) == "host 500"
+    # The API's own paths still answer in the API's shape.
+    assert_error(client.get("/v1/nowhere"), 404)
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ import pytest
 from freezegun import freeze_time
 
 from flask_polysms.clock import utcnow
+from flask_polysms.crypto import TokenCipher
 
 AGENT = "+14155552671"
 OTHER_AGENT = "+14155552672"
@@ -284,3 +285,27 @@ def test_a_project_without_twilio_credentials_fails_the_send(emulated):
     assert body["status"] == "failed"
     assert emulator.requests_count == 0
     assert sms.metrics()["api_failures"] == 1
+
+
+def test_an_auth_token_that_cannot_be_decrypted_fails_the_send_once(emulated):
+    sms, emulator = emulated
+    # POLYSMS_SECRET_KEY changed since the token was stored: it no longer decrypts.
+    with sms.app.app_context():
+        sms.store.update_project(
+            sms.tenant.project_id,
+            twilio_auth_token_encrypted=TokenCipher("another-secret").encrypt("x" * 32),
+        )
+
+    with freeze_time(START) as clock:
+        body = sms.send_ok(USER, agent_number=AGENT)
+        # Long after POLYSMS_STUCK_AFTER: the sweep finds nothing left to re-send.
+        clock.tick(timedelta(hours=1))
+        sms.run_due_timers()
+        message = stored_greeting(sms, body["conversation_id"])
+        metrics = sms.metrics(**DAY)
+
+    assert body["status"] == "failed"
+    assert (message.status, message.attempts) == ("failed", 1)
+    assert "POLYSMS_SECRET_KEY" in message.error_message
+    assert emulator.requests_count == 0
+    assert metrics["api_failures"] == 1

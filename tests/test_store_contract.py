@@ -951,6 +951,36 @@ def test_two_stores_on_different_urls_coexist(
         other.close()
 
 
+@pytest.mark.parametrize("backend", DATABASE_BACKENDS[1:])  # SQLite has one writer: no deadlocks
+def test_a_deadlock_victim_is_run_again(store: Store) -> None:
+    # Plumbing of the Peewee store: two transactions lock two rows in opposite orders, the server
+    # picks a victim, and the store runs the victim's transaction again instead of failing.
+    day = date(2026, 3, 1)
+    store.incr_metric("prj_a", "live", day, "a")
+    store.incr_metric("prj_a", "live", day, "b")
+    metric = store._m.Metric  # type: ignore[attr-defined]
+    seq = {row.name: row.seq for row in metric.select()}
+    attempts: list[str] = []
+    both_hold_one = threading.Barrier(2)
+
+    def crossing(first: str, second: str) -> Callable[[], None]:
+        def work() -> None:
+            attempts.append(first)
+            metric.update(value=metric.value + 1).where(metric.seq == seq[first]).execute()
+            if len(attempts) <= 2:  # only the first round meets, so that it deadlocks
+                both_hold_one.wait(timeout=30)
+            metric.update(value=metric.value + 1).where(metric.seq == seq[second]).execute()
+
+        return lambda: store._atomically(work)  # type: ignore[attr-defined]
+
+    runs = [crossing("a", "b"), crossing("b", "a")]
+    results = run_in_threads(store, lambda i: runs[i](), count=2)
+    assert results == [None, None]
+    # A victim ran again (a retry can lose once more to the other transaction, hence ">=").
+    assert len(attempts) >= 3
+    assert store.get_metrics("prj_a", "live", day, day) == {day: {"a": 3, "b": 3}}
+
+
 @pytest.mark.parametrize("url", ["sqlite:///:memory:", "sqlite://"])
 def test_sqlite_in_memory_is_refused(url: str) -> None:
     with pytest.raises(ValueError, match="in-memory"):

@@ -17,6 +17,8 @@ AGENT = "+14155552671"
 OTHER_AGENT = "+14155552672"
 USER = "+14155552674"
 OTHER_USER = "+14155552675"
+# A cap for waiting on the emulator's callbacks, never a measure of speed: generous for busy CI.
+CALLBACK_WAIT = 30.0
 EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
 
 
@@ -362,7 +364,7 @@ def test_delivery_through_the_emulators_signed_callbacks(live):
     sms, emulator, url = live()
 
     body = sms.send_ok(USER, "Hello", agent_number=AGENT)
-    posted = emulator.wait_for_callbacks(2)
+    posted = emulator.wait_for_callbacks(2, timeout=CALLBACK_WAIT)
 
     assert [p["status"] for p in posted] == ["sent", "delivered"]
     assert all(p["url"] == f"{url}/v1/twilio/status" for p in posted)
@@ -377,7 +379,7 @@ def test_undelivered_through_the_emulator_keeps_the_error_code(live):
     emulator.set_outcome(USER, "undelivered", 30005)
 
     body = sms.send_ok(USER, "Hello", agent_number=AGENT)
-    posted = emulator.wait_for_callbacks(2)
+    posted = emulator.wait_for_callbacks(2, timeout=CALLBACK_WAIT)
 
     assert all(p["status_code"] == 200 for p in posted)
     assert message_status(sms, body["conversation_id"]) == ("undelivered", 30005)
@@ -389,7 +391,7 @@ def test_callbacks_out_of_order_never_step_back(live):
     sms, emulator, _ = live(shuffle_callbacks=True, seed=7)
 
     body = sms.send_ok(USER, "Hello", agent_number=AGENT)
-    posted = emulator.wait_for_callbacks(2)
+    posted = emulator.wait_for_callbacks(2, timeout=CALLBACK_WAIT)
 
     # With two callbacks, shuffling always posts delivered before sent.
     assert [p["status"] for p in posted] == ["delivered", "sent"]
@@ -398,10 +400,24 @@ def test_callbacks_out_of_order_never_step_back(live):
     assert sms.metrics()["delivered"] == 1
 
 
+def test_the_emulators_duplicate_callbacks_are_applied_once(live):
+    sms, emulator, _ = live(duplicate_callbacks=True)
+
+    body = sms.send_ok(USER, "Hello", agent_number=AGENT)
+    posted = emulator.wait_for_callbacks(4, timeout=CALLBACK_WAIT)
+
+    assert sorted(p["status"] for p in posted) == ["delivered", "delivered", "sent", "sent"]
+    assert all(p["status_code"] == 200 for p in posted), posted
+    assert message_status(sms, body["conversation_id"]) == ("delivered", None)
+    assert sms.metrics()["delivered"] == 1
+    with sms.app.app_context():
+        assert len(sms.store.list_status_events(posted[0]["message_sid"])) == 2
+
+
 def test_a_callback_posted_twice_is_applied_once(live):
     sms, emulator, _ = live()
     body = sms.send_ok(USER, "Hello", agent_number=AGENT)
-    posted = emulator.wait_for_callbacks(2)
+    posted = emulator.wait_for_callbacks(2, timeout=CALLBACK_WAIT)
 
     # Twilio retries callbacks: post the very same signed requests again.
     for record in posted:
@@ -534,7 +550,7 @@ def test_the_whole_flow_through_the_emulator(make_emulated_sms, live_server):
     expected_callbacks += 2
     again = sms.send_ok(USER, "Welcome back", agent_number=AGENT)
     expected_callbacks += 2
-    posted = emulator.wait_for_callbacks(expected_callbacks)
+    posted = emulator.wait_for_callbacks(expected_callbacks, timeout=CALLBACK_WAIT)
 
     assert calls == ["Can I bring a friend"]
     assert [(m["from"], m["to"], m["body"]) for m in emulator.messages] == [

@@ -16,7 +16,7 @@ from flask_limiter import Limiter, RateLimitExceeded
 from flask_smorest import Api
 from flask_smorest import Blueprint as SmorestBlueprint
 from webargs.flaskparser import FlaskParser
-from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+from werkzeug.exceptions import HTTPException, InternalServerError, MethodNotAllowed, NotFound
 
 from ..errors import PolySMSError
 from ..extension import get_state
@@ -59,7 +59,6 @@ class Blueprint(SmorestBlueprint):
         self.register_error_handler(HTTPException, handle_http_error)
         self.register_error_handler(PolySMSError, handle_polysms_error)
         self.before_request(_limit_body_size)
-        self.before_request(_remember_host)
 
 
 class PolySMSApi(Api):
@@ -135,12 +134,6 @@ def _limit_body_size() -> None:
     request.max_content_length = state.settings.max_content_length
     if request.content_length is not None and request.content_length > request.max_content_length:
         raise PolySMSError(f"request body over {request.max_content_length} bytes", status=413)
-
-
-def _remember_host() -> None:
-    from ..sending import remember_serving_host
-
-    remember_serving_host(get_state())
 
 
 def current_tenant() -> Tenant:
@@ -219,12 +212,14 @@ def register_api(app: Flask, state: PolySMSState) -> None:
 
 
 def _register_routing_errors(app: Flask, api_root: str) -> None:
-    """An unknown path or a wrong method under the API's root answers in the API's error shape.
+    """An unknown path, a wrong method or an unexpected failure under the API's root answers in
+    the API's error shape.
 
-    Routing errors never reach a blueprint's handlers (no rule matched), so these are app-wide;
-    any other path keeps the host app's own handler (registered before us) or Werkzeug's page.
+    Routing errors and unhandled exceptions never reach a blueprint's handlers (Flask looks them up
+    on the app), so these are app-wide; any other path keeps the host app's own handler
+    (registered before us) or Werkzeug's page.
     """
-    for exc_class in (NotFound, MethodNotAllowed):
+    for exc_class in (NotFound, MethodNotAllowed, InternalServerError):
         previous = app.error_handler_spec.get(None, {}).get(exc_class.code, {}).get(exc_class)
 
         def handler(error, _previous=previous):

@@ -12,8 +12,12 @@ from ..errors import InvalidInput
 from ..records import ENVIRONMENTS
 from ..segments import count_segments
 
-#: Form field of each environment's sender ("pre-release" has a dash, awkward in a field name).
-SENDER_FIELDS = {env: "sender_" + env.replace("-", "_") for env in ENVIRONMENTS}
+#: Form field of each environment's sender ("pre-release" has a dash, awkward in a field name),
+#: live first: it is the one required.
+SENDER_FIELDS = {
+    env: "sender_" + env.replace("-", "_")
+    for env in sorted(ENVIRONMENTS, key=lambda e: e != "live")
+}
 
 
 def template_fields(form: Mapping[str, str]) -> dict[str, Any]:
@@ -48,8 +52,8 @@ def field_errors(errors: Mapping[str, list[str]] | None) -> dict[str, list[str]]
 
 def parse_values(text: str, label: str) -> dict[str, str]:
     """``name=value`` lines as a dict (blank lines skipped; the value is everything after the first
-    ``=``, spaces around the name trimmed). Raises InvalidInput naming ``label`` for a line that
-    has no ``=`` or no name."""
+    ``=``; spaces around the name and the value trimmed, as people type ``name = value``). Raises
+    InvalidInput naming ``label`` for a line that has no ``=`` or no name."""
     values: dict[str, str] = {}
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -59,7 +63,7 @@ def parse_values(text: str, label: str) -> dict[str, str]:
             raise InvalidInput(
                 f"{label}, line {number}: write name=value", errors={label: [f"line {number}"]}
             )
-        values[name.strip()] = value
+        values[name.strip()] = value.strip()
     return values
 
 
