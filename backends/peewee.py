@@ -487,6 +487,9 @@ class PeeweeStore(Store):
     """
 
     schemes = ("sqlite", "postgresql", "postgres", "mysql")
+    # A dropped or refused connection (and SQLite's "database is locked") is OperationalError or
+    # InterfaceError; constraint and data errors are not, and stay 500s (they are bugs).
+    unavailable_errors = (pw.OperationalError, pw.InterfaceError)
 
     def __init__(
         self,

@@ -120,13 +120,13 @@ def _new_sid(prefix: str = "SM") -> str:
     return prefix + secrets.token_hex(16)
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Fault:
     """One injected answer to a create call."""
 
-    code: int | None = None
+    code: int = 20500
     status: int = 500
-    message: str = ""
+    message: str | None = None  # None: the code's usual text
     hang_seconds: float = 0.0
     then: Literal["drop", "create"] = "drop"
 
@@ -284,12 +284,9 @@ class TwilioEmulator:
             code = 20500
         if code not in INJECTABLE_CODES and status is None:
             raise ValueError(f"unknown Twilio error code {code}: pass status=")
-        default_status, default_message = ERRORS.get(code, (status or 400, f"Error {code}"))
-        fault = _Fault(
-            code=code, status=status or default_status, message=message or default_message
-        )
+        fault = _Fault(code=code, status=status or ERRORS[code][0], message=message)
         with self._lock:
-            self._faults.extend(_Fault(**vars(fault)) for _ in range(n))
+            self._faults.extend([fault] * n)
 
     def hang_next(
         self, n: int, seconds: float, *, then: Literal["drop", "create"] = "drop"
@@ -302,8 +299,10 @@ class TwilioEmulator:
         created after the delay, as when Twilio accepted it but the answer never arrived: a
         retry then sends a second message, as with the real Twilio.
         """
+        if then not in ("drop", "create"):
+            raise ValueError(f"then must be 'drop' or 'create', not {then!r}")
         with self._lock:
-            self._faults.extend(_Fault(hang_seconds=seconds, then=then) for _ in range(n))
+            self._faults.extend([_Fault(hang_seconds=seconds, then=then)] * n)
 
     def set_outcome(self, to_number: str, outcome: Outcome, error_code: int | None = None) -> None:
         """Make messages to ``to_number`` end ``outcome``.
@@ -479,7 +478,7 @@ class TwilioEmulator:
             if fault.then == "drop":
                 return self._error(20503, **fields)
         elif fault is not None:
-            return self._error(fault.code or 20500, status=fault.status, message=fault.message)
+            return self._error(fault.code, status=fault.status, message=fault.message, **fields)
         invalid = self._validate(
             fields, has_media=bool(form.get("MediaUrl") or form.get("ContentSid"))
         )
@@ -756,7 +755,8 @@ class TwilioEmulator:
         default_status, template = ERRORS.get(code, (status or 400, f"Error {code}"))
         values = {"to": "", "path": "", "status_callback": "", "messaging_service_sid": ""}
         values.update({k: v for k, v in fill.items() if v is not None})
-        text = (message or template).format(**values)
+        # A caller's own message is used as given; only the built-in templates are filled in.
+        text = message if message is not None else template.format(**values)
         status = status or default_status
         return self._json(error_body(code, status, text), status)
 

@@ -67,6 +67,9 @@ class Store(ABC):
     schemes: tuple[str, ...] = ()
     #: Whether init_app creates the schema (embedded stores); server databases use `init-db`.
     creates_schema_on_start: bool = False
+    #: Exceptions meaning the storage cannot be reached right now (a dropped connection): the API
+    #: answers them with 503 and a detail, and the next request connects again.
+    unavailable_errors: tuple[type[BaseException], ...] = ()
 
     def __init__(self, url: str, **options: Any) -> None:
         self.url = url

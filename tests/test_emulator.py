@@ -228,6 +228,20 @@ def test_accounts_are_separate(emulator: TwilioEmulator) -> None:
     assert (raised.value.code, raised.value.status) == (20404, 404)
 
 
+def test_credentials_only_open_their_own_account(emulator: TwilioEmulator) -> None:
+    emulator.add_account(OTHER_SID, OTHER_TOKEN)
+
+    answer = requests.post(
+        f"{emulator.base_url}/2010-04-01/Accounts/{OTHER_SID}/Messages.json",
+        data={"To": USER, "From": SENDER, "Body": "Hi"},
+        auth=(ACCOUNT_SID, AUTH_TOKEN),
+        timeout=5,
+    )
+
+    assert (answer.status_code, answer.json()["code"]) == (404, 20404)
+    assert emulator.messages == []
+
+
 @pytest.mark.parametrize(
     ("params", "code"),
     [
@@ -273,6 +287,8 @@ def test_injected_fault_surfaces_as_twilio_error(
         send(emulator)
 
     assert (raised.value.code, raised.value.status) == (code, status)
+    if code in (21211, 21408):  # Twilio names the number it refused
+        assert USER in raised.value.msg
     assert emulator.messages == []
     # One fault for one call: the next create goes through.
     assert send(emulator).status == "queued"

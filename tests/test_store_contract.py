@@ -89,7 +89,6 @@ def store(store_url: str, table_prefix: str) -> Iterator[Store]:
     store.drop_schema()
     store.create_schema()
     yield store
-    store.close()
     store.drop_schema()
     store.close()
 

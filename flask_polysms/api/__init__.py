@@ -59,6 +59,7 @@ class Blueprint(SmorestBlueprint):
         self.register_error_handler(HTTPException, handle_http_error)
         self.register_error_handler(PolySMSError, handle_polysms_error)
         self.before_request(_limit_body_size)
+        self.before_request(_refuse_unstorable_input)
 
 
 class PolySMSApi(Api):
@@ -122,8 +123,11 @@ def handle_http_error(error: HTTPException):
             return error_response(400, "; ".join(errors["_body"]) or "invalid request body")
         return error_response(400, "invalid request: see errors", errors)
     if status == 413:
-        state = get_state()
-        return error_response(413, f"request body over {state.settings.max_content_length} bytes")
+        limit = get_state().settings.max_content_length
+        if request.content_length is not None and request.content_length <= limit:
+            # Werkzeug's cap on multipart parts (1000) answers 413 for a body within the size cap.
+            return error_response(413, "request body with too many form parts")
+        return error_response(413, f"request body over {limit} bytes")
     return error_response(status, error.description or error.name, headers=data.get("headers"))
 
 
@@ -134,6 +138,59 @@ def _limit_body_size() -> None:
     request.max_content_length = state.settings.max_content_length
     if request.content_length is not None and request.content_length > request.max_content_length:
         raise PolySMSError(f"request body over {request.max_content_length} bytes", status=413)
+
+
+NUL_MESSAGE = "must not contain NUL (0x00) characters"
+
+
+def _nul_fields(value, name: str, found: list[str]) -> None:
+    """Add to ``found`` the name of every string in ``value`` (JSON-like) holding a NUL.
+
+    Iterative: a JSON body nested a few hundred levels deep must not exhaust Python's stack.
+    """
+    stack = [(value, name)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item and where not in found:
+                found.append(where)
+        elif isinstance(item, dict):
+            for key, sub in item.items():
+                stack.append((key, where or str(key)))
+                stack.append((sub, f"{where}.{key}" if where else str(key)))
+        elif isinstance(item, list):
+            stack.extend((sub, where or "_body") for sub in item)
+
+
+def _refuse_unstorable_input() -> None:
+    """A 400 for input no backend can store or parse safely, before any view reads it.
+
+    NUL characters (PostgreSQL refuses them in text, so a lookup or an insert would fail with a
+    500) in the path, the query, the form, the JSON body or the auth headers; JSON nested so deep
+    that decoding it exhausts the stack.
+    """
+    found: list[str] = []
+    _nul_fields(request.view_args or {}, "", found)
+    for key, value in request.args.items(multi=True):
+        _nul_fields([key, value], key, found)
+    for header in (AUTH_HEADER, CONNECTOR_HEADER):
+        _nul_fields(request.headers.get(header), header, found)
+    if request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        for key, value in request.form.items(multi=True):
+            _nul_fields([key, value], key, found)
+    elif request.is_json:
+        try:
+            body = request.get_json(silent=True)
+        except RecursionError as exc:
+            raise PolySMSError("invalid JSON body: nested too deeply", status=400) from exc
+        _nul_fields(body, "", found)
+    if found:
+        names = [name.replace("\x00", "\\0") or "_body" for name in found]
+        raise PolySMSError(
+            f"invalid request: text {NUL_MESSAGE}",
+            status=400,
+            errors={name: [NUL_MESSAGE] for name in names},
+        )
 
 
 def current_tenant() -> Tenant:
@@ -209,6 +266,40 @@ def register_api(app: Flask, state: PolySMSState) -> None:
         api.register_blueprint(module.blp, url_prefix=prefix + module.URL_PREFIX)
     outbound.apply_rate_limit(app, state)
     _register_routing_errors(app, prefix + "/v1")
+    _register_store_errors(app, state, prefix + "/v1")
+
+
+def _register_store_errors(app: Flask, state: PolySMSState, api_root: str) -> None:
+    """A storage outage under the API's root (a dropped database connection) answers 503 with a
+    detail instead of a 500; the next request connects again (the store is closed at teardown).
+
+    The Store names the exceptions that mean an outage (``Store.unavailable_errors``), so no
+    blueprint knows the backend. Elsewhere the host app's handler, if any, or Flask's 500 applies.
+    """
+    for exc_class in state.store.unavailable_errors:
+        previous = app.error_handler_spec.get(None, {}).get(None, {}).get(exc_class)
+
+        def handler(error, _previous=previous):
+            if request.path == api_root or request.path.startswith(api_root + "/"):
+                # The class and first line only: a driver's message never carries bound values.
+                first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+                log.warning(
+                    "storage unavailable during %s %s: %s: %s",
+                    request.method,
+                    request.path,
+                    type(error).__name__,
+                    first_line,
+                )
+                return error_response(
+                    503,
+                    "the database is unavailable (connection lost); retry the request",
+                    headers={"Retry-After": "1"},
+                )
+            if _previous is not None:
+                return _previous(error)
+            raise error
+
+        app.register_error_handler(exc_class, handler)
 
 
 def _register_routing_errors(app: Flask, api_root: str) -> None:

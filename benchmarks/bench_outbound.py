@@ -1,0 +1,151 @@
+"""Outbound API under gunicorn (2 sync workers) with RQ on Redis, beside its hand-written baseline.
+
+    python benchmarks/bench_outbound.py [--seconds 8] [--rounds 3] [--connections 8]
+
+Three servers run side by side: a bare Flask "hello", the hand-written baseline
+(``baseline_apps.outbound_app``: two rows in one transaction, one RQ job) and flask-polysms
+(``polysms_app``: authentication, rate limit, sender choice, session, greeting, send job and
+wake-up timer). wrk measures each one's peak in alternating rounds (median reported), then a paced
+open-loop load at half of each one's peak measures latency. Prints JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import (  # noqa: E402
+    emit,
+    gunicorn,
+    log,
+    lua_string,
+    machine,
+    median,
+    paced,
+    ratio,
+    reset_services,
+    wrk,
+)
+
+AGENT_NUMBERS = ("+14155550100", "+14155550101")
+MESSAGE = "Your appointment is tomorrow at 10."
+
+
+def outbound_lua(headers: dict[str, str], first_number: int) -> str:
+    lua_headers = ", ".join(f"[{lua_string(k)}] = {lua_string(v)}" for k, v in headers.items())
+    return f"""
+local counter = 0
+local headers = {{ {lua_headers} }}
+request = function()
+  counter = counter + 1
+  local body = '{{"user_number": "+1415' .. string.format("%07d", {first_number} + counter)
+    .. '", "message": "{MESSAGE}"}}'
+  return wrk.format("POST", "/v1/outbound-sms", headers, body)
+end
+"""
+
+
+HELLO_LUA = 'request = function() return wrk.format("GET", "/hello") end'
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=8.0, help="per wrk run")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--paced-seconds", type=float, default=10.0)
+    args = parser.parse_args()
+
+    import polysms_app
+
+    from flask_polysms.testing import provision
+
+    result: dict = {"benchmark": "outbound", "machine": machine()}
+    log("resetting the benchmark database and Redis")
+    reset_services()
+    app = polysms_app.create_app()
+    tenant = provision(app, numbers=AGENT_NUMBERS)
+    headers = {**tenant.headers, "Content-Type": "application/json"}
+    numbers = iter(range(2_000_000, 9_000_000, 200_000))  # distinct users in every run
+
+    def lua_for(name: str) -> str:
+        if name == "hello":
+            return HELLO_LUA
+        return outbound_lua(headers, next(numbers))
+
+    with (
+        gunicorn("baseline_apps:hello_app()") as hello_port,
+        gunicorn("baseline_apps:outbound_app()") as baseline_port,
+        gunicorn("polysms_app:create_app()") as ours_port,
+    ):
+        ports = {"hello": hello_port, "baseline": baseline_port, "polysms": ours_port}
+        for name, port in ports.items():  # warm-up: imports, connections, caches
+            wrk(f"http://127.0.0.1:{port}", lua_for(name), connections=4, seconds=2)
+        runs: dict[str, list[dict]] = {name: [] for name in ports}
+        for round_no in range(args.rounds):
+            for name, port in ports.items():
+                run = wrk(
+                    f"http://127.0.0.1:{port}",
+                    lua_for(name),
+                    connections=args.connections,
+                    seconds=args.seconds,
+                )
+                log(f"round {round_no + 1} {name}: {run['requests_per_s']} req/s")
+                runs[name].append(run)
+        peak = {name: median([r["requests_per_s"] for r in rs]) for name, rs in runs.items()}
+
+        counter = iter(range(9_000_000, 9_999_999))
+
+        def build(i: int):
+            body = json.dumps({"user_number": f"+1415{next(counter):07d}", "message": MESSAGE})
+            return "POST", "/v1/outbound-sms", body.encode(), headers
+
+        half = {}
+        for name in ("baseline", "polysms"):
+            log(f"paced load at half of {name}'s peak ({peak[name] / 2:.0f} req/s)")
+            half[name] = paced(
+                ports[name], build, rate=peak[name] / 2, seconds=args.paced_seconds
+            )
+
+    errors = {
+        name: sum(r["non_2xx"] + r["connect_errors"] + r["timeouts"] for r in rs)
+        for name, rs in runs.items()
+    }
+    result.update(
+        {
+            "command": "python benchmarks/bench_outbound.py " + " ".join(sys.argv[1:]),
+            "settings": {
+                "gunicorn_workers": 2,
+                "wrk_connections": args.connections,
+                "seconds_per_run": args.seconds,
+                "rounds": args.rounds,
+            },
+            "peak_requests_per_s": peak,
+            "ratio_to_baseline": ratio(peak["polysms"], peak["baseline"]),
+            "ratio_to_hello": ratio(peak["polysms"], peak["hello"]),
+            "baseline_ratio_to_hello": ratio(peak["baseline"], peak["hello"]),
+            "peak_latency_ms": {
+                name: {
+                    "p50": median([r["p50_ms"] for r in rs]),
+                    "p99": median([r["p99_ms"] for r in rs]),
+                }
+                for name, rs in runs.items()
+            },
+            "half_peak_open_loop": half,
+            "errors": errors,
+            "runs": runs,
+            "targets": {
+                "ratio_at_least_0.7": ratio(peak["polysms"], peak["baseline"]) >= 0.7,
+                "p99_under_50ms_at_half_peak": half["polysms"]["p99_ms"] < 50,
+            },
+        }
+    )
+    emit(result)
+
+
+if __name__ == "__main__":
+    main()
