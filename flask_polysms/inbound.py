@@ -217,7 +217,12 @@ def agent_job(state: PolySMSState, session_id: str, message_id: str) -> bool:
     conv.save()
     if reply:
         current = state.store.get_session(session_id)
-        if current is not None and current.state != "closed":
+        # A session closed by this very turn (``conv.end()``) still gets the agent's goodbye; one
+        # closed before the agent ran gets nothing.
+        ended_now = (
+            current is not None and current.end_reason == "agent" and session.state != "closed"
+        )
+        if current is not None and (current.state != "closed" or ended_now):
             try:
                 conv.reply(str(reply))
             except ValueError:

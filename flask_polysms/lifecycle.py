@@ -123,6 +123,13 @@ def timer_job(state: PolySMSState, session_id: str) -> bool:
     """Wake a session: fire its deadline if due, else sleep until it. True when it fired."""
     now = utcnow()
     fired: dict[str, Any] = {}
+    current = state.store.get_session(session_id)
+    newest = (
+        state.store.find_open_session(current.project_id, current.user_number, current.agent_number)
+        if current is not None
+        else None
+    )
+    superseded = newest is not None and newest.id != session_id
 
     def change(session: Session) -> dict[str, Any] | None:
         fired.clear()
@@ -135,6 +142,19 @@ def timer_job(state: PolySMSState, session_id: str) -> bool:
                 return None
             fired["sleep"] = session.deadline_at
             return {"wake_at": session.deadline_at}
+        if superseded:
+            # A newer session of the same user and number carries the conversation now: this one
+            # ends quietly instead of warning a user who is talking in the other.
+            fired["close"] = session
+            return {
+                "state": CLOSED,
+                "closed_at": now,
+                "end_reason": END_INACTIVITY if session.engaged else END_UNENGAGED,
+                "deadline_at": None,
+                "timer_kind": None,
+                "wake_at": None,
+                "metadata": {**session.metadata, "superseded": True},
+            }
         if session.timer_kind == TIMER_IDLE and session.engaged:
             grace_end = now + state.settings.grace_period
             fired["warn"] = session
@@ -175,7 +195,7 @@ def timer_job(state: PolySMSState, session_id: str) -> bool:
             sender=session.agent_number,
         )
         return True
-    if session.end_reason == END_INACTIVITY:
+    if session.end_reason == END_INACTIVITY and not superseded:
         queue_message(
             state,
             project_id=session.project_id,
@@ -213,7 +233,15 @@ def reap_stuck_messages(state: PolySMSState) -> int:
     """Re-queue messages left ``queued`` or ``sending`` (a lost job, a killed worker)."""
     older_than = utcnow() - state.settings.stuck_after
     requeued = 0
+    now = utcnow()
     for message in state.store.stuck_messages(older_than):
+        if message.status == QUEUED and message.attempts > 0:
+            # Waiting for a retry: stuck only once its backoff has also run out.
+            from .sending import retry_delay
+
+            due = message.updated_at + retry_delay(state, message.attempts)
+            if due + state.settings.stuck_after > now:
+                continue
         if message.status == SENDING:
             # The worker died mid-send; at-least-once: send again rather than lose the message.
             if (

@@ -305,3 +305,56 @@ def test_custom_timeouts_and_messages(polysms):
         assert fire(app, polysms) == 1
     assert bodies(app, polysms)[-2:] == ["Still there?", "Bye."]
     assert session(app, conv).end_reason == "inactivity"
+
+
+def test_older_session_superseded_by_a_new_outbound_closes_quietly(app, tenant, phone, polysms):
+    """Two open sessions for one user and number: only the newest one warns."""
+    with freeze_time(START) as clock:
+        old = start_conversation(app, tenant)
+        phone.send("hi")
+        clock.tick(timedelta(hours=1))
+        new = start_conversation(app, tenant)
+        phone.send("hello again")  # joins the newest
+        sent = len(bodies(app, polysms))
+        clock.tick(timedelta(hours=23))
+        assert fire(app, polysms) == 1  # the old one, quietly
+        s = session(app, old)
+        assert (s.state, s.end_reason) == ("closed", "inactivity")
+        assert len(bodies(app, polysms)) == sent
+        assert session(app, new).state == "active"
+        clock.tick(timedelta(hours=1))
+        assert fire(app, polysms) == 1
+        assert session(app, new).state == "warned"
+
+
+def test_agent_goodbye_is_sent_when_it_ends_the_conversation(app, tenant, phone, polysms):
+    @polysms.agent
+    def answer(conv, text):
+        conv.end()
+        return "Goodbye!"
+
+    conv = start_conversation(app, tenant)
+    phone.send("bye")
+    assert bodies(app, polysms)[-1] == "Goodbye!"
+    assert (session(app, conv).state, session(app, conv).end_reason) == ("closed", "agent")
+    phone.send("hello?")  # a new session; the closed one stays closed and silent
+    assert session(app, conv).state == "closed"
+
+
+def test_sweep_leaves_a_message_waiting_for_its_retry_alone(app, tenant, polysms):
+    """A queued retry whose backoff has not run out is not 'stuck' (no early resend)."""
+    from flask_polysms.lifecycle import reap_stuck_messages
+
+    state = get_state(app)
+    with freeze_time(START) as clock:
+        conv = start_conversation(app, tenant)
+        with app.app_context():
+            [greeting] = state.store.list_messages(conv)
+            state.store.update_message(greeting.id, status="queued", attempts=4)
+        # Backoff after try 4 is 8x the base (16 s); POLYSMS_STUCK_AFTER is 5 min.
+        clock.tick(timedelta(minutes=5, seconds=10))
+        with app.app_context():
+            assert reap_stuck_messages(state) == 0
+        clock.tick(timedelta(seconds=10))
+        with app.app_context():
+            assert reap_stuck_messages(state) == 1
