@@ -28,6 +28,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import peewee as pw
 from playhouse.db_url import connect as connect_url
+from playhouse.pool import PooledDatabase
 
 from flask_polysms.clock import as_utc, utcnow
 from flask_polysms.records import (
@@ -434,10 +435,17 @@ def _build_models(database: pw.Database, prefix: str) -> SimpleNamespace:
     )
 
 
-def _open_database(url: str, sqlite_busy_timeout_ms: int) -> pw.Database:
-    """A Peewee Database for ``url`` (not connected yet)."""
+def _open_database(url: str, sqlite_busy_timeout_ms: int, pool: bool = True) -> pw.Database:
+    """A Peewee Database for ``url`` (not connected yet); pooled for PostgreSQL and MySQL."""
     scheme = urlsplit(url).scheme
     params: dict[str, Any] = {}
+    if pool and scheme in ("postgresql", "postgres", "mysql"):
+        # Opening a server connection costs more than the queries of a whole request: close()
+        # gives it back to the pool for the next request or job. No cap (one per thread, as
+        # without the pool); a connection is renewed after 5 minutes.
+        scheme += "+pool"
+        url = urlunsplit(urlsplit(url)._replace(scheme=scheme))
+        params.update(max_connections=None, stale_timeout=300)
     if scheme.startswith("sqlite"):
         path = urlsplit(url).path[1:]
         if path in ("", ":memory:"):
@@ -482,7 +490,9 @@ class PeeweeStore(Store):
     """The Store on SQLite, PostgreSQL or MySQL/MariaDB, chosen by the URL's scheme.
 
     Options: ``table_prefix`` (default ``"polysms_"``; letters, digits and ``_``) names the tables,
-    ``sqlite_busy_timeout_ms`` (default 10 000) is how long a SQLite writer waits for the lock.
+    ``sqlite_busy_timeout_ms`` (default 10 000) is how long a SQLite writer waits for the lock,
+    ``pool`` (default True) keeps PostgreSQL and MySQL connections open between requests and
+    jobs (``close()`` returns them to the pool; ``disconnect()`` closes them all).
     Other options are ignored, as by every backend.
     """
 
@@ -497,13 +507,14 @@ class PeeweeStore(Store):
         *,
         table_prefix: str = DEFAULT_TABLE_PREFIX,
         sqlite_busy_timeout_ms: int = 10_000,
+        pool: bool = True,
         **options: Any,
     ) -> None:
         super().__init__(url)
         if not _PREFIX_PATTERN.match(table_prefix):
             raise ValueError(f"table_prefix {table_prefix!r}: letters, digits, _ (up to 40)")
         self.table_prefix = table_prefix
-        self._db = _open_database(url, sqlite_busy_timeout_ms)
+        self._db = _open_database(url, sqlite_busy_timeout_ms, pool)
         self._is_sqlite = isinstance(self._db, pw.SqliteDatabase)
         self._is_mysql = isinstance(self._db, pw.MySQLDatabase)
         self._m = _build_models(self._db, table_prefix)
@@ -540,9 +551,19 @@ class PeeweeStore(Store):
         self._db.connect(reuse_if_open=True)
 
     def close(self) -> None:
-        """Close this thread's connection if open."""
+        """Close this thread's connection if open (pooled: give it back to the pool)."""
         if not self._db.is_closed():
             self._db.close()
+
+    def disconnect(self) -> None:
+        """Close every connection, pooled idle ones too (before a fork: PITFALLS)."""
+        self.close()
+        if isinstance(self._db, PooledDatabase):
+            self._db.close_all()
+
+    def atomic(self, work: Callable[[], T]) -> T:
+        """Run ``work`` in one transaction (again, whole, when it was a deadlock victim)."""
+        return self._atomically(work)
 
     def _mysql_binary_collation(self) -> str:
         # The default collations ignore case ("Hello" = "hello") and PAD SPACE ones ignore trailing
@@ -561,21 +582,44 @@ class PeeweeStore(Store):
             return self._db.atomic("IMMEDIATE")
         return self._db.atomic()
 
-    def _atomically(self, work: Callable[[], T]) -> T:
-        """Run ``work`` in one transaction; again when the database made it a deadlock victim."""
+    def _atomically(
+        self, work: Callable[[], T], *, one_statement: bool = False, may_fail: bool = False
+    ) -> T:
+        """Run ``work`` in one transaction; again when the database made it a deadlock victim.
+
+        Inside a caller's transaction (``atomic``) ``work`` simply joins it, in a savepoint only
+        when ``may_fail`` (it raises an error its caller handles, which on PostgreSQL would abort
+        the whole transaction otherwise). Outside, ``one_statement`` work runs without BEGIN and
+        COMMIT: one statement is atomic by itself, and they would cost two round trips.
+        """
+        if self._db.in_transaction():
+            # Inside a caller's transaction the whole of it is rolled back: not ours to redo.
+            if may_fail:
+                with self._db.atomic():
+                    return work()
+            return work()
         for attempt in range(1, _RETRIES + 1):
             try:
+                if one_statement:
+                    return work()
                 with self._transaction():
                     return work()
             except pw.OperationalError as exc:
-                # Inside a caller's transaction the whole of it was rolled back: not ours to redo.
-                if attempt == _RETRIES or self._db.in_transaction() or not _is_retryable(exc):
+                if attempt == _RETRIES or not _is_retryable(exc):
                     raise
         raise AssertionError("unreachable")
 
-    def _insert(self, model: type[pw.Model], values: dict[str, Any]) -> None:
+    def _insert(self, model: type[pw.Model], values: dict[str, Any], may_fail: bool = True) -> None:
         """Insert a row; IntegrityError (a unique value taken) leaves nothing behind."""
-        self._atomically(lambda: model.insert(values).execute())
+        self._atomically(
+            lambda: model.insert(values).execute(), one_statement=True, may_fail=may_fail
+        )
+
+    def _insert_unless_taken(self, model: type[pw.Model], values: dict[str, Any]) -> bool:
+        """Insert a row unless a unique value is taken (then False). ON CONFLICT DO NOTHING
+        raises nothing, so it needs no savepoint inside a caller's transaction."""
+        query = model.insert(values).on_conflict_ignore().as_rowcount()
+        return self._atomically(query.execute, one_statement=True) > 0
 
     def _first(self, query: pw.ModelSelect) -> dict[str, Any] | None:
         rows = list(query.limit(1).dicts())
@@ -648,7 +692,7 @@ class PeeweeStore(Store):
         K = self._m.ApiKey
         # Conditional update: of two revocations, exactly one sees the key still live.
         query = K.update(revoked_at=at).where((K.id == key_id) & K.revoked_at.is_null())
-        return self._atomically(query.execute) == 1
+        return self._atomically(query.execute, one_statement=True) == 1
 
     def create_project(self, account_id: str, name: str) -> Project:
         self._require(self._m.Account, account_id, "account")
@@ -731,7 +775,8 @@ class PeeweeStore(Store):
     def create_session(self, session: Session) -> Session:
         """Record a new session. Raises Conflict when its id is taken."""
         try:
-            self._insert(self._m.Session, _values(session))
+            # A fresh random id: no savepoint for a clash that does not happen.
+            self._insert(self._m.Session, _values(session), may_fail=False)
         except pw.IntegrityError as exc:
             raise Conflict(f"session {session.id} exists") from exc
         return self._roundtrip(self._m.Session, Session, session)
@@ -765,13 +810,16 @@ class PeeweeStore(Store):
         # than the version the caller set).
         changes[S.version] = fields["version"] + 1 if "version" in fields else S.version + 1
 
+        cas = S.update(changes).where((S.id == session_id) & (S.version == expected_version))
+        if self._db.returning_clause:
+            # PostgreSQL: the update returns the new row, one statement and no transaction.
+            row = self._atomically(lambda: self._updated_row(cas, S), one_statement=True)
+            if row is not None:
+                return _record(Session, row)
+
         def work() -> dict[str, Any]:
             # Compare-and-set: the row count says whether our expected version was still current.
-            won = (
-                S.update(changes)
-                .where((S.id == session_id) & (S.version == expected_version))
-                .execute()
-            )
+            won = cas.execute()
             row = self._first(S.select().where(S.id == session_id))
             if row is None:
                 raise NotFound(f"no session {session_id}")
@@ -845,7 +893,7 @@ class PeeweeStore(Store):
     def add_message(self, message: Message) -> Message:
         """Record a message. Raises Conflict when its id is taken."""
         try:
-            self._insert(self._m.Message, _values(message))
+            self._insert(self._m.Message, _values(message), may_fail=False)
         except pw.IntegrityError as exc:
             raise Conflict(f"message {message.id} exists") from exc
         return self._roundtrip(self._m.Message, Message, message)
@@ -904,11 +952,7 @@ class PeeweeStore(Store):
 
     def add_status_event(self, event: StatusEvent) -> bool:
         # The unique (twilio_sid, status) index decides which of two deliveries is the first.
-        try:
-            self._insert(self._m.StatusEvent, _values(event))
-        except pw.IntegrityError:
-            return False
-        return True
+        return self._insert_unless_taken(self._m.StatusEvent, _values(event))
 
     def list_status_events(self, twilio_sid: str) -> list[StatusEvent]:
         E = self._m.StatusEvent
@@ -917,11 +961,9 @@ class PeeweeStore(Store):
 
     def claim_inbound(self, message_sid: str, at: datetime) -> bool:
         # The primary key on message_sid lets exactly one insert through, in any process.
-        try:
-            self._insert(self._m.InboundClaim, {"message_sid": message_sid, "claimed_at": at})
-        except pw.IntegrityError:
-            return False
-        return True
+        return self._insert_unless_taken(
+            self._m.InboundClaim, {"message_sid": message_sid, "claimed_at": at}
+        )
 
     # -- templates --------------------------------------------------------------------------------
     def create_template(self, template: Template) -> Template:
@@ -970,7 +1012,7 @@ class PeeweeStore(Store):
     def delete_template(self, project_id: str, template_id: str) -> bool:
         T_ = self._m.Template
         query = T_.delete().where((T_.id == template_id) & (T_.project_id == project_id))
-        return self._atomically(query.execute) > 0
+        return self._atomically(query.execute, one_statement=True) > 0
 
     # -- opt-outs ---------------------------------------------------------------------------------
     def set_opt_out(
@@ -1057,7 +1099,7 @@ class PeeweeStore(Store):
             update={M.value: M.value + amount},
             **self._conflict_target(M.project_id, M.environment, M.day, M.name),
         )
-        self._atomically(query.execute)
+        self._atomically(query.execute, one_statement=True)
 
     def get_metrics(
         self, project_id: str, environment: str, start: date, end: date
@@ -1091,7 +1133,7 @@ class PeeweeStore(Store):
             },
             **self._conflict_target(B.project_id, B.number),
         )
-        self._atomically(query.execute)
+        self._atomically(query.execute, one_statement=True)
 
     def blocked_until(self, project_id: str, number: str) -> datetime | None:
         B = self._m.NumberBlock

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from typing import TYPE_CHECKING
 
 from limits import parse
@@ -240,7 +241,8 @@ def handle_status(state: PolySMSState, form: dict) -> str:
     if not sid or not status:
         return "ignored"
     error_code = form.get("ErrorCode")
-    code = int(error_code) if error_code and str(error_code).isdigit() else None
+    # ASCII digits only, and within a 32-bit column: "²".isdigit() is True but int("²") raises.
+    code = int(error_code) if error_code and re.fullmatch(r"[0-9]{1,9}", error_code) else None
     added = state.store.add_status_event(
         StatusEvent(twilio_sid=sid, status=status, received_at=utcnow(), error_code=code)
     )

@@ -15,6 +15,8 @@ import itertools
 import logging
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -33,14 +35,59 @@ class Scheduler(ABC):
         # The app object is needed to push a context around each job; the scheduler lives in the
         # app's extension state, so this is one app per scheduler.
         self.app = app
+        self._held = threading.local()
 
-    @abstractmethod
     def enqueue(self, job: str, *args: Any) -> None:
         """Run the job as soon as possible."""
+        held = getattr(self._held, "jobs", None)
+        if held is not None:
+            held.append((None, job, args, None))
+        else:
+            self._enqueue(job, *args)
 
-    @abstractmethod
     def enqueue_at(self, when: datetime, job: str, *args: Any, job_id: str | None = None) -> None:
         """Run the job at ``when``; a later call with the same ``job_id`` replaces the earlier."""
+        held = getattr(self._held, "jobs", None)
+        if held is not None:
+            held.append((when, job, args, job_id))
+        else:
+            self._enqueue_at(when, job, *args, job_id=job_id)
+
+    @contextmanager
+    def holding(self) -> Iterator[list]:
+        """Hold the jobs this thread enqueues inside the block, and hand them over together when
+        the outermost block ends (RQ: one Redis round trip); drop them if it raises.
+
+        Used around a Store transaction, so that no job runs before the rows it reads are
+        committed. Yields the list of held jobs: a caller that runs its transaction again cuts
+        the list back to its length before the first try (:func:`flask_polysms.units.unit_of_work`).
+        """
+        held = getattr(self._held, "jobs", None)
+        if held is not None:  # nested: the outermost block hands everything over
+            yield held
+            return
+        held = self._held.jobs = []
+        try:
+            yield held
+        finally:
+            self._held.jobs = None
+        if held:
+            self._hand_over(held)
+
+    def _hand_over(self, held: list) -> None:
+        for when, job, args, job_id in held:
+            if when is None:
+                self._enqueue(job, *args)
+            else:
+                self._enqueue_at(when, job, *args, job_id=job_id)
+
+    @abstractmethod
+    def _enqueue(self, job: str, *args: Any) -> None:
+        """Run the job as soon as possible (not held)."""
+
+    @abstractmethod
+    def _enqueue_at(self, when: datetime, job: str, *args: Any, job_id: str | None = None) -> None:
+        """Run the job at ``when`` (not held)."""
 
     def run_due(self, now: datetime) -> int:
         """Run what is due at ``now`` (manual only); returns how many session timers fired."""
@@ -67,10 +114,10 @@ class ManualScheduler(Scheduler):
         self._counter = itertools.count()
         self._lock = threading.RLock()
 
-    def enqueue(self, job: str, *args: Any) -> None:
+    def _enqueue(self, job: str, *args: Any) -> None:
         self._run(job, args)
 
-    def enqueue_at(self, when: datetime, job: str, *args: Any, job_id: str | None = None) -> None:
+    def _enqueue_at(self, when: datetime, job: str, *args: Any, job_id: str | None = None) -> None:
         with self._lock:
             key = job_id or f"job-{next(self._counter)}"
             self._timed[key] = (as_utc(when), job, args)
@@ -123,10 +170,10 @@ class ThreadScheduler(Scheduler):
             self._cond.notify()
         self.start()
 
-    def enqueue(self, job: str, *args: Any) -> None:
+    def _enqueue(self, job: str, *args: Any) -> None:
         self._push(utcnow(), job, args, None)
 
-    def enqueue_at(self, when: datetime, job: str, *args: Any, job_id: str | None = None) -> None:
+    def _enqueue_at(self, when: datetime, job: str, *args: Any, job_id: str | None = None) -> None:
         self._push(when, job, args, job_id)
 
     def start(self) -> None:
@@ -189,15 +236,35 @@ class RQScheduler(Scheduler):
         self.connection = Redis.from_url(redis_url)
         self.queue = Queue(queue_name, connection=self.connection)
 
-    def enqueue(self, job: str, *args: Any) -> None:
+    def _enqueue(self, job: str, *args: Any, pipeline: Any = None) -> None:
         # result_ttl=0: results are never read, and keeping them would cost Redis memory per job.
-        self.queue.enqueue("flask_polysms.jobs.run_job", job, *args, result_ttl=0)
+        self.queue.enqueue(
+            "flask_polysms.jobs.run_job", job, *args, result_ttl=0, pipeline=pipeline
+        )
 
-    def enqueue_at(self, when: datetime, job: str, *args: Any, job_id: str | None = None) -> None:
+    def _enqueue_at(
+        self, when: datetime, job: str, *args: Any, job_id: str | None = None, pipeline: Any = None
+    ) -> None:
         # Aware UTC: RQ reads naive datetimes as the server's local time.
         self.queue.enqueue_at(
-            as_utc(when), "flask_polysms.jobs.run_job", job, *args, job_id=job_id, result_ttl=0
+            as_utc(when),
+            "flask_polysms.jobs.run_job",
+            job,
+            *args,
+            job_id=job_id,
+            result_ttl=0,
+            pipeline=pipeline,
         )
+
+    def _hand_over(self, held: list) -> None:
+        # Every held job in one MULTI/EXEC round trip instead of one or two round trips each.
+        with self.connection.pipeline() as pipe:
+            for when, job, args, job_id in held:
+                if when is None:
+                    self._enqueue(job, *args, pipeline=pipe)
+                else:
+                    self._enqueue_at(when, job, *args, job_id=job_id, pipeline=pipe)
+            pipe.execute()
 
 
 def create_scheduler(app: Flask, settings) -> Scheduler:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import base64
 import binascii
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from datetime import date, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from .records import (
     Account,
@@ -26,6 +27,8 @@ from .records import (
     StatusEvent,
     Template,
 )
+
+T = TypeVar("T")
 
 
 class StoreError(Exception):
@@ -85,7 +88,21 @@ class Store(ABC):
         """Open this thread's connection if the backend has one (called per request and job)."""
 
     def close(self) -> None:  # noqa: B027
-        """Close this thread's connection if open."""
+        """Close this thread's connection if open (a pooled backend returns it to its pool)."""
+
+    def disconnect(self) -> None:
+        """Close every connection this store keeps, idle pooled ones too (before a fork)."""
+        self.close()
+
+    def atomic(self, work: Callable[[], T]) -> T:
+        """Run ``work()`` with every Store call it makes in one transaction, and return its result.
+
+        A database backend may run ``work`` again when the database rolled the transaction back
+        as a deadlock victim, so ``work`` must not have effects outside the Store (see
+        :func:`flask_polysms.units.unit_of_work`, which holds jobs until the commit). The memory
+        store runs it once; its methods are atomic one by one.
+        """
+        return work()
 
     # -- accounts, keys, projects -----------------------------------------------------------------
     @abstractmethod

@@ -7,7 +7,11 @@ one and run everywhere (no Chromium needed).
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
+import zipfile
 from datetime import date, timedelta
+from pathlib import Path
 
 import pytest
 from flask import Flask
@@ -116,6 +120,29 @@ def test_needs_the_apps_secret_key():
     app.config.update(POLYSMS_SECRET_KEY="only-for-tokens", POLYSMS_DASHBOARD=True)
     with pytest.raises(ConfigError, match="SECRET_KEY"):
         PolySMS(app)
+
+
+@pytest.mark.slow
+def test_wheel_ships_the_templates_and_static_files(tmp_path):
+    root = Path(__file__).resolve().parent.parent
+    subprocess.run(
+        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(tmp_path)],
+        cwd=root,
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("flask_polysms-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    package = root / "flask_polysms" / "dashboard"
+    shipped = [
+        path.relative_to(root).as_posix()
+        for folder in ("templates", "static")
+        for path in (package / folder).rglob("*")
+        if path.is_file()
+    ]
+    assert len(shipped) > 10
+    assert set(shipped) <= names
+    assert "flask_polysms/dashboard/views.py" in names
 
 
 def test_security_headers(signed_in):
@@ -356,7 +383,8 @@ def test_no_api_key_or_auth_token_in_any_response_or_cookie(signed_in, sms):
     session = signed_in.session()
     assert set(session) <= {SESSION_KEY_ID, SESSION_CONNECTOR_ID, CSRF_SESSION_KEY, "_flashes"}
     assert session[SESSION_CONNECTOR_ID] == sms.tenant.connector_id
-    assert session[SESSION_KEY_ID].startswith("key_") or session[SESSION_KEY_ID]
+    key = sms.store.get_api_key_by_hash(hash_api_key(sms.tenant.api_key))
+    assert session[SESSION_KEY_ID] == key.id
     for value in session.values():
         assert all(secret not in str(value) for secret in secrets_)
 

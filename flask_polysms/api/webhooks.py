@@ -20,6 +20,11 @@ EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
 SIGNATURE_HEADER = "X-Twilio-Signature"
 
 
+# SIDs and addresses are stored in 100-character key columns (a Twilio SID has 34 characters): a
+# longer value is refused here with a 400, not by the database with a 500.
+_KEY_LENGTH = ma.validate.Length(min=1, max=100)
+
+
 class InboundSmsSchema(ma.Schema):
     """The parameters we use; Twilio adds others without notice, so unknown ones are accepted
     (and still covered by the signature, which is checked over the raw form)."""
@@ -27,9 +32,9 @@ class InboundSmsSchema(ma.Schema):
     class Meta:
         unknown = ma.EXCLUDE
 
-    MessageSid = ma.fields.String(required=True)
+    MessageSid = ma.fields.String(required=True, validate=_KEY_LENGTH)
     AccountSid = ma.fields.String()
-    From = ma.fields.String(required=True)
+    From = ma.fields.String(required=True, validate=_KEY_LENGTH)
     To = ma.fields.String()
     MessagingServiceSid = ma.fields.String()
     Body = ma.fields.String(load_default="")
@@ -39,8 +44,8 @@ class StatusCallbackSchema(ma.Schema):
     class Meta:
         unknown = ma.EXCLUDE
 
-    MessageSid = ma.fields.String(required=True)
-    MessageStatus = ma.fields.String(required=True)
+    MessageSid = ma.fields.String(required=True, validate=_KEY_LENGTH)
+    MessageStatus = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=32))
     ErrorCode = ma.fields.String()
     From = ma.fields.String()
     To = ma.fields.String()
