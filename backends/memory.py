@@ -40,6 +40,15 @@ def _copy(record):
     return copy.deepcopy(record)
 
 
+def _apply(record, fields: dict[str, Any], frozen: tuple[str, ...] = ("id",)) -> None:
+    """Set ``fields`` on ``record``; like the database backends, unknown or frozen names raise."""
+    for name in fields:
+        if name in frozen or not hasattr(record, name):
+            raise TypeError(f"{type(record).__name__} has no updatable field {name!r}")
+    for name, value in fields.items():
+        setattr(record, name, copy.deepcopy(value))
+
+
 class MemoryStore(Store):
     """Everything in dictionaries guarded by one lock; every method is atomic."""
 
@@ -139,8 +148,7 @@ class MemoryStore(Store):
             project = self._projects.get(project_id)
             if project is None:
                 raise NotFound(f"no project {project_id}")
-            for name, value in fields.items():
-                setattr(project, name, copy.deepcopy(value))
+            _apply(project, fields)
             return _copy(project)
 
     # -- senders and connectors -------------------------------------------------------------------
@@ -171,8 +179,12 @@ class MemoryStore(Store):
             sender = self._senders.get(address)
             if sender is None:
                 raise NotFound(f"no sender {address}")
-            for name, value in fields.items():
-                setattr(sender, name, value)
+            new_address = fields.get("address", address)
+            if new_address != address and new_address in self._senders:
+                raise Conflict(f"sender {new_address} is provisioned already")
+            _apply(sender, fields)
+            if new_address != address:
+                self._senders[new_address] = self._senders.pop(address)
             return _copy(sender)
 
     def create_connector(self, project_id: str, environment: str) -> Connector:
@@ -195,6 +207,8 @@ class MemoryStore(Store):
     # -- sessions ---------------------------------------------------------------------------------
     def create_session(self, session: Session) -> Session:
         with self._lock:
+            if session.id in self._sessions:
+                raise Conflict(f"session {session.id} exists")
             self._sessions[session.id] = _copy(session)
             self._session_seq[session.id] = self._next_seq()
             return _copy(session)
@@ -226,8 +240,7 @@ class MemoryStore(Store):
                 raise NotFound(f"no session {session_id}")
             if session.version != expected_version:
                 raise StaleVersion(f"session {session_id} is at version {session.version}")
-            for name, value in fields.items():
-                setattr(session, name, copy.deepcopy(value))
+            _apply(session, fields, frozen=("id", "version"))
             session.version += 1
             return _copy(session)
 
@@ -241,6 +254,8 @@ class MemoryStore(Store):
         cursor: str | None = None,
         limit: int = 50,
     ) -> tuple[list[Session], str | None]:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
         after = decode_cursor(cursor)
         with self._lock:
             rows = [
@@ -284,6 +299,8 @@ class MemoryStore(Store):
     # -- messages ---------------------------------------------------------------------------------
     def add_message(self, message: Message) -> Message:
         with self._lock:
+            if message.id in self._messages:
+                raise Conflict(f"message {message.id} exists")
             self._messages[message.id] = _copy(message)
             if message.twilio_sid:
                 self._messages_by_sid[message.twilio_sid] = message.id
@@ -317,8 +334,7 @@ class MemoryStore(Store):
                 )
                 if message.status not in allowed:
                     return None
-            for name, value in fields.items():
-                setattr(message, name, value)
+            _apply(message, fields)
             if message.twilio_sid:
                 self._messages_by_sid[message.twilio_sid] = message.id
             return _copy(message)
@@ -364,6 +380,8 @@ class MemoryStore(Store):
 
     def create_template(self, template: Template) -> Template:
         with self._lock:
+            if template.id in self._templates:
+                raise Conflict(f"template {template.id} exists")
             if self._title_taken(template.project_id, template.title):
                 raise Conflict(f"a template titled {template.title!r} exists")
             self._templates[template.id] = _copy(template)
@@ -396,8 +414,7 @@ class MemoryStore(Store):
             title = fields.get("title")
             if title is not None and self._title_taken(project_id, title, other_than=template_id):
                 raise Conflict(f"a template titled {title!r} exists")
-            for name, value in fields.items():
-                setattr(template, name, copy.deepcopy(value))
+            _apply(template, fields, frozen=("id", "project_id"))
             return _copy(template)
 
     def delete_template(self, project_id: str, template_id: str) -> bool:

@@ -621,6 +621,12 @@ class PeeweeStore(Store):
         query = model.insert(values).on_conflict_ignore().as_rowcount()
         return self._atomically(query.execute, one_statement=True) > 0
 
+    @staticmethod
+    def _updated_row(update: pw.ModelUpdate, model: type[pw.Model]) -> dict[str, Any] | None:
+        """Run an UPDATE ... RETURNING (PostgreSQL) on at most one row; that row, or None."""
+        rows = list(update.returning(*model._meta.sorted_fields).dicts().execute())
+        return rows[0] if rows else None
+
     def _first(self, query: pw.ModelSelect) -> dict[str, Any] | None:
         rows = list(query.limit(1).dicts())
         return rows[0] if rows else None
@@ -816,6 +822,10 @@ class PeeweeStore(Store):
             row = self._atomically(lambda: self._updated_row(cas, S), one_statement=True)
             if row is not None:
                 return _record(Session, row)
+            current = self._first(S.select(S.version).where(S.id == session_id))
+            if current is None:
+                raise NotFound(f"no session {session_id}")
+            raise StaleVersion(f"session {session_id} is at version {current['version']}")
 
         def work() -> dict[str, Any]:
             # Compare-and-set: the row count says whether our expected version was still current.
@@ -933,7 +943,12 @@ class PeeweeStore(Store):
                 return None
             return self._first(M.select().where(M.id == message_id))
 
-        row = self._atomically(work)
+        if changes and self._db.returning_clause:
+            # PostgreSQL: the update returns the new row, one statement and no transaction.
+            update = M.update(changes).where(condition)
+            row = self._atomically(lambda: self._updated_row(update, M), one_statement=True)
+        else:
+            row = self._atomically(work)
         return _record(Message, row) if row else None
 
     def stuck_messages(self, older_than: datetime, limit: int = 500) -> list[Message]:

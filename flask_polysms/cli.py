@@ -131,8 +131,9 @@ def worker(simple: bool, burst: bool) -> None:
     if not isinstance(state.scheduler, RQScheduler):
         raise click.ClickException("the worker needs POLYSMS_SCHEDULER = 'rq'")
     set_worker_app(current_app._get_current_object())
-    # Never carry a database connection across the fork of a work-horse (PITFALLS).
-    state.store.close()
+    # Never carry a database connection across the fork of a work-horse (PITFALLS): pooled
+    # idle ones included. SimpleWorker jobs then share one pooled connection, job after job.
+    state.store.disconnect()
     worker_class = SimpleWorker if simple else Worker
     w = worker_class([state.scheduler.queue], connection=state.scheduler.connection)
     w.work(with_scheduler=True, burst=burst)

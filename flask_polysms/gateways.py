@@ -56,7 +56,8 @@ def classify_twilio_error(exc: Exception) -> GatewayError:
             retryable = False
         return GatewayError(exc.msg or str(exc), code=code or status or None, retryable=retryable)
     if isinstance(exc, (requests.Timeout, requests.ConnectionError)):
-        return GatewayError(f"Twilio did not answer: {type(exc).__name__}", code=None, retryable=True)
+        reason = f"Twilio did not answer: {type(exc).__name__}"
+        return GatewayError(reason, code=None, retryable=True)
     return GatewayError(f"Twilio client error: {exc}", code=None, retryable=False)
 
 

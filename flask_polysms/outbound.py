@@ -64,8 +64,7 @@ def start_outbound(
     country = region_of(user_number)
     if country and two_way_supported(country) is False:
         warning = (
-            f"{country} does not support two-way SMS: replies from {user_number} will not "
-            "come back"
+            f"{country} does not support two-way SMS: replies from {user_number} will not come back"
         )
         session, _ = update_with_retry(
             state, session.id, lambda s: {"metadata": {**s.metadata, "warnings": [warning]}}

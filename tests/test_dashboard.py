@@ -671,3 +671,28 @@ def test_simulator_reply_errors(make_emulated_sms, live_server):
     sms.store.update_project(sms.tenant.project_id, twilio_auth_token_encrypted=None)
     browser.post("/simulator/reply", {"number": USER, "to": AGENT, "body": "hi"})
     assert "no Twilio connection" in text(browser.get("/simulator", query_string={"number": USER}))
+
+
+# -- on the SQLite store --------------------------------------------------------------------------
+def test_every_page_on_the_sqlite_store(make_sms, tmp_path):
+    sms = make_sms(POLYSMS_DASHBOARD=True, POLYSMS_STORAGE_URL=f"sqlite:///{tmp_path}/dashboard.db")
+    browser = Browser(sms)
+    browser.sign_in()
+    browser.post("/conversations/send", {"user_number": USER, "message": "Hello"})
+    sms.inbound_ok(USER, "STOP")
+    created = browser.post(
+        "/templates/new", {"title": "t", "body": "Hi ${x}", "sender_live": AGENT}
+    )
+    conversation_id = sms.conversations()[0]["id"]
+    for path in (
+        "/",
+        "/templates",
+        created.headers["Location"].removeprefix("/dashboard"),
+        "/conversations",
+        f"/conversations/{conversation_id}",
+        f"/opt-outs?number=%2B{USER[1:]}",
+    ):
+        assert browser.get(path).status_code == 200, path
+    page = text(browser.get(f"/conversations/{conversation_id}"))
+    assert "You have been unsubscribed" in page
+    assert "data-opted-out" in text(browser.get(f"/opt-outs?number=%2B{USER[1:]}"))

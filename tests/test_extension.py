@@ -6,10 +6,10 @@ from datetime import timedelta
 
 import pytest
 from flask import Flask
-from flask_polysms.backends import BackendError, backend_for, create_store, register_backend
-from flask_polysms.backends.memory import MemoryStore
 
 from flask_polysms import PolySMS, get_state
+from flask_polysms.backends import BackendError, backend_for, create_store, register_backend
+from flask_polysms.backends.memory import MemoryStore
 from flask_polysms.config import DEFAULTS, ConfigError, ConfigVars
 from flask_polysms.errors import NotConfigured
 from flask_polysms.schedulers import ManualScheduler, RQScheduler, ThreadScheduler

@@ -45,7 +45,10 @@ class StatusCallbackSchema(ma.Schema):
         unknown = ma.EXCLUDE
 
     MessageSid = ma.fields.String(required=True, validate=_KEY_LENGTH)
-    MessageStatus = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=32))
+    # Twilio's statuses are short lower-case words; lower() of other letters can grow ("İ").
+    MessageStatus = ma.fields.String(
+        required=True, validate=ma.validate.Regexp(r"^[A-Za-z_-]{1,32}$", error="not a status")
+    )
     ErrorCode = ma.fields.String()
     From = ma.fields.String()
     To = ma.fields.String()
