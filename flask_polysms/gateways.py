@@ -101,8 +101,11 @@ class TwilioGateway(Gateway):
                     http = _RedirectingHttpClient(self.base_url, self.timeout)
                 else:
                     http = TwilioHttpClient(timeout=self.timeout)
-                # region/edge pinned to None so TWILIO_REGION/TWILIO_EDGE cannot rewrite the host.
-                client = Client(account_sid, auth_token, http_client=http, environment={})
+                client = Client(account_sid, auth_token, http_client=http)
+                # The client reads TWILIO_REGION/TWILIO_EDGE from the environment and rewrites the
+                # host with them (api.ie1.twilio.com), past our base URL: pin both to None.
+                client.region = None
+                client.edge = None
                 self._clients[key] = client
             return client
 

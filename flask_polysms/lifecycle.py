@@ -39,7 +39,12 @@ MAX_CAS_TRIES = 20
 
 
 def new_session(
-    state: PolySMSState, project_id: str, environment: str, user_number: str, agent_number: str
+    state: PolySMSState,
+    project_id: str,
+    environment: str,
+    user_number: str,
+    agent_number: str,
+    metadata: dict[str, Any] | None = None,
 ) -> Session:
     """Open a session with its idle deadline, and schedule its wake-up."""
     now = utcnow()
@@ -56,6 +61,7 @@ def new_session(
             deadline_at=deadline,
             timer_kind=TIMER_IDLE,
             wake_at=deadline,
+            metadata=metadata or {},
         )
     )
     _schedule_wake(state, session.id, deadline)
@@ -72,14 +78,19 @@ def _schedule_wake(state: PolySMSState, session_id: str, when: datetime) -> None
 
 
 def update_with_retry(
-    state: PolySMSState, session_id: str, change: Callable[[Session], dict[str, Any] | None]
+    state: PolySMSState,
+    session_id: str,
+    change: Callable[[Session], dict[str, Any] | None],
+    session: Session | None = None,
 ) -> tuple[Session | None, bool]:
     """Apply ``change(session) -> fields`` with compare-and-set, re-reading on conflict.
 
     ``change`` returns None to do nothing. Returns (the session as it ends, whether we changed it).
+    A ``session`` the caller has just read saves the first read; a stale one only costs a retry.
     """
     for _ in range(MAX_CAS_TRIES):
-        session = state.store.get_session(session_id)
+        if session is None or session.id != session_id:
+            session = state.store.get_session(session_id)
         if session is None:
             return None, False
         fields = change(session)
@@ -88,13 +99,16 @@ def update_with_retry(
         try:
             return state.store.update_session(session_id, session.version, **fields), True
         except StaleVersion:
-            continue
+            session = None
     raise RuntimeError(f"session {session_id} kept changing under {MAX_CAS_TRIES} updates")
 
 
-def note_activity(state: PolySMSState, session_id: str, *, user_reply: bool) -> Session | None:
+def note_activity(
+    state: PolySMSState, session_id: str, *, user_reply: bool, session: Session | None = None
+) -> Session | None:
     """A message went either way: restart the idle deadline; a user reply also engages the session
-    and brings a warned session back to ``active``."""
+    and brings a warned session back to ``active``. ``session``: the session as just read, if the
+    caller has it (saves a read)."""
     now = utcnow()
     deadline = now + state.settings.idle_timeout
 
@@ -113,7 +127,7 @@ def note_activity(state: PolySMSState, session_id: str, *, user_reply: bool) -> 
             fields["wake_at"] = deadline
         return fields
 
-    session, changed = update_with_retry(state, session_id, change)
+    session, changed = update_with_retry(state, session_id, change, session)
     if changed and session is not None and session.wake_at == deadline:
         _schedule_wake(state, session_id, deadline)
     return session

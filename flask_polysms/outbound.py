@@ -6,13 +6,14 @@ import zlib
 from typing import TYPE_CHECKING
 
 from .errors import InvalidInput, NotFoundError
-from .lifecycle import new_session, update_with_retry
+from .lifecycle import new_session
 from .phone import region_of
 from .records import Message, Session
 from .sender_facts import guard_error, two_way_supported
 from .senders import guard_enabled
 from .sending import queue_message
 from .tenancy import Tenant
+from .units import unit_of_work
 
 if TYPE_CHECKING:
     from .extension import PolySMSState
@@ -60,23 +61,31 @@ def start_outbound(
         problem = guard_error(state.store.get_sender(chosen))
         if problem:
             raise InvalidInput(problem)
-    session = new_session(state, tenant.project_id, tenant.environment, user_number, chosen)
+    metadata = None
     country = region_of(user_number)
     if country and two_way_supported(country) is False:
         warning = (
             f"{country} does not support two-way SMS: replies from {user_number} will not come back"
         )
-        session, _ = update_with_retry(
-            state, session.id, lambda s: {"metadata": {**s.metadata, "warnings": [warning]}}
+        metadata = {"warnings": [warning]}
+
+    def open_and_queue() -> tuple[Session, Message]:
+        session = new_session(
+            state, tenant.project_id, tenant.environment, user_number, chosen, metadata
         )
-    message = queue_message(
-        state,
-        project_id=tenant.project_id,
-        environment=tenant.environment,
-        session=session,
-        kind="greeting",
-        body=text,
-        to=user_number,
-        sender=chosen,
-    )
+        message = queue_message(
+            state,
+            project_id=tenant.project_id,
+            environment=tenant.environment,
+            session=session,
+            kind="greeting",
+            body=text,
+            to=user_number,
+            sender=chosen,
+        )
+        return session, message
+
+    # One commit for the session, its greeting and the counter; the send job and the wake-up
+    # leave together after it.
+    session, message = unit_of_work(state, open_and_queue)
     return session, state.store.get_message(message.id) or message

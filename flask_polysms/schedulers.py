@@ -236,29 +236,47 @@ class RQScheduler(Scheduler):
         self.connection = Redis.from_url(redis_url)
         self.queue = Queue(queue_name, connection=self.connection)
 
+    @contextmanager
+    def _outage_tolerated(self, what: str) -> Iterator[None]:
+        """Redis unreachable: log and go on instead of failing work already committed.
+
+        The Store holds every send's and timer's reason to run (a ``queued`` message, a session
+        deadline), and `flask polysms sweep` runs them from there; raising here would answer 500
+        to a request whose rows are written, and its retry would send twice.
+        """
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
+        try:
+            yield
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            log.warning("Redis unreachable, %s not enqueued (the sweep recovers it): %s", what, exc)
+
     def _enqueue(self, job: str, *args: Any, pipeline: Any = None) -> None:
         # result_ttl=0: results are never read, and keeping them would cost Redis memory per job.
-        self.queue.enqueue(
-            "flask_polysms.jobs.run_job", job, *args, result_ttl=0, pipeline=pipeline
-        )
+        with self._outage_tolerated(f"job {job}"):
+            self.queue.enqueue(
+                "flask_polysms.jobs.run_job", job, *args, result_ttl=0, pipeline=pipeline
+            )
 
     def _enqueue_at(
         self, when: datetime, job: str, *args: Any, job_id: str | None = None, pipeline: Any = None
     ) -> None:
         # Aware UTC: RQ reads naive datetimes as the server's local time.
-        self.queue.enqueue_at(
-            as_utc(when),
-            "flask_polysms.jobs.run_job",
-            job,
-            *args,
-            job_id=job_id,
-            result_ttl=0,
-            pipeline=pipeline,
-        )
+        with self._outage_tolerated(f"job {job} at {when.isoformat()}"):
+            self.queue.enqueue_at(
+                as_utc(when),
+                "flask_polysms.jobs.run_job",
+                job,
+                *args,
+                job_id=job_id,
+                result_ttl=0,
+                pipeline=pipeline,
+            )
 
     def _hand_over(self, held: list) -> None:
         # Every held job in one MULTI/EXEC round trip instead of one or two round trips each.
-        with self.connection.pipeline() as pipe:
+        with self._outage_tolerated(f"{len(held)} jobs"), self.connection.pipeline() as pipe:
             for when, job, args, job_id in held:
                 if when is None:
                     self._enqueue(job, *args, pipeline=pipe)

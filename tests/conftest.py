@@ -371,3 +371,32 @@ def live_server() -> Iterator[tuple[str, Callable[[Flask], None]]]:
     server.shutdown()
     server.server_close()
     thread.join(timeout=5)
+
+
+# -- reliability and security suites (issue 9) ----------------------------------------------------
+
+
+@pytest.fixture
+def fresh_postgres_url(postgres_url, unique):
+    """An empty PostgreSQL database of this test's own, dropped afterwards.
+
+    For tests that run worker processes or kill connections: nothing another test does to the
+    shared database (dropping its tables, terminating its backends) can reach this one, and back.
+    """
+    from urllib.parse import urlsplit, urlunsplit
+
+    import psycopg2
+
+    name = f"polysms_t_{unique}"
+    admin = psycopg2.connect(postgres_url)
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cursor:
+            cursor.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield urlunsplit(urlsplit(postgres_url)._replace(path=f"/{name}"))
+        finally:
+            with admin.cursor() as cursor:
+                cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        admin.close()

@@ -25,6 +25,7 @@ from flask import (
 from werkzeug.exceptions import HTTPException, default_exceptions
 
 from .. import templates as template_service
+from ..api.conversations import conversation_dict
 from ..clock import as_utc, utcnow
 from ..errors import InvalidInput, PolySMSError
 from ..extension import PolySMSState, get_state
@@ -412,8 +413,6 @@ def conversation_send():
 @bp.route("/conversations/<conversation_id>")
 def conversation(conversation_id: str):
     """Every message of one conversation with its status and error code."""
-    from ..api.conversations import conversation_dict
-
     state, tenant = get_state(), _tenant()
     session = state.store.get_session(conversation_id)
     if session is None or session.project_id != tenant.project_id:
