@@ -19,6 +19,7 @@ from .metrics import count
 from .records import DROPPED, INBOUND, RECEIVED, Message, Project, Sender, StatusEvent, new_id
 from .segments import count_segments
 from .sending import apply_status, queue_message
+from .units import unit_of_work
 
 if TYPE_CHECKING:
     from .extension import PolySMSState
@@ -103,18 +104,39 @@ def _record_inbound(
 
 
 def handle_inbound(
-    state: PolySMSState, sender: Sender, user_number: str, body: str, message_sid: str
+    state: PolySMSState,
+    sender: Sender,
+    user_number: str,
+    body: str,
+    message_sid: str,
+    project: Project | None = None,
 ) -> str:
     """Process one inbound SMS already authenticated for ``sender``'s project.
 
     Returns what happened (``duplicate``, ``keyword:STOP``, ``dropped:<reason>``, ``routed``).
+    Everything it writes, the claim of the MessageSid included, is one transaction: a failure
+    leaves the message unclaimed for Twilio's retry. ``project``: the sender's, if already read.
     """
+    return unit_of_work(
+        state, lambda: _handle_inbound(state, sender, user_number, body, message_sid, project)
+    )
+
+
+def _handle_inbound(
+    state: PolySMSState,
+    sender: Sender,
+    user_number: str,
+    body: str,
+    message_sid: str,
+    project: Project | None,
+) -> str:
     store = state.store
     now = utcnow()
     # Twilio retries a webhook it thinks failed: the MessageSid is claimed once, ever.
     if not store.claim_inbound(message_sid, now):
         return "duplicate"
-    project = store.get_project(sender.project_id)
+    if project is None or project.id != sender.project_id:
+        project = store.get_project(sender.project_id)
     open_session = store.find_open_session(sender.project_id, user_number, sender.address)
     keyword = classify(body)
     if keyword is not None:
@@ -191,7 +213,7 @@ def handle_inbound(
         message_sid=message_sid,
         kind="user",
     )
-    note_activity(state, session.id, user_reply=True)
+    note_activity(state, session.id, user_reply=True, session=session)
     state.scheduler.enqueue("agent", session.id, message.id)
     return "routed"
 

@@ -17,6 +17,16 @@ MYSQL_URL = os.environ.get("POLYSMS_TEST_MYSQL_URL", "mysql://root@127.0.0.1:330
 REDIS_URL = os.environ.get("POLYSMS_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 
+SERVICE_FIXTURES = {"postgres_url", "mysql_url", "redis_url", "redis_conn"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests that use a real server are marked ``services`` (tox: ``-e services``)."""
+    for item in items:
+        if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.services)
+
+
 def _answers(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=1):

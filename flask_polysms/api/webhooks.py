@@ -126,7 +126,9 @@ def inbound_sms():
     project = state.store.get_project(sender.project_id) if sender else None
     verify_signature(project)
     form = _load(InboundSmsSchema)
-    handle_inbound(state, sender, form["From"], form.get("Body", ""), form["MessageSid"])
+    handle_inbound(
+        state, sender, form["From"], form.get("Body", ""), form["MessageSid"], project=project
+    )
     return twiml()
 
 
