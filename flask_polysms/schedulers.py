@@ -277,6 +277,7 @@ class RQScheduler(Scheduler):
     def _hand_over(self, held: list) -> None:
         # Every held job in one MULTI/EXEC round trip instead of one or two round trips each.
         with self._outage_tolerated(f"{len(held)} jobs"), self.connection.pipeline() as pipe:
+            pipe.multi()  # before the first command: RQ's enqueue calls multi() itself otherwise
             for when, job, args, job_id in held:
                 if when is None:
                     self._enqueue(job, *args, pipeline=pipe)

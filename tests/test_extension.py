@@ -167,3 +167,40 @@ def test_peewee_schemes_resolve_to_the_peewee_store():
     peewee_store = pytest.importorskip("flask_polysms.backends.peewee").PeeweeStore
     for url in ("sqlite:///x.db", "postgresql://u@h/db", "mysql://root@h/db"):
         assert backend_for(url) is peewee_store
+
+
+def test_host_error_handlers_by_class_and_blueprint_still_apply():
+    """Outside /v1 every error page is exactly what the host app gives without the extension."""
+    from flask import Blueprint
+    from werkzeug.exceptions import HTTPException
+
+    def host_app(with_polysms: bool) -> Flask:
+        app = make_app()
+        app.config["PROPAGATE_EXCEPTIONS"] = False
+        shop = Blueprint("shop", __name__, url_prefix="/shop")
+
+        @shop.route("/item")
+        def item():
+            raise RuntimeError("shop bug")
+
+        @shop.errorhandler(HTTPException)
+        def shop_error(error):
+            return f"shop page {error.code}", error.code
+
+        @app.errorhandler(HTTPException)
+        def host_error(error):
+            return f"host page {error.code}", error.code
+
+        app.register_blueprint(shop)
+        if with_polysms:
+            PolySMS(app)
+        return app
+
+    plain, mounted = host_app(False).test_client(), host_app(True).test_client()
+    for method, path in [("get", "/nowhere"), ("post", "/shop/item"), ("get", "/shop/item")]:
+        expected = getattr(plain, method)(path)
+        got = getattr(mounted, method)(path)
+        assert (got.status_code, got.get_data()) == (expected.status_code, expected.get_data())
+    assert mounted.get("/shop/item").get_data(as_text=True) == "shop page 500"
+    api = mounted.get("/v1/nowhere")
+    assert api.status_code == 404 and "detail" in api.json

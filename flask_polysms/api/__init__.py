@@ -311,6 +311,7 @@ def _register_routing_errors(app: Flask, api_root: str) -> None:
     (registered before us) or Werkzeug's page.
     """
     for exc_class in (NotFound, MethodNotAllowed, InternalServerError):
+        # A host handler registered before us for this exact code sits in the slot we take.
         previous = app.error_handler_spec.get(None, {}).get(exc_class.code, {}).get(exc_class)
 
         def handler(error, _previous=previous):
@@ -319,6 +320,22 @@ def _register_routing_errors(app: Flask, api_root: str) -> None:
                 if isinstance(error, MethodNotAllowed) and error.valid_methods:
                     response.headers["Allow"] = ", ".join(error.valid_methods)
                 return response
-            return _previous(error) if _previous is not None else error
+            if _previous is not None:
+                return _previous(error)
+            return _host_handler(app, error)
 
+        handler._polysms_routing = True  # type: ignore[attr-defined]
         app.register_error_handler(exc_class, handler)
+
+
+def _host_handler(app: Flask, error: HTTPException):
+    """What Flask would answer without our handlers: the host's own handler (its blueprints',
+    then the app's; by code, then by class, most specific first), else Werkzeug's page."""
+    for code in (error.code, None):
+        for name in (*request.blueprints, None):
+            handlers = app.error_handler_spec.get(name, {}).get(code) or {}
+            for cls in type(error).__mro__:
+                found = handlers.get(cls)
+                if found is not None and not getattr(found, "_polysms_routing", False):
+                    return found(error)
+    return error

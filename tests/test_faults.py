@@ -1,0 +1,691 @@
+"""Faults, with the real pieces: PostgreSQL, Redis, RQ worker processes and the Twilio emulator.
+
+The promise under test: whatever Twilio, Redis, a worker or the database does, every message ends
+in a final status (delivered, undelivered, or failed with a code), none is lost and none is sent
+twice by our side.
+
+"Sent twice by our side" is counted at the emulator, which records every message it creates,
+with its body (each body here is unique). A second copy of a body is accepted only when one of our
+sends of that body ended without Twilio's answer (a timeout or a dropped connection: the worker
+processes log those, see ``tests/fault_app.py``): Twilio may have created that message, so a retry
+can make a copy - exactly what ``hang_next(..., then="create")`` injects. Every other copy is a
+double send and fails the test.
+
+Each test has a PostgreSQL database and a Redis database of its own, so other suites running at
+the same time cannot flush or drop what these tests wait for (the Redis restart test is the
+exception: a restart empties every Redis database, which is the point of it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg2
+import pytest
+from flask import Flask
+
+from flask_polysms import PolySMS
+from flask_polysms.clock import utcnow
+from flask_polysms.extension import get_state
+from flask_polysms.lifecycle import sweep
+from flask_polysms.testing import TwilioEmulator, provision, sign_twilio_request
+
+pytestmark = pytest.mark.services
+
+HERE = Path(__file__).parent
+FAULT_APP = HERE / "fault_app.py"
+CONFIG_ENV = "POLYSMS_FAULT_CONFIG"
+TIMEOUT_LOG_ENV = "POLYSMS_FAULT_TIMEOUT_LOG"
+
+ACCOUNT_SID = "AC" + "fa" * 16
+AUTH_TOKEN = "fault-auth-token-0123456789abcdef"
+AGENTS = ("+14155552671", "+14155552672")
+USERS = tuple(f"+141555526{i:02d}" for i in range(20))
+FINAL = frozenset({"delivered", "undelivered", "failed"})
+REDIS_DB = 13  # not the suites' database 15, which their fixtures flush
+
+# How this machine runs Redis (see .ci/run); a restart is a shutdown, then this again.
+REDIS_SERVER_COMMAND = [
+    "redis-server",
+    "--daemonize",
+    "yes",
+    "--bind",
+    "127.0.0.1",
+    "-::1",
+    "--port",
+    "6379",
+    "--save",
+    "",
+    "--appendonly",
+    "no",
+    "--dir",
+    "/var/lib/redis",
+    "--logfile",
+    "/var/log/redis/ci.log",
+]
+
+
+def wait_for(condition: Callable[[], Any], what: str, timeout: float, on_fail=None) -> Any:
+    """Poll ``condition`` until it returns a true value; fail the test after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            detail = on_fail() if on_fail else ""
+            pytest.fail(f"{what}: not reached within {timeout} s\n{detail}")
+        time.sleep(0.1)
+
+
+def _children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (RQ's scheduler is forked by the worker)."""
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(child) for child in text.split()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+
+
+class Rig:
+    """One app (the web side, in this process), its RQ worker processes and the emulator."""
+
+    def __init__(self, tmp_path: Path, config: dict[str, Any], emulator: TwilioEmulator) -> None:
+        self.tmp_path = tmp_path
+        self.config = config
+        self.emulator = emulator
+        self.polysms = PolySMS()
+
+        @self.polysms.agent
+        def answer(conv, text):
+            return f"echo: {text}"
+
+        self.app = Flask(f"polysms_faults_{uuid.uuid4().hex[:6]}")
+        self.app.config.update(config)
+        self.polysms.init_app(self.app)
+        with self.app.app_context():
+            self.state.store.create_schema()
+        self.tenant = provision(
+            self.app, numbers=AGENTS, twilio_account_sid=ACCOUNT_SID, twilio_auth_token=AUTH_TOKEN
+        )
+        self.client = self.app.test_client()
+        self.workers: list[subprocess.Popen] = []
+        self._worker_children: set[int] = set()
+        self.timeout_log = tmp_path / "timeouts"
+        self.timeout_log.mkdir()
+        self._local = threading.local()
+
+    @property
+    def state(self):
+        return get_state(self.app)
+
+    # -- worker processes -------------------------------------------------------------------------
+    def start_workers(self, count: int, *, burst: bool = False) -> list[subprocess.Popen]:
+        env = {
+            **os.environ,
+            CONFIG_ENV: json.dumps(self.config),
+            TIMEOUT_LOG_ENV: str(self.timeout_log),
+        }
+        command = [sys.executable, "-m", "flask", "--app", str(FAULT_APP), "polysms", "worker"]
+        if burst:
+            command.append("--burst")
+        started = []
+        for _ in range(count):
+            path = self.tmp_path / f"worker-{len(self.workers)}.log"
+            with path.open("wb") as log:  # a file, not a pipe: a full pipe would block the worker
+                process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+            self.workers.append(process)
+            started.append(process)
+        return started
+
+    def replace_dead_workers(self) -> None:
+        """What a process supervisor does: start a new worker for each that exited."""
+        dead = [w for w in self.workers if w.poll() is not None and not self._is_burst(w)]
+        for _ in dead:
+            self.start_workers(1)
+
+    @staticmethod
+    def _is_burst(process: subprocess.Popen) -> bool:
+        return "--burst" in process.args
+
+    def stop_workers(self) -> None:
+        """Warm shutdown (SIGTERM) of every worker still running, SIGKILL if it hangs; the
+        workers' forked schedulers too. Only processes this rig started are signalled."""
+        for process in self.workers:
+            if process.poll() is None:
+                self._worker_children.update(_children(process.pid))
+                process.send_signal(signal.SIGTERM)
+        for process in self.workers:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        for pid in self._worker_children:
+            if _alive(pid) and "polysms" in Path(f"/proc/{pid}/cmdline").read_text(errors="ignore"):
+                os.kill(pid, signal.SIGKILL)
+
+    def worker_logs(self, lines: int = 40) -> str:
+        out = []
+        for path in sorted(self.tmp_path.glob("worker-*.log")):
+            tail = path.read_text(errors="replace").splitlines()[-lines:]
+            out.append(f"--- {path.name}\n" + "\n".join(tail))
+        return "\n".join(out)
+
+    def unknown_outcomes(self) -> Counter:
+        """Bodies of the sends that ended without Twilio's answer, with how often."""
+        found: Counter = Counter()
+        for path in self.timeout_log.glob("*.jsonl"):
+            for line in path.read_text().splitlines():
+                found[json.loads(line)["body"]] += 1
+        return found
+
+    # -- the API and Twilio's side ---------------------------------------------------------------
+    def _thread_client(self):
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = self._local.client = self.app.test_client()
+        return client
+
+    def send(self, user: str, body: str):
+        """POST /v1/outbound-sms (thread-safe: a test client per thread)."""
+        return self._thread_client().post(
+            "/v1/outbound-sms",
+            json={"user_number": user, "message": body},
+            headers=self.tenant.headers,
+        )
+
+    def reply(self, user: str, agent: str, body: str):
+        """The user's SMS to ``agent``, posted to the webhook as Twilio signs it."""
+        params = {
+            "MessageSid": f"SM{uuid.uuid4().hex}",
+            "AccountSid": ACCOUNT_SID,
+            "From": user,
+            "To": agent,
+            "Body": body,
+        }
+        url = self.config["POLYSMS_PUBLIC_URL"] + "/v1/twilio/sms"
+        signature = sign_twilio_request(url, params, AUTH_TOKEN)
+        return self.client.post(
+            "/v1/twilio/sms", data=params, headers={"X-Twilio-Signature": signature}
+        )
+
+    def pending(self) -> list:
+        """Outbound messages still ``queued`` or ``sending`` (one query)."""
+        with self.app.app_context():
+            return self.state.store.stuck_messages(utcnow() + timedelta(days=1), limit=100_000)
+
+    def run_sweep(self) -> int:
+        with self.app.app_context():
+            return sweep(self.state)
+
+    def conversations(self) -> list[dict]:
+        """Every conversation of the tenant, with its messages, through the public API."""
+        found: list[dict] = []
+        cursor = None
+        while True:
+            query = {"limit": 200, **({"cursor": cursor} if cursor else {})}
+            response = self.client.get(
+                "/v1/conversations", query_string=query, headers=self.tenant.headers
+            )
+            assert response.status_code == 200, response.get_json()
+            page = response.get_json()
+            found.extend(page["conversations"])
+            cursor = page["next_cursor"]
+            if cursor is None:
+                return found
+
+    def metrics(self) -> dict:
+        response = self.client.get("/v1/sms/metrics", headers=self.tenant.headers)
+        assert response.status_code == 200, response.get_json()
+        return response.get_json()
+
+
+def _with_db(url: str, db: int) -> str:
+    return urlunsplit(urlsplit(url)._replace(path=f"/{db}"))
+
+
+@pytest.fixture
+def make_rig(tmp_path, fresh_postgres_url, redis_url, unique) -> Iterator[Callable[..., Rig]]:
+    """``make_rig(emulator={...}, **config)``: a Rig on a fresh database; torn down after."""
+    from redis import Redis
+
+    redis_db_url = _with_db(redis_url, REDIS_DB)
+    Redis.from_url(redis_db_url).flushdb()
+    rigs: list[Rig] = []
+    emulators: list[TwilioEmulator] = []
+
+    def make(*, emulator: dict | None = None, **config: Any) -> Rig:
+        twilio = TwilioEmulator(
+            **{"callbacks": "manual", "callback_delay": 0.02, **(emulator or {})}
+        )
+        twilio.start()
+        twilio.add_account(ACCOUNT_SID, AUTH_TOKEN)
+        emulators.append(twilio)
+        settings = {
+            "SECRET_KEY": "fault-tests-secret",
+            "POLYSMS_STORAGE_URL": fresh_postgres_url,
+            "POLYSMS_SCHEDULER": "rq",
+            "POLYSMS_REDIS_URL": redis_db_url,
+            "POLYSMS_QUEUE_NAME": f"polysms-faults-{unique}",
+            "POLYSMS_GATEWAY": "twilio",
+            "POLYSMS_TWILIO_BASE_URL": twilio.base_url,
+            "POLYSMS_TWILIO_TIMEOUT": 0.5,
+            "POLYSMS_RETRY_BASE_DELAY": 0.05,
+            "POLYSMS_RATE_LIMIT": "100000 per second",
+            **config,
+        }
+        directory = tmp_path / f"rig{len(rigs)}"
+        directory.mkdir()
+        rig = Rig(directory, settings, twilio)
+        rigs.append(rig)
+        return rig
+
+    yield make
+    for rig in rigs:
+        rig.stop_workers()
+    for twilio in emulators:
+        twilio.stop()
+    try:
+        Redis.from_url(redis_db_url).flushdb()
+    except Exception:  # Redis may be the thing a test broke; the restart test restores it
+        pass
+
+
+# -- 1. 429 bursts, 500s and hanging calls during a 1,000-message run ------------------------------
+
+# One round of faults, injected after every 50 messages: Twilio answers them to whichever create
+# calls come next, in this order.
+FAULT_ROUND = (
+    ("20429 burst", lambda e: e.fail_next(5, 20429), 5),
+    ("500", lambda e: e.fail_next(2, 500), 2),
+    ("hang, request lost", lambda e: e.hang_next(1, 1.5, then="drop"), 1),
+    ("503", lambda e: e.fail_next(1, 20503), 1),
+    ("hang, message created", lambda e: e.hang_next(1, 1.5, then="create"), 1),
+)
+PERMANENT = ("21211 invalid number (permanent)", lambda e: e.fail_next(1, 21211), 1)
+
+
+@pytest.mark.slow
+def test_a_thousand_messages_through_429_bursts_500s_and_hangs(make_rig, live_server):
+    total, chunk = 1000, 50
+    base_url, bind = live_server
+    rig = make_rig(emulator={"callbacks": "auto"}, POLYSMS_PUBLIC_URL=base_url)
+    bind(rig.app)  # the emulator's signed status callbacks reach this app
+    rig.emulator.set_outcome(USERS[0], "undelivered")  # 30003
+    rig.emulator.set_outcome(USERS[1], "failed")  # 30008, from the carrier
+    rig.start_workers(2)
+
+    injected: Counter = Counter()
+    bodies: list[str] = []
+    run = uuid.uuid4().hex[:8]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for start in range(0, total, chunk):
+            batch = [
+                (USERS[i % len(USERS)], f"load {run} #{i:04d}") for i in range(start, start + chunk)
+            ]
+            responses = list(pool.map(lambda args: rig.send(*args), batch))
+            for response in responses:
+                assert response.status_code == 202, response.get_json()
+            bodies.extend(body for _, body in batch)
+            if start + chunk < total:  # the last 50 messages (and retries) use up the last faults
+                round_ = FAULT_ROUND + ((PERMANENT,) if (start // chunk) % 3 == 0 else ())
+                for name, inject, count in round_:
+                    inject(rig.emulator)
+                    injected[name] += count
+
+    wait_for(
+        lambda: not rig.pending(),
+        "every message out of queued/sending",
+        300,
+        lambda: f"{len(rig.pending())} pending\n{rig.worker_logs()}",
+    )
+    rig.stop_workers()
+    steps = {"delivered": 2, "undelivered": 2, "failed": 1}
+    outcome = {USERS[0]: "undelivered", USERS[1]: "failed"}
+    created = rig.emulator.messages
+    expected_callbacks = sum(steps[outcome.get(m["to"], "delivered")] for m in created)
+    callbacks = rig.emulator.wait_for_callbacks(expected_callbacks, timeout=120)
+    assert {c["status_code"] for c in callbacks} == {200}
+
+    conversations = rig.conversations()
+    messages = [m for c in conversations for m in c["messages"] if m["direction"] == "outbound"]
+    by_body = {m["body"]: m for m in messages}
+    # None lost, none recorded twice.
+    assert len(conversations) == total
+    assert sorted(m["body"] for m in messages) == sorted(bodies)
+    # Each one final; every failure with a code.
+    statuses = Counter(m["status"] for m in messages)
+    assert set(statuses) <= FINAL, statuses
+    for message in messages:
+        if message["status"] != "delivered":
+            assert message["error_code"] is not None, message
+
+    copies = Counter(m["body"] for m in created)
+    sids = {}
+    for m in created:
+        sids.setdefault(m["body"], set()).add(m["sid"])
+    unknown = rig.unknown_outcomes()
+    api_failed = [m for m in messages if m["twilio_sid"] is None]
+    for body, message in by_body.items():
+        if message["twilio_sid"] is None:  # failed at the API: Twilio never accepted a copy...
+            assert copies[body] <= unknown[body], (message, copies[body])  # ...that we knew of
+        else:
+            assert message["twilio_sid"] in sids[body]
+            # One copy, plus at most one per send that timed out (the outcome was unknown).
+            assert 1 <= copies[body] <= 1 + unknown[body], (message, copies[body], unknown[body])
+    extra_copies = sum(n - 1 for n in copies.values() if n > 1)
+
+    # The metrics count each message once, whatever its retries.
+    figures = rig.metrics()
+    assert figures["sent"] == total - len(api_failed)
+    assert figures["api_failures"] == len(api_failed)
+    assert figures["delivered"] == statuses["delivered"]
+    assert figures["undelivered"] == statuses["undelivered"]
+    assert figures["failed"] == statuses["failed"] - len(api_failed)
+
+    summary = {
+        "messages": total,
+        "final_statuses": dict(statuses),
+        "failed_at_the_api": dict(Counter(m["error_code"] for m in api_failed)),
+        "faults_injected": dict(injected),
+        "twilio_create_calls": rig.emulator.requests_count,
+        "sends_without_an_answer": sum(unknown.values()),
+        "extra_copies_at_twilio": extra_copies,
+    }
+    print("fault run:", json.dumps(summary, sort_keys=True))
+    assert extra_copies <= sum(unknown.values())
+
+
+# -- 2. Redis restarted in the middle of a run -----------------------------------------------------
+
+
+def _redis_answers() -> bool:
+    try:
+        answer = subprocess.run(
+            ["redis-cli", "-h", "127.0.0.1", "-p", "6379", "ping"],
+            capture_output=True,
+            timeout=5,
+        )
+    except subprocess.TimeoutExpired:
+        return False
+    return answer.stdout.strip() == b"PONG"
+
+
+def _stop_redis() -> None:
+    subprocess.run(
+        ["redis-cli", "-h", "127.0.0.1", "-p", "6379", "shutdown", "nosave"],
+        capture_output=True,
+        timeout=30,
+    )
+    wait_for(lambda: not _redis_answers(), "Redis stopped", 30)
+
+
+def _start_redis() -> None:
+    if not _redis_answers():
+        subprocess.run(REDIS_SERVER_COMMAND, check=True, capture_output=True, timeout=30)
+    wait_for(_redis_answers, "Redis answering again", 30)
+
+
+@pytest.fixture
+def restartable_redis(redis_url):
+    """Redis as this machine runs it (a restart empties it); always running again after."""
+    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+        reason = "redis-server and redis-cli are needed to restart Redis"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{reason}, and CI=true requires them")
+        pytest.skip(reason)
+    try:
+        yield
+    finally:
+        _start_redis()
+
+
+@pytest.mark.slow
+def test_redis_restarted_mid_run_loses_no_message_and_no_timer(
+    make_rig, live_server, restartable_redis
+):
+    from redis import Redis
+
+    base_url, bind = live_server
+    rig = make_rig(
+        emulator={"callbacks": "auto"},
+        POLYSMS_PUBLIC_URL=base_url,
+        POLYSMS_IDLE_TIMEOUT=4.0,
+        POLYSMS_GRACE_PERIOD=2.0,
+        # Well above the Twilio timeout: a live send is never taken for a stuck one.
+        POLYSMS_STUCK_AFTER=3.0,
+    )
+    bind(rig.app)
+    rig.start_workers(2)
+    run = uuid.uuid4().hex[:8]
+
+    # Engaged sessions: the user has replied and the agent answered, before the restart. Their
+    # wake-up jobs wait in Redis when it goes.
+    engaged = []
+    for user in USERS[:4]:
+        response = rig.send(user, f"hello {run} {user}")
+        assert response.status_code == 202
+        engaged.append(response.get_json())
+    for conv in engaged:
+        assert rig.reply(conv["user_number"], conv["agent_number"], "yes").status_code == 200
+    wait_for(lambda: not rig.pending(), "the agent's replies sent", 60, rig.worker_logs)
+
+    redis = Redis.from_url(rig.config["POLYSMS_REDIS_URL"])
+    run_id = redis.info("server")["run_id"]
+    accepted = []
+    try:
+        for i in range(30):  # the workers are sending these while Redis goes
+            response = rig.send(USERS[4 + i % 16], f"before {run} #{i}")
+            assert response.status_code == 202
+            accepted.append(response.get_json())
+        _stop_redis()
+        # Redis down: requests are still accepted (the rows are the truth; the sweep sends).
+        for i in range(10):
+            response = rig.send(USERS[4 + i % 16], f"during {run} #{i}")
+            assert response.status_code == 202, response.get_json()
+            accepted.append(response.get_json())
+    finally:
+        _start_redis()
+    assert redis.info("server")["run_id"] != run_id  # a new server: every job and timer gone
+    rig.replace_dead_workers()
+    for i in range(20):
+        response = rig.send(USERS[4 + i % 16], f"after {run} #{i}")
+        assert response.status_code == 202
+        accepted.append(response.get_json())
+
+    # Recovery is what `flask polysms sweep` does, run in a loop as in production.
+    conversation_ids = [c["conversation_id"] for c in engaged + accepted]
+
+    def everything_settled() -> bool:
+        rig.run_sweep()
+        if rig.pending():
+            return False
+        with rig.app.app_context():
+            store = rig.state.store
+            return all(store.get_session(cid).state == "closed" for cid in conversation_ids)
+
+    wait_for(
+        everything_settled, "every message sent and every session closed", 120, rig.worker_logs
+    )
+    rig.stop_workers()
+    created = rig.emulator.messages
+    rig.emulator.wait_for_callbacks(2 * len(created), timeout=60)
+
+    conversations = {c["id"]: c for c in rig.conversations()}
+    assert set(conversations) == set(conversation_ids)
+    outbound = [
+        m for c in conversations.values() for m in c["messages"] if m["direction"] == "outbound"
+    ]
+    assert {m["status"] for m in outbound} == {"delivered"}
+    # Each message reached Twilio once (no fault makes an outcome unknown here).
+    copies = Counter((m["to"], m["body"]) for m in created)
+    assert sorted(copies.values()) == [1] * len(outbound)
+    assert {m["twilio_sid"] for m in outbound} == {m["sid"] for m in created}
+    for conv in engaged:
+        c = conversations[conv["conversation_id"]]
+        assert (c["state"], c["end_reason"]) == ("closed", "inactivity")
+        kinds = [m["kind"] for m in c["messages"]]
+        assert kinds == ["greeting", "user", "agent", "warning", "closing"], kinds
+    for conv in accepted:
+        c = conversations[conv["conversation_id"]]
+        assert (c["state"], c["end_reason"]) == ("closed", "unengaged")
+        assert [m["kind"] for m in c["messages"]] == ["greeting"]
+    print(
+        "redis restart:",
+        json.dumps({"messages": len(outbound), "sessions": len(conversations), "lost": 0}),
+    )
+
+
+# -- 3. a worker killed with SIGKILL in the middle of a send ---------------------------------------
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_send_is_reaped_and_the_message_sent_by_another(make_rig):
+    # A long Twilio timeout: the worker is surely inside the call when it is killed.
+    rig = make_rig(POLYSMS_TWILIO_TIMEOUT=30.0, POLYSMS_STUCK_AFTER=1.0)
+    response = rig.send(USERS[0], "killed mid-send")
+    assert response.status_code == 202
+    with rig.app.app_context():
+        (message,) = rig.state.store.list_messages(response.get_json()["conversation_id"])
+
+    def status() -> str:
+        with rig.app.app_context():
+            return rig.state.store.get_message(message.id).status
+
+    rig.emulator.hang_next(1, 120, then="drop")
+    (worker,) = rig.start_workers(1, burst=True)
+    wait_for(
+        lambda: rig.emulator.requests_count == 1 and status() == "sending",
+        "the worker inside the Twilio call",
+        60,
+        rig.worker_logs,
+    )
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.wait(timeout=30)
+    assert worker.returncode == -signal.SIGKILL
+
+    # RQ alone never runs the job again: the message would stay "sending" for ever.
+    (again,) = rig.start_workers(1, burst=True)
+    assert again.wait(timeout=60) == 0, rig.worker_logs()
+    assert status() == "sending"
+    assert rig.emulator.requests_count == 1
+
+    # The sweep's reaper re-queues it once it has been stuck longer than POLYSMS_STUCK_AFTER...
+    wait_for(lambda: rig.run_sweep() is not None and status() == "queued", "re-queued", 30)
+    assert rig.state.scheduler.queue.count >= 1
+    # ...and a new worker sends it.
+    (third,) = rig.start_workers(1, burst=True)
+    assert third.wait(timeout=60) == 0, rig.worker_logs()
+    assert status() == "sent"
+    assert rig.emulator.requests_count == 2  # the lost call, then the one that worked
+    assert [m["body"] for m in rig.emulator.messages] == ["killed mid-send"]
+
+
+# -- 4. the database connection dropped ------------------------------------------------------------
+
+
+def _terminate_other_backends(url: str) -> int:
+    """Kill every other connection to the database (as a restart or a failover would)."""
+    connection = psycopg2.connect(url)
+    connection.autocommit = True
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "select pg_terminate_backend(pid) from pg_stat_activity "
+                "where datname = current_database() and pid <> pg_backend_pid()"
+            )
+            return cursor.rowcount
+    finally:
+        connection.close()
+
+
+@pytest.fixture
+def db_app(fresh_postgres_url):
+    """An app on its own PostgreSQL database whose connection a test can kill mid-request."""
+
+    def make(url: str):
+        app = Flask(f"polysms_dbdrop_{uuid.uuid4().hex[:6]}")
+        app.config.update(
+            SECRET_KEY="db-drop",
+            POLYSMS_STORAGE_URL=url,
+            POLYSMS_GATEWAY="outbox",
+            POLYSMS_SCHEDULER="manual",
+        )
+        PolySMS(app)
+        store = get_state(app).store
+        with app.app_context():
+            store.create_schema()
+        tenant = provision(app, numbers=AGENTS)
+        kill = {"on": False, "killed": 0}
+
+        @app.before_request
+        def drop_the_connection():
+            # Runs before the extension's own code: the request's connection is open and used,
+            # then the server ends it, as a database restart does under a running app.
+            if kill["on"]:
+                store.connect()
+                store.database.execute_sql("select 1")
+                kill["killed"] += _terminate_other_backends(fresh_postgres_url)
+
+        return app, tenant, kill
+
+    return make
+
+
+@pytest.mark.parametrize("scheme", ["postgresql", "postgresql+pool"])
+def test_a_dropped_database_connection_fails_cleanly_and_the_next_request_works(
+    db_app, fresh_postgres_url, scheme
+):
+    url = fresh_postgres_url.replace("postgresql", scheme, 1)
+    app, tenant, kill = db_app(url)
+    client = app.test_client()
+    body = {"user_number": USERS[0], "message": "hello"}
+
+    for method, path, payload in (
+        ("get", "/v1/conversations", None),
+        ("post", "/v1/outbound-sms", body),
+        ("get", "/v1/sms-templates", None),
+    ):
+        kill["on"] = True
+        response = client.open(path, method=method, json=payload, headers=tenant.headers)
+        kill["on"] = False
+        assert kill["killed"] >= 1
+        assert response.status_code == 503, response.get_data(as_text=True)
+        assert response.is_json and "database" in response.get_json()["detail"]
+        assert response.headers["Retry-After"] == "1"
+        again = client.open(path, method=method, json=payload, headers=tenant.headers)
+        assert again.status_code in (200, 202), again.get_json()
+        kill["killed"] = 0
+
+    # The connection dropped between requests (an idle one, a pooled one): reconnected, or a 503.
+    _terminate_other_backends(fresh_postgres_url)
+    first = client.get("/v1/conversations", headers=tenant.headers)
+    assert first.status_code in (200, 503) and first.is_json
+    assert client.get("/v1/conversations", headers=tenant.headers).status_code == 200
+    # The failed requests wrote nothing: one conversation, from the one accepted outbound request.
+    listed = client.get("/v1/conversations", headers=tenant.headers).get_json()["conversations"]
+    assert [len(c["messages"]) for c in listed] == [1]
