@@ -51,9 +51,15 @@ def create_app(config: dict | None = None) -> Flask:
     app = Flask(__name__, instance_path=os.environ.get("EXAMPLE_APP_INSTANCE"))
     instance = Path(app.instance_path)
     instance.mkdir(parents=True, exist_ok=True)
-    embedded = _embedded() and not (config or {}).get("TESTING")
+    config = config or {}
+    embedded = _embedded() and not config.get("TESTING")
+    secret = os.environ.get("SECRET_KEY") or config.get("SECRET_KEY")
+    if not secret and not embedded and not config.get("TESTING"):
+        # Every web and worker process must share one key, or they cannot read each other's
+        # encrypted Auth Tokens: a key file per machine would not do.
+        raise RuntimeError("set SECRET_KEY: it encrypts the stored Twilio Auth Tokens")
     app.config.update(
-        SECRET_KEY=os.environ.get("SECRET_KEY") or _secret_key(instance),
+        SECRET_KEY=secret or _secret_key(instance),
         POLYSMS_STORAGE_URL=os.environ.get(
             "POLYSMS_STORAGE_URL", f"sqlite:///{instance / 'polysms-demo.db'}"
         ),
@@ -71,7 +77,7 @@ def create_app(config: dict | None = None) -> Flask:
     demo = None
     if embedded:
         demo = start_demo(app, instance)
-    app.config.update(config or {})
+    app.config.update(config)
     polysms.init_app(app)
     if demo is not None:
         demo.finish(app)

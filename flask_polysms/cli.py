@@ -254,3 +254,41 @@ def check_senders(project_ids: tuple[str, ...], as_json: bool) -> None:
             click.echo("no live sender is blocked by the sender guard")
     if blocked:
         click.get_current_context().exit(1)
+
+
+@polysms_cli.command("demo")
+@click.option("--number", default="+14155550100", show_default=True, help="the sender to add")
+@click.option("--environment", "-e", default="live", show_default=True)
+@click.option(
+    "--account-sid", envvar="TWILIO_ACCOUNT_SID", default=None, help="$TWILIO_ACCOUNT_SID"
+)
+@click.option("--auth-token", envvar="TWILIO_AUTH_TOKEN", default=None, help="$TWILIO_AUTH_TOKEN")
+@click.option(
+    "--url", default="http://127.0.0.1:5000", show_default=True, help="where the app runs"
+)
+def demo(number, environment, account_sid, auth_token, url) -> None:
+    """Provision a demo account, project, number, connector and key; print a working curl."""
+    import json
+    import shlex
+
+    from .testing import provision
+
+    try:
+        tenant = provision(
+            current_app._get_current_object(),
+            environment=environment,
+            numbers=(number,),
+            twilio_account_sid=account_sid,
+            twilio_auth_token=auth_token,
+            project_name="demo",
+        )
+    except provisioning.ProvisioningError as exc:
+        raise click.ClickException(str(exc)) from exc
+    body = json.dumps({"user_number": "+14155552672", "message": "Hello from flask-polysms!"})
+    prefix = _state().settings.url_prefix
+    click.echo(f"project {tenant.project_id}: {number} ({tenant.environment})")
+    click.echo(
+        f"curl -X POST {url.rstrip('/')}{prefix}/v1/outbound-sms "
+        f"-H 'X-PolyAi-Auth-Token: {tenant.api_key}' -H 'X-TOKEN-ID: {tenant.connector_id}' "
+        f"-H 'Content-Type: application/json' -d {shlex.quote(body)}"
+    )

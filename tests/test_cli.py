@@ -143,3 +143,22 @@ def test_messaging_service_sid_can_be_added(app, cli):
     project = ok(cli("create-project", account, "P"))
     sid = "MG" + "a" * 32
     assert "messaging_service" in ok(cli("add-number", project, sid))
+
+
+def test_demo_provisions_and_prints_a_working_curl(app, cli):
+    import shlex
+
+    output = ok(cli("demo", "--number", "+14155552671"))
+    curl = shlex.split(output.splitlines()[-1])
+    headers = dict(h.split(": ", 1) for h in curl[curl.index("-H") + 1 :: 2][:2])
+    body = curl[curl.index("-d") + 1]
+    response = app.test_client().post(
+        "/v1/outbound-sms", data=body, headers={**headers, "Content-Type": "application/json"}
+    )
+    assert response.status_code == 202
+    assert response.json["agent_number"] == "+14155552671"
+
+
+def test_demo_refuses_a_bad_number(cli):
+    result = cli("demo", "--number", "12345")
+    assert result.exit_code != 0 and "E.164" in result.output

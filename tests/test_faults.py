@@ -547,7 +547,7 @@ def test_redis_restarted_mid_run_loses_no_message_and_no_timer(
     assert {m["twilio_sid"] for m in outbound} == {m["sid"] for m in created}
     for conv in engaged:
         c = conversations[conv["conversation_id"]]
-        assert (c["state"], c["end_reason"]) == ("closed", "inactivity")
+        assert (c["state"], c["end_reason"]) == ("closed", "inactivity"), json.dumps(c, indent=1)
         kinds = [m["kind"] for m in c["messages"]]
         assert kinds == ["greeting", "user", "agent", "warning", "closing"], kinds
     for conv in accepted:
