@@ -482,6 +482,10 @@ def _record(cls: type[T], row: dict[str, Any]) -> T:
     return cls(**{f.name: row[_column(f.name)] for f in dataclasses.fields(cls)})
 
 
+def _same(value: Any) -> Any:
+    return value
+
+
 def _values(record: Any) -> dict[str, Any]:
     return {_column(f.name): getattr(record, f.name) for f in dataclasses.fields(record)}
 
@@ -518,6 +522,7 @@ class PeeweeStore(Store):
         self._is_sqlite = isinstance(self._db, pw.SqliteDatabase)
         self._is_mysql = isinstance(self._db, pw.MySQLDatabase)
         self._m = _build_models(self._db, table_prefix)
+        self._statements: dict[Any, tuple] = {}
         # SQLite is embedded, so the app creates its tables; servers use `flask polysms init-db`.
         self.creates_schema_on_start = self._is_sqlite
 
@@ -609,23 +614,110 @@ class PeeweeStore(Store):
                     raise
         raise AssertionError("unreachable")
 
+    # Peewee builds each statement's SQL from its query tree, and that costs several times the
+    # CPU of the database round trip. The hot statements are built once per store with
+    # placeholders (``param(i)``) and then run with each call's values, converted by the fields.
+    def _compiled(self, name: Any, build: Callable[[Callable[[int], pw.Value]], Any]) -> tuple:
+        found = self._statements.get(name)
+        if found is None:
+            markers: dict[str, int] = {}
+
+            def param(i: int) -> pw.Value:
+                marker = f"\x00polysms-param-{i}\x00"
+                markers[marker] = i
+                return pw.Value(marker, converter=False)
+
+            sql, params = build(param).sql()
+            slots = [
+                (markers[v], None) if isinstance(v, str) and v in markers else (None, v)
+                for v in params
+            ]
+            found = self._statements[name] = (sql, slots)
+        return found
+
+    def _run(self, name: Any, build: Callable, args: list[Any]) -> Any:
+        """Execute a compiled statement with ``args`` (database values); returns the cursor."""
+        sql, slots = self._compiled(name, build)
+        return self._db.execute_sql(sql, [args[i] if i is not None else v for i, v in slots])
+
+    def _rows(
+        self, name: Any, build: Callable, args: list[Any], model: type[pw.Model]
+    ) -> list[dict[str, Any]]:
+        """The rows of a compiled statement as dicts of Python values (as ``.dicts()`` gives)."""
+        cursor = self._run(name, build, args)
+        columns = model._meta.columns
+        names = [d[0] for d in cursor.description]
+        convert = [columns[n].python_value if n in columns else _same for n in names]
+        rows = cursor.fetchall()
+        return [{n: c(v) for n, c, v in zip(names, convert, row, strict=True)} for row in rows]
+
+    def _row(
+        self, name: Any, build: Callable, args: list[Any], model: type[pw.Model]
+    ) -> dict[str, Any] | None:
+        rows = self._rows(name, build, args, model)
+        return rows[0] if rows else None
+
+    def _by(
+        self, model: type[pw.Model], column: str, value: Any, order: tuple = ()
+    ) -> dict[str, Any] | None:
+        """The first row of ``model`` whose ``column`` is ``value``, in ``order`` (one order per
+        model and column: the compiled statement is kept under those)."""
+        field = getattr(model, column)
+
+        def build(param: Callable[[int], pw.Value]) -> Any:
+            return model.select().where(field == param(0)).order_by(*order).limit(1)
+
+        key = ("by", model, column, bool(order))
+        return self._row(key, build, [field.db_value(value)], model)
+
     def _insert(self, model: type[pw.Model], values: dict[str, Any], may_fail: bool = True) -> None:
         """Insert a row; IntegrityError (a unique value taken) leaves nothing behind."""
         self._atomically(
-            lambda: model.insert(values).execute(), one_statement=True, may_fail=may_fail
+            lambda: self._run_insert(model, values, ignore=False),
+            one_statement=True,
+            may_fail=may_fail,
         )
 
     def _insert_unless_taken(self, model: type[pw.Model], values: dict[str, Any]) -> bool:
         """Insert a row unless a unique value is taken (then False). ON CONFLICT DO NOTHING
         raises nothing, so it needs no savepoint inside a caller's transaction."""
-        query = model.insert(values).on_conflict_ignore().as_rowcount()
-        return self._atomically(query.execute, one_statement=True) > 0
+        cursor = self._atomically(
+            lambda: self._run_insert(model, values, ignore=True), one_statement=True
+        )
+        return cursor.rowcount > 0
 
-    @staticmethod
-    def _updated_row(update: pw.ModelUpdate, model: type[pw.Model]) -> dict[str, Any] | None:
-        """Run an UPDATE ... RETURNING (PostgreSQL) on at most one row; that row, or None."""
-        rows = list(update.returning(*model._meta.sorted_fields).dicts().execute())
-        return rows[0] if rows else None
+    def _run_insert(self, model: type[pw.Model], values: dict[str, Any], ignore: bool) -> Any:
+        fields = [model._meta.fields[name] for name in values]
+
+        def build(param: Callable[[int], pw.Value]) -> Any:
+            query = model.insert({f: param(i) for i, f in enumerate(fields)})
+            return query.on_conflict_ignore() if ignore else query
+
+        key = ("insert", model, tuple(values), ignore)
+        return self._run(key, build, [f.db_value(values[f.name]) for f in fields])
+
+    def _updated_row(
+        self,
+        name: Any,
+        model: type[pw.Model],
+        changes: dict[pw.Field, Any],
+        where: Callable,
+        where_args: list[Any],
+    ) -> dict[str, Any] | None:
+        """``UPDATE model SET changes WHERE where(param) RETURNING *`` (PostgreSQL): the updated
+        row, or None. Values of ``changes`` that are expressions are part of the statement."""
+        settable = [(f, v) for f, v in changes.items() if not isinstance(v, pw.Node)]
+        fixed = {f: v for f, v in changes.items() if isinstance(v, pw.Node)}
+        n = len(where_args)
+
+        def build(param: Callable[[int], pw.Value]) -> Any:
+            values = {f: param(n + i) for i, (f, _) in enumerate(settable)}
+            query = model.update({**values, **fixed}).where(where(param))
+            return query.returning(*model._meta.sorted_fields)
+
+        key = (name, tuple(f.name for f, _ in settable), tuple(f.name for f in fixed))
+        args = where_args + [f.db_value(v) for f, v in settable]
+        return self._row(key, build, args, model)
 
     def _first(self, query: pw.ModelSelect) -> dict[str, Any] | None:
         rows = list(query.limit(1).dicts())
@@ -665,7 +757,7 @@ class PeeweeStore(Store):
 
     def get_account(self, account_id: str) -> Account | None:
         A = self._m.Account
-        row = self._first(A.select().where(A.id == account_id))
+        row = self._by(A, "id", account_id)
         return _record(Account, row) if row else None
 
     def _require(self, model: type[pw.Model], record_id: str, what: str) -> None:
@@ -686,12 +778,51 @@ class PeeweeStore(Store):
 
     def get_api_key_by_hash(self, key_hash: str) -> ApiKey | None:
         K = self._m.ApiKey
-        row = self._first(K.select().where(K.key_hash == key_hash).order_by(K.created_at, K.id))
+        row = self._by(K, "key_hash", key_hash, order=(K.created_at, K.id))
         return _record(ApiKey, row) if row else None
+
+    def get_credentials(
+        self, key_hash: str, connector_id: str | None
+    ) -> tuple[ApiKey | None, Connector | None, Project | None]:
+        """The key, its connector and the connector's project in one query."""
+        K, C, P = self._m.ApiKey, self._m.Connector, self._m.Project
+        parts = (("k_", K, ApiKey), ("c_", C, Connector), ("p_", P, Project))
+
+        def build(param: Callable[[int], pw.Value]) -> Any:
+            columns = [
+                f.alias(prefix + f.column_name)
+                for prefix, model, _ in parts
+                for f in model._meta.sorted_fields
+            ]
+            return (
+                K.select(*columns)
+                .join(C, pw.JOIN.LEFT_OUTER, on=(C.id == param(1)))
+                .join(P, pw.JOIN.LEFT_OUTER, on=(P.id == C.project_id))
+                .where(K.key_hash == param(0))
+                .order_by(K.created_at, K.id)
+                .limit(1)
+            )
+
+        cursor = self._run("get_credentials", build, [key_hash, connector_id or ""])
+        row = cursor.fetchone()
+        if row is None:
+            return None, None, None
+        values = dict(zip((d[0] for d in cursor.description), row, strict=True))
+
+        def record(prefix: str, model: type[pw.Model], cls: type[T]) -> T | None:
+            if values[prefix + "id"] is None:
+                return None
+            fields = model._meta.sorted_fields
+            return _record(
+                cls, {f.name: f.python_value(values[prefix + f.column_name]) for f in fields}
+            )
+
+        key, connector, project = (record(prefix, model, cls) for prefix, model, cls in parts)
+        return key, connector, project
 
     def get_api_key(self, key_id: str) -> ApiKey | None:
         K = self._m.ApiKey
-        row = self._first(K.select().where(K.id == key_id))
+        row = self._by(K, "id", key_id)
         return _record(ApiKey, row) if row else None
 
     def revoke_api_key(self, key_id: str, at: datetime) -> bool:
@@ -708,7 +839,7 @@ class PeeweeStore(Store):
 
     def get_project(self, project_id: str) -> Project | None:
         P = self._m.Project
-        row = self._first(P.select().where(P.id == project_id))
+        row = self._by(P, "id", project_id)
         return _record(Project, row) if row else None
 
     def update_project(self, project_id: str, **fields: Any) -> Project:
@@ -736,15 +867,21 @@ class PeeweeStore(Store):
 
     def get_sender(self, address: str) -> Sender | None:
         S = self._m.Sender
-        row = self._first(S.select().where(S.address == address))
+        row = self._by(S, "address", address)
         return _record(Sender, row) if row else None
 
     def list_senders(self, project_id: str, environment: str | None = None) -> list[Sender]:
         S = self._m.Sender
-        query = S.select().where(S.project_id == project_id)
-        if environment is not None:
-            query = query.where(S.environment == environment)
-        return [_record(Sender, row) for row in query.order_by(S.created_at, S.address).dicts()]
+
+        def build(param: Callable[[int], pw.Value]) -> Any:
+            query = S.select().where(S.project_id == param(0))
+            if environment is not None:
+                query = query.where(S.environment == param(1))
+            return query.order_by(S.created_at, S.address)
+
+        key = ("list_senders", environment is not None)
+        args = [project_id] if environment is None else [project_id, environment]
+        return [_record(Sender, row) for row in self._rows(key, build, args, S)]
 
     def update_sender(self, address: str, **fields: Any) -> Sender:
         S = self._m.Sender
@@ -774,7 +911,7 @@ class PeeweeStore(Store):
 
     def get_connector(self, connector_id: str) -> Connector | None:
         C = self._m.Connector
-        row = self._first(C.select().where(C.id == connector_id))
+        row = self._by(C, "id", connector_id)
         return _record(Connector, row) if row else None
 
     # -- sessions ---------------------------------------------------------------------------------
@@ -789,24 +926,28 @@ class PeeweeStore(Store):
 
     def get_session(self, session_id: str) -> Session | None:
         S = self._m.Session
-        row = self._first(S.select().where(S.id == session_id))
+        row = self._by(S, "id", session_id)
         return _record(Session, row) if row else None
 
     def find_open_session(
         self, project_id: str, user_number: str, agent_number: str
     ) -> Session | None:
         S = self._m.Session
-        query = (
-            S.select()
-            .where(
-                (S.project_id == project_id)
-                & (S.user_number == user_number)
-                & (S.agent_number == agent_number)
-                & (S.state != CLOSED)
+
+        def build(param: Callable[[int], pw.Value]) -> Any:
+            return (
+                S.select()
+                .where(
+                    (S.project_id == param(0))
+                    & (S.user_number == param(1))
+                    & (S.agent_number == param(2))
+                    & (S.state != CLOSED)
+                )
+                .order_by(S.seq.desc())
+                .limit(1)
             )
-            .order_by(S.seq.desc())
-        )
-        row = self._first(query)
+
+        row = self._row("find_open_session", build, [project_id, user_number, agent_number], S)
         return _record(Session, row) if row else None
 
     def update_session(self, session_id: str, expected_version: int, **fields: Any) -> Session:
@@ -819,7 +960,16 @@ class PeeweeStore(Store):
         cas = S.update(changes).where((S.id == session_id) & (S.version == expected_version))
         if self._db.returning_clause:
             # PostgreSQL: the update returns the new row, one statement and no transaction.
-            row = self._atomically(lambda: self._updated_row(cas, S), one_statement=True)
+            row = self._atomically(
+                lambda: self._updated_row(
+                    "update_session",
+                    S,
+                    changes,
+                    lambda param: (S.id == param(0)) & (S.version == param(1)),
+                    [session_id, expected_version],
+                ),
+                one_statement=True,
+            )
             if row is not None:
                 return _record(Session, row)
             current = self._first(S.select(S.version).where(S.id == session_id))
@@ -887,16 +1037,20 @@ class PeeweeStore(Store):
 
     def last_agent_number(self, project_id: str, environment: str, user_number: str) -> str | None:
         S = self._m.Session
-        query = (
-            S.select(S.agent_number)
-            .where(
-                (S.project_id == project_id)
-                & (S.environment == environment)
-                & (S.user_number == user_number)
+
+        def build(param: Callable[[int], pw.Value]) -> Any:
+            return (
+                S.select(S.agent_number)
+                .where(
+                    (S.project_id == param(0))
+                    & (S.environment == param(1))
+                    & (S.user_number == param(2))
+                )
+                .order_by(S.seq.desc())
+                .limit(1)
             )
-            .order_by(S.seq.desc())
-        )
-        row = self._first(query)
+
+        row = self._row("last_agent_number", build, [project_id, environment, user_number], S)
         return row["agent_number"] if row else None
 
     # -- messages ---------------------------------------------------------------------------------
@@ -910,12 +1064,12 @@ class PeeweeStore(Store):
 
     def get_message(self, message_id: str) -> Message | None:
         M = self._m.Message
-        row = self._first(M.select().where(M.id == message_id))
+        row = self._by(M, "id", message_id)
         return _record(Message, row) if row else None
 
     def get_message_by_sid(self, twilio_sid: str) -> Message | None:
         M = self._m.Message
-        row = self._first(M.select().where(M.twilio_sid == twilio_sid).order_by(M.seq.desc()))
+        row = self._by(M, "twilio_sid", twilio_sid, order=(M.seq.desc(),))
         return _record(Message, row) if row else None
 
     def list_messages(self, session_id: str) -> list[Message]:
@@ -945,8 +1099,20 @@ class PeeweeStore(Store):
 
         if changes and self._db.returning_clause:
             # PostgreSQL: the update returns the new row, one statement and no transaction.
-            update = M.update(changes).where(condition)
-            row = self._atomically(lambda: self._updated_row(update, M), one_statement=True)
+            statuses = [] if expected_status is None else list(allowed)
+
+            def where(param: Callable[[int], pw.Value]) -> Any:
+                mine = M.id == param(0)
+                if statuses:
+                    mine &= M.status.in_([param(1 + i) for i in range(len(statuses))])
+                return mine
+
+            row = self._atomically(
+                lambda: self._updated_row(
+                    ("update_message", len(statuses)), M, changes, where, [message_id, *statuses]
+                ),
+                one_statement=True,
+            )
         else:
             row = self._atomically(work)
         return _record(Message, row) if row else None
@@ -971,8 +1137,12 @@ class PeeweeStore(Store):
 
     def list_status_events(self, twilio_sid: str) -> list[StatusEvent]:
         E = self._m.StatusEvent
-        query = E.select().where(E.twilio_sid == twilio_sid).order_by(E.received_at, E.seq)
-        return [_record(StatusEvent, row) for row in query.dicts()]
+
+        def build(param: Callable[[int], pw.Value]) -> Any:
+            return E.select().where(E.twilio_sid == param(0)).order_by(E.received_at, E.seq)
+
+        rows = self._rows("list_status_events", build, [twilio_sid], E)
+        return [_record(StatusEvent, row) for row in rows]
 
     def claim_inbound(self, message_sid: str, at: datetime) -> bool:
         # The primary key on message_sid lets exactly one insert through, in any process.
@@ -1088,9 +1258,12 @@ class PeeweeStore(Store):
 
     def is_opted_out(self, recipient: str, sender: str) -> bool:
         O_ = self._m.OptOut
-        row = self._first(
-            O_.select(O_.opted_out).where((O_.recipient == recipient) & (O_.sender == sender))
-        )
+
+        def build(param: Callable[[int], pw.Value]) -> Any:
+            pair = (O_.recipient == param(0)) & (O_.sender == param(1))
+            return O_.select(O_.opted_out).where(pair).limit(1)
+
+        row = self._row("is_opted_out", build, [recipient, sender], O_)
         return bool(row and row["opted_out"])
 
     def opt_out_history(
@@ -1107,14 +1280,22 @@ class PeeweeStore(Store):
         self, project_id: str, environment: str, day: date, name: str, amount: int = 1
     ) -> None:
         M = self._m.Metric
+
         # One upsert statement: the database adds to the stored value, no read-modify-write.
-        query = M.insert(
-            project_id=project_id, environment=environment, day=day, name=name, value=amount
-        ).on_conflict(
-            update={M.value: M.value + amount},
-            **self._conflict_target(M.project_id, M.environment, M.day, M.name),
-        )
-        self._atomically(query.execute, one_statement=True)
+        def build(param: Callable[[int], pw.Value]) -> Any:
+            return M.insert(
+                project_id=param(0),
+                environment=param(1),
+                day=param(2),
+                name=param(3),
+                value=param(4),
+            ).on_conflict(
+                update={M.value: M.value + param(5)},
+                **self._conflict_target(M.project_id, M.environment, M.day, M.name),
+            )
+
+        args = [project_id, environment, M.day.db_value(day), name, amount, amount]
+        self._atomically(lambda: self._run("incr_metric", build, args), one_statement=True)
 
     def get_metrics(
         self, project_id: str, environment: str, start: date, end: date
@@ -1152,7 +1333,10 @@ class PeeweeStore(Store):
 
     def blocked_until(self, project_id: str, number: str) -> datetime | None:
         B = self._m.NumberBlock
-        row = self._first(
-            B.select(B.blocked_until).where((B.project_id == project_id) & (B.number == number))
-        )
+
+        def build(param: Callable[[int], pw.Value]) -> Any:
+            pair = (B.project_id == param(0)) & (B.number == param(1))
+            return B.select(B.blocked_until).where(pair).limit(1)
+
+        row = self._row("blocked_until", build, [project_id, number], B)
         return row["blocked_until"] if row else None

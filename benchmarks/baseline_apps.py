@@ -225,7 +225,9 @@ def inbound_app() -> Flask:
                 "engaged = TRUE, state = 'active', version = version + 1 WHERE id = %s",
                 (now, now + IDLE, session_id),
             )
-        res.queue.enqueue("flask_polysms.jobs.run_job", "agent", session_id, message_id, result_ttl=0)
+        res.queue.enqueue(
+            "flask_polysms.jobs.run_job", "agent", session_id, message_id, result_ttl=0
+        )
         return Response(EMPTY_TWIML, mimetype="text/xml")
 
     return app

@@ -328,3 +328,17 @@ def median(values: list[float]) -> float:
 
 def ratio(ours: float, baseline: float) -> float | None:
     return round(ours / baseline, 3) if baseline else None
+
+
+def ratio_of_rounds(runs: dict[str, list[dict]], ours: str, baseline: str) -> float:
+    """The median over rounds of ours/baseline requests per second (each round ran both)."""
+    return round(
+        median(
+            [
+                a["requests_per_s"] / b["requests_per_s"]
+                for a, b in zip(runs[ours], runs[baseline], strict=True)
+                if b["requests_per_s"]
+            ]
+        ),
+        3,
+    )

@@ -134,6 +134,10 @@ def worker(simple: bool, burst: bool) -> None:
     # Never carry a database connection across the fork of a work-horse (PITFALLS): pooled
     # idle ones included. SimpleWorker jobs then share one pooled connection, job after job.
     state.store.disconnect()
+    if not simple:
+        from .jobs import preload
+
+        preload()  # once here, not once per work horse (~0.5 s each)
     worker_class = SimpleWorker if simple else Worker
     w = worker_class([state.scheduler.queue], connection=state.scheduler.connection)
     w.work(with_scheduler=True, burst=burst)

@@ -37,6 +37,16 @@ def _handlers() -> dict[str, Any]:
     }
 
 
+def preload() -> None:
+    """Import what jobs use, ahead of them. A forking worker starts a work horse per job from its
+    own process: what the worker imported, each horse has; the rest each horse imports again."""
+    _handlers()
+    try:  # the twilio client loads its Messages API lazily, on the first send
+        import twilio.rest.api.v2010.account.message  # noqa: F401
+    except ImportError:
+        pass
+
+
 def run_job_in_app(app: Flask, name: str, *args: Any) -> Any:
     """Run the named job with ``app``'s state, in its app context, with a store connection."""
     from .extension import get_state

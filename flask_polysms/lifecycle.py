@@ -29,6 +29,7 @@ from .records import (
     new_id,
 )
 from .store import StaleVersion
+from .units import unit_of_work
 
 if TYPE_CHECKING:
     from .extension import PolySMSState
@@ -133,17 +134,29 @@ def note_activity(
     return session
 
 
-def timer_job(state: PolySMSState, session_id: str) -> bool:
-    """Wake a session: fire its deadline if due, else sleep until it. True when it fired."""
+def timer_job(state: PolySMSState, session_id: str, session: Session | None = None) -> bool:
+    """Wake a session: fire its deadline if due, else sleep until it. True when it fired.
+
+    One transaction for the transition and the message it queues; the jobs leave after it.
+    ``session``: the session as just read, if the caller has it (the sweep does).
+    """
+    return unit_of_work(state, lambda: _wake(state, session_id, session))
+
+
+def _wake(state: PolySMSState, session_id: str, current: Session | None) -> bool:
     now = utcnow()
     fired: dict[str, Any] = {}
-    current = state.store.get_session(session_id)
-    newest = (
-        state.store.find_open_session(current.project_id, current.user_number, current.agent_number)
-        if current is not None
-        else None
-    )
-    superseded = newest is not None and newest.id != session_id
+    checked: list[bool] = []
+
+    def is_superseded(session: Session) -> bool:
+        # Asked only when the deadline is due, once: is a newer session of the same user and
+        # number open?
+        if not checked:
+            newest = state.store.find_open_session(
+                session.project_id, session.user_number, session.agent_number
+            )
+            checked.append(newest is not None and newest.id != session_id)
+        return checked[0]
 
     def change(session: Session) -> dict[str, Any] | None:
         fired.clear()
@@ -156,7 +169,7 @@ def timer_job(state: PolySMSState, session_id: str) -> bool:
                 return None
             fired["sleep"] = session.deadline_at
             return {"wake_at": session.deadline_at}
-        if superseded:
+        if is_superseded(session):
             # A newer session of the same user and number carries the conversation now: this one
             # ends quietly instead of warning a user who is talking in the other.
             fired["close"] = session
@@ -188,9 +201,10 @@ def timer_job(state: PolySMSState, session_id: str) -> bool:
             "wake_at": None,
         }
 
-    session, changed = update_with_retry(state, session_id, change)
+    session, changed = update_with_retry(state, session_id, change, current)
     if not changed or session is None:
         return False
+    superseded = bool(checked and checked[0])
     if "sleep" in fired:
         _schedule_wake(state, session_id, fired["sleep"])
         return False
@@ -279,7 +293,7 @@ def sweep(state: PolySMSState) -> int:
     """
     fired = 0
     for session in state.store.due_sessions(utcnow()):
-        if timer_job(state, session.id):
+        if timer_job(state, session.id, session):
             fired += 1
     reap_stuck_messages(state)
     return fired

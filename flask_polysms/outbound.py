@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from .errors import InvalidInput, NotFoundError
 from .lifecycle import new_session
 from .phone import region_of
-from .records import Message, Session
+from .records import Message, Sender, Session
 from .sender_facts import guard_error, two_way_supported
 from .senders import guard_enabled
 from .sending import queue_message
@@ -21,31 +21,34 @@ if TYPE_CHECKING:
 
 def choose_agent_number(
     state: PolySMSState, tenant: Tenant, user_number: str, requested: str | None
-) -> str:
+) -> Sender:
     """The sender for a new outbound conversation (DESIGN §3.1, number selection)."""
-    numbers = [
-        s.address
+    senders = {
+        s.address: s
         for s in state.store.list_senders(tenant.project_id, tenant.environment)
         if s.kind == "number"
-    ]
+    }
+    numbers = list(senders)
     if requested is not None:
-        if requested not in numbers:
+        if requested not in senders:
             raise InvalidInput(
                 f"agent_number {requested} is not provisioned for this project's "
                 f"{tenant.environment} environment",
                 errors={"agent_number": ["not a provisioned number for this environment"]},
             )
-        return requested
+        return senders[requested]
     if not numbers:
         raise NotFoundError(
             f"no numbers are provisioned for this project's {tenant.environment} environment"
         )
+    if len(numbers) == 1:
+        return senders[numbers[0]]
     # Keep talking to the user from the number they already know.
     previous = state.store.last_agent_number(tenant.project_id, tenant.environment, user_number)
-    if previous in numbers:
-        return previous
+    if previous in senders:
+        return senders[previous]
     # Otherwise spread users across numbers; a stable hash keeps one user on one number.
-    return numbers[zlib.crc32(user_number.encode()) % len(numbers)]
+    return senders[numbers[zlib.crc32(user_number.encode()) % len(numbers)]]
 
 
 def start_outbound(
@@ -56,9 +59,10 @@ def start_outbound(
     agent_number: str | None = None,
 ) -> tuple[Session, Message]:
     """Open a session whose greeting is ``text`` and queue it for sending."""
-    chosen = choose_agent_number(state, tenant, user_number, agent_number)
+    sender = choose_agent_number(state, tenant, user_number, agent_number)
+    chosen = sender.address
     if guard_enabled(state, tenant.project):
-        problem = guard_error(state.store.get_sender(chosen))
+        problem = guard_error(sender)
         if problem:
             raise InvalidInput(problem)
     metadata = None
@@ -88,4 +92,6 @@ def start_outbound(
     # One commit for the session, its greeting and the counter; the send job and the wake-up
     # leave together after it.
     session, message = unit_of_work(state, open_and_queue)
-    return session, state.store.get_message(message.id) or message
+    if state.scheduler.inline:  # the send job has run already: answer with its outcome
+        message = state.store.get_message(message.id) or message
+    return session, message

@@ -31,6 +31,9 @@ log = logging.getLogger("flask_polysms.scheduler")
 class Scheduler(ABC):
     """Runs named jobs now (``enqueue``) or later (``enqueue_at``)."""
 
+    #: Whether ``enqueue`` runs the job before it returns (so its outcome can be read at once).
+    inline = False
+
     def __init__(self, app: Flask) -> None:
         # The app object is needed to push a context around each job; the scheduler lives in the
         # app's extension state, so this is one app per scheduler.
@@ -107,6 +110,8 @@ class Scheduler(ABC):
 
 class ManualScheduler(Scheduler):
     """Deterministic scheduler for tests: immediate jobs inline, timed jobs on ``run_due``."""
+
+    inline = True
 
     def __init__(self, app: Flask) -> None:
         super().__init__(app)

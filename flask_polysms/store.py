@@ -121,6 +121,19 @@ class Store(ABC):
     @abstractmethod
     def get_api_key(self, key_id: str) -> ApiKey | None: ...
 
+    def get_credentials(
+        self, key_hash: str, connector_id: str | None
+    ) -> tuple[ApiKey | None, Connector | None, Project | None]:
+        """What one authenticated request needs: the API key with this hash and, when the key
+        exists, the connector and the connector's project (None where absent). A backend may
+        answer in one round trip; this default asks the getters."""
+        key = self.get_api_key_by_hash(key_hash)
+        if key is None or not connector_id:
+            return key, None, None
+        connector = self.get_connector(connector_id)
+        project = self.get_project(connector.project_id) if connector is not None else None
+        return key, connector, project
+
     @abstractmethod
     def revoke_api_key(self, key_id: str, at: datetime) -> bool:
         """Mark a key revoked; False when unknown or revoked already."""

@@ -43,15 +43,14 @@ def authenticate(store: Store, api_key: str | None, connector_id: str | None) ->
     if not api_key:
         raise Unauthorized(f"missing {AUTH_HEADER} header")
     # Looked up by hash: the comparison happens on a digest inside the store's index, not in Python.
-    key = store.get_api_key_by_hash(hash_api_key(api_key))
+    # Key, connector and project come together (one round trip on the database backends).
+    key, connector, project = store.get_credentials(hash_api_key(api_key), connector_id)
     if key is None or key.revoked_at is not None:
         raise Unauthorized(f"invalid {AUTH_HEADER}")
     if not connector_id:
         raise NotFoundError(f"missing {CONNECTOR_HEADER} header: no connector named")
-    connector = store.get_connector(connector_id)
     if connector is None:
         raise NotFoundError("connector not found")
-    project = store.get_project(connector.project_id)
     if project is None:
         raise NotFoundError("connector not found")
     if project.account_id != key.account_id:

@@ -11,6 +11,7 @@ from functools import wraps
 from typing import TYPE_CHECKING
 
 import marshmallow as ma
+from apispec import BasePlugin
 from flask import g, jsonify, request
 from flask_limiter import Limiter, RateLimitExceeded
 from flask_smorest import Api
@@ -108,7 +109,9 @@ def handle_polysms_error(error: PolySMSError):
 
 def handle_http_error(error: HTTPException):
     if isinstance(error, RateLimitExceeded):
-        retry_after = getattr(error, "retry_after", None)
+        # The window's length: the count starts again within it. (Computed here, on the 429 path
+        # only: flask-limiter's own headers cost a Redis round trip on every response.)
+        retry_after = getattr(error, "retry_after", None) or error.limit.limit.get_expiry()
         return error_response(
             429,
             f"rate limit exceeded for this project ({error.description}); retry later",
@@ -227,6 +230,51 @@ AUTH_PARAMETERS = [
 ]
 
 
+class CommonErrorResponses(BasePlugin):
+    """Document, on every operation, the errors every route can answer, where the route's own
+    decorators did not: so a client (or a fuzzer) finds each status it can get in the document.
+
+    Every route: 400 (e.g. NUL characters), 413 (body cap), 503 (database unavailable).
+    Authenticated routes: 401, 403 and 404 (the API key and connector rules of DESIGN section 3.1).
+    """
+
+    EVERY_ROUTE = {
+        "400": "invalid input",
+        "413": "request body over the size cap",
+        "503": "the database is unavailable; retry (see Retry-After)",
+    }
+    AUTHENTICATED = {
+        "401": "missing or invalid API key",
+        "403": "the API key's account is not the connector's",
+        "404": "unknown connector, or no such resource in this project",
+    }
+
+    _path_parameters: frozenset = frozenset()
+
+    def path_helper(self, path=None, operations=None, parameters=None, **kwargs) -> None:
+        # Called just before operation_helper for the same path: its parameters (the auth
+        # headers of routes declaring them with ``@blp.route(parameters=...)``) apply to each
+        # operation of the path.
+        self._path_parameters = frozenset(
+            p.get("name") for p in (parameters or []) if isinstance(p, dict)
+        )
+
+    def operation_helper(self, path=None, operations=None, **kwargs) -> None:
+        error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+        for operation in (operations or {}).values():
+            if not isinstance(operation, dict) or "responses" not in operation:
+                continue
+            names = {p.get("name") for p in operation.get("parameters", []) if isinstance(p, dict)}
+            names |= self._path_parameters
+            extra = dict(self.EVERY_ROUTE)
+            if AUTH_HEADER in names:
+                extra.update(self.AUTHENTICATED)
+            for status, description in extra.items():
+                operation["responses"].setdefault(
+                    status, {"description": description, "content": error}
+                )
+
+
 def register_api(app: Flask, state: PolySMSState) -> None:
     """Mount every blueprint on ``app`` and serve the OpenAPI document and its browsable view."""
     from . import conversations, metrics, outbound, senders, templates, webhooks
@@ -251,14 +299,15 @@ def register_api(app: Flask, state: PolySMSState) -> None:
                     "ApiKey": {"type": "apiKey", "in": "header", "name": AUTH_HEADER},
                     "Connector": {"type": "apiKey", "in": "header", "name": CONNECTOR_HEADER},
                 }
-            }
+            },
+            "extra_plugins": [CommonErrorResponses()],
         },
     )
     state.limiter = Limiter(
         key_func=project_rate_key,
         app=app,
         storage_uri=state.settings.rate_limit_storage_url,
-        headers_enabled=True,
+        headers_enabled=False,
         default_limits=[],
         key_prefix="polysms",
     )

@@ -1,0 +1,230 @@
+"""Worker send throughput through the Twilio emulator, beside RQ's own no-op job rate.
+
+    python benchmarks/bench_worker.py [--messages 1500] [--noop-jobs 3000] [--rounds 2]
+
+Each measurement is one worker process, started the way ``flask polysms worker --burst`` starts
+it (the CLI command itself, in a child process that times it), draining a queue filled
+beforehand:
+
+- ``noop``: RQ's cheapest job (``baseline_apps.noop_job``) with the same worker class, with its
+  scheduler on, as ``flask polysms worker`` runs it: the ceiling of RQ on this machine;
+- ``sends``: flask-polysms send jobs, one per queued message: re-check the opt-out, read the
+  project and sender, call Twilio (the real ``twilio`` client against the emulator, a separate
+  process) and record ``sent`` and the SID.
+
+Both classes: ``SimpleWorker`` (the default of ``flask polysms worker``) and the forking
+``Worker`` (``--fork``), the latter with fewer jobs. Rounds alternate; ratios are medians of the
+rounds' ratios. Prints JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import (  # noqa: E402
+    HERE,
+    PG_URL,
+    QUEUE,
+    REDIS_URL,
+    emit,
+    emulator,
+    log,
+    machine,
+    median,
+    reset_services,
+)
+
+ACCOUNT_SID = "AC" + "b" * 32
+AUTH_TOKEN = "bench-twilio-auth-token"
+AGENT_NUMBER = "+14155550100"
+
+
+def work(kind: str, simple: bool) -> dict:
+    """In a child process: drain the queue with one worker; returns what it did and how fast."""
+    env = {**os.environ, "PYTHONPATH": str(HERE)}
+    command = [sys.executable, __file__, "--child", kind, "--simple" if simple else "--fork"]
+    out = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    if out.returncode != 0:
+        raise RuntimeError(f"worker child failed:\n{out.stdout}\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def child(kind: str, simple: bool) -> None:
+    """The worker process: ``flask polysms worker --burst`` for sends, a bare RQ worker of the
+    same class (scheduler on) for no-op jobs; timed from inside."""
+    from redis import Redis
+    from rq import Queue, SimpleWorker, Worker
+
+    queue = Queue(QUEUE, connection=Redis.from_url(REDIS_URL))
+    jobs = queue.count
+    if kind == "noop":
+        import baseline_apps  # noqa: F401 - the job's module, loaded once (as the CLI preloads)
+
+        worker_class = SimpleWorker if simple else Worker
+        worker = worker_class([queue], connection=queue.connection)
+        started = time.perf_counter()
+        worker.work(burst=True, with_scheduler=True)  # RQ's default logging, as the CLI's
+        elapsed = time.perf_counter() - started
+    else:
+        import polysms_app
+
+        app = polysms_app.create_app()
+        runner = app.test_cli_runner()
+        started = time.perf_counter()
+        result = runner.invoke(
+            args=["polysms", "worker", "--burst", "--simple" if simple else "--fork"]
+        )
+        elapsed = time.perf_counter() - started
+        if result.exit_code != 0:
+            raise SystemExit(f"worker failed: {result.output}\n{result.exception!r}")
+    print(json.dumps({"jobs": jobs, "seconds": elapsed, "jobs_per_s": jobs / elapsed}))
+
+
+def fill_noop(n: int) -> None:
+    from redis import Redis
+    from rq import Queue
+
+    queue = Queue(QUEUE, connection=Redis.from_url(REDIS_URL))
+    with queue.connection.pipeline() as pipe:
+        for i in range(n):
+            queue.enqueue("baseline_apps.noop_job", i, result_ttl=0, pipeline=pipe)
+        pipe.execute()
+
+
+def fill_sends(app, tenant, n: int, first_user: int) -> list[str]:
+    """``n`` messages queued through the one send path (rows first, then their jobs)."""
+    from flask_polysms.extension import get_state
+    from flask_polysms.sending import queue_message
+    from flask_polysms.units import unit_of_work
+
+    ids = []
+    with app.app_context():
+        state = get_state(app)
+
+        def queue_all() -> None:
+            for i in range(n):
+                message = queue_message(
+                    state,
+                    project_id=tenant.project_id,
+                    environment="live",
+                    session=None,
+                    kind="agent",
+                    body="Your appointment is confirmed for tomorrow at 10.",
+                    to=f"+1415{first_user + i:07d}",
+                    sender=AGENT_NUMBER,
+                )
+                ids.append(message.id)
+
+        unit_of_work(state, queue_all)
+    return ids
+
+
+def count_sent(app, ids: list[str]) -> dict[str, int]:
+    from flask_polysms.extension import get_state
+
+    statuses: dict[str, int] = {}
+    with app.app_context():
+        store = get_state(app).store
+        for message_id in ids:
+            status = store.get_message(message_id).status
+            statuses[status] = statuses.get(status, 0) + 1
+    return statuses
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--messages", type=int, default=1500, help="send jobs per SimpleWorker run")
+    parser.add_argument(
+        "--noop-jobs", type=int, default=3000, help="no-op jobs per SimpleWorker run"
+    )
+    parser.add_argument("--fork-jobs", type=int, default=300, help="jobs per forking Worker run")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--child", choices=["noop", "sends"], help=argparse.SUPPRESS)
+    parser.add_argument("--simple", dest="simple", action="store_true", default=True)
+    parser.add_argument("--fork", dest="simple", action="store_false")
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, args.simple)
+        return
+
+    import polysms_app
+
+    from flask_polysms.testing import provision
+
+    result: dict = {"benchmark": "worker", "machine": machine()}
+    log("resetting the benchmark database and Redis")
+    reset_services()
+    with emulator(ACCOUNT_SID, AUTH_TOKEN) as base_url:
+        os.environ["POLYSMS_BENCH_TWILIO_BASE_URL"] = base_url
+        app = polysms_app.create_app()
+        tenant = provision(
+            app,
+            numbers=(AGENT_NUMBER,),
+            twilio_account_sid=ACCOUNT_SID,
+            twilio_auth_token=AUTH_TOKEN,
+        )
+        users = iter(range(2_000_000, 9_000_000, 100_000))
+        runs: dict[str, list[dict]] = {}
+        plan = [
+            ("simple", True, args.noop_jobs, args.messages),
+            ("fork", False, args.fork_jobs, args.fork_jobs),
+        ]
+        # Warm-up: imports, the pool's first connection, the emulator's first client.
+        fill_sends(app, tenant, 50, next(users))
+        work("sends", True)
+        for label, simple, noop_jobs, sends in plan:
+            rounds = args.rounds if simple else 1
+            for round_no in range(rounds):
+                fill_noop(noop_jobs)
+                noop = work("noop", simple)
+                ids = fill_sends(app, tenant, sends, next(users))
+                done = work("sends", simple)
+                done["statuses"] = count_sent(app, ids)
+                log(
+                    f"{label} round {round_no + 1}: no-op {noop['jobs_per_s']:.1f} jobs/s, "
+                    f"sends {done['jobs_per_s']:.1f} messages/s {done['statuses']}"
+                )
+                runs.setdefault(f"{label}_noop", []).append(noop)
+                runs.setdefault(f"{label}_sends", []).append(done)
+
+    def summary(label: str) -> dict:
+        noop = runs[f"{label}_noop"]
+        sends = runs[f"{label}_sends"]
+        ratios = [s["jobs_per_s"] / n["jobs_per_s"] for s, n in zip(sends, noop, strict=True)]
+        return {
+            "noop_jobs_per_s": round(median([r["jobs_per_s"] for r in noop]), 1),
+            "sends_per_s": round(median([r["jobs_per_s"] for r in sends]), 1),
+            "ratio_to_noop": round(median(ratios), 3),
+        }
+
+    simple, fork = summary("simple"), summary("fork")
+    result.update(
+        {
+            "command": "python benchmarks/bench_worker.py " + " ".join(sys.argv[1:]),
+            "storage": PG_URL,
+            "settings": {
+                "messages": args.messages,
+                "noop_jobs": args.noop_jobs,
+                "fork_jobs": args.fork_jobs,
+                "rounds": args.rounds,
+            },
+            "simple_worker": simple,
+            "forking_worker": fork,
+            "simple_over_fork_sends": round(simple["sends_per_s"] / fork["sends_per_s"], 2),
+            "runs": runs,
+            "targets": {"sends_at_least_0.6_of_noop": simple["ratio_to_noop"] >= 0.6},
+        }
+    )
+    emit(result)
+
+
+if __name__ == "__main__":
+    main()
