@@ -10,8 +10,11 @@ from typing import Any
 from flask_polysms.clock import utcnow
 from flask_polysms.records import (
     CLOSED,
+    INBOUND,
     OUTBOUND,
+    PROCESSING,
     QUEUED,
+    RECEIVED,
     SENDING,
     Account,
     ApiKey,
@@ -344,8 +347,10 @@ class MemoryStore(Store):
             stuck = [
                 m
                 for m in self._messages.values()
-                if m.direction == OUTBOUND
-                and m.status in (QUEUED, SENDING)
+                if (
+                    (m.direction == OUTBOUND and m.status in (QUEUED, SENDING))
+                    or (m.direction == INBOUND and m.status in (RECEIVED, PROCESSING))
+                )
                 and m.updated_at < older_than
             ]
             stuck.sort(key=lambda m: m.updated_at)

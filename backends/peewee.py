@@ -33,8 +33,11 @@ from playhouse.pool import PooledDatabase
 from flask_polysms.clock import as_utc, utcnow
 from flask_polysms.records import (
     CLOSED,
+    INBOUND,
     OUTBOUND,
+    PROCESSING,
     QUEUED,
+    RECEIVED,
     SENDING,
     Account,
     ApiKey,
@@ -1122,9 +1125,11 @@ class PeeweeStore(Store):
         query = (
             M.select()
             .where(
-                M.status.in_([QUEUED, SENDING])
+                (
+                    (M.status.in_([QUEUED, SENDING]) & (M.direction == OUTBOUND))
+                    | (M.status.in_([RECEIVED, PROCESSING]) & (M.direction == INBOUND))
+                )
                 & (M.updated_at < older_than)
-                & (M.direction == OUTBOUND)
             )
             .order_by(M.updated_at, M.seq)
             .limit(limit)

@@ -16,7 +16,18 @@ from .clock import utcnow
 from .keywords import DEFAULT_REPLIES, classify
 from .lifecycle import new_session, note_activity
 from .metrics import count
-from .records import DROPPED, INBOUND, RECEIVED, Message, Project, Sender, StatusEvent, new_id
+from .records import (
+    DROPPED,
+    HANDLED,
+    INBOUND,
+    PROCESSING,
+    RECEIVED,
+    Message,
+    Project,
+    Sender,
+    StatusEvent,
+    new_id,
+)
 from .segments import count_segments
 from .sending import apply_status, queue_message
 from .units import unit_of_work
@@ -148,6 +159,7 @@ def _handle_inbound(
             body=body,
             message_sid=message_sid,
             kind="compliance",
+            status=HANDLED,  # answered right here: never the agent's
         )
         if keyword in ("STOP", "START"):
             store.set_opt_out(
@@ -219,13 +231,31 @@ def _handle_inbound(
 
 
 def agent_job(state: PolySMSState, session_id: str, message_id: str) -> bool:
-    """Run the host app's agent on one user message and send its reply from the session's number."""
+    """Run the host app's agent on one user message and send its reply from the session's number.
+
+    The message is claimed (``received`` -> ``processing``) so a job run twice answers once, and
+    marked ``handled`` afterwards; one left behind by a lost job is run again by the sweep.
+    """
+    store = state.store
+    claimed = store.update_message(
+        message_id, expected_status=RECEIVED, status=PROCESSING, updated_at=utcnow()
+    )
+    if claimed is None:
+        return False
+    try:
+        return _run_agent(state, session_id, claimed)
+    finally:
+        store.update_message(
+            message_id, expected_status=PROCESSING, status=HANDLED, updated_at=utcnow()
+        )
+
+
+def _run_agent(state: PolySMSState, session_id: str, message: Message) -> bool:
     from .conversation import Conversation
 
     agent = state.agent
     session = state.store.get_session(session_id)
-    message = state.store.get_message(message_id)
-    if agent is None or session is None or message is None:
+    if agent is None or session is None:
         return False
     conv = Conversation(state, session)
     try:

@@ -20,7 +20,10 @@ from .records import (
     CLOSED,
     END_INACTIVITY,
     END_UNENGAGED,
+    INBOUND,
+    PROCESSING,
     QUEUED,
+    RECEIVED,
     SENDING,
     TIMER_GRACE,
     TIMER_IDLE,
@@ -270,6 +273,21 @@ def reap_stuck_messages(state: PolySMSState) -> int:
             due = message.updated_at + retry_delay(state, message.attempts)
             if due + state.settings.stuck_after > now:
                 continue
+        if message.direction == INBOUND:
+            # The agent's turn was lost (a Redis flush, a killed worker): run it again.
+            if message.status == PROCESSING and (
+                state.store.update_message(
+                    message.id, expected_status=PROCESSING, status=RECEIVED, updated_at=utcnow()
+                )
+                is None
+            ):
+                continue
+            if message.status == RECEIVED:
+                state.store.update_message(message.id, expected_status=RECEIVED, updated_at=now)
+            if message.session_id:
+                state.scheduler.enqueue("agent", message.session_id, message.id)
+                requeued += 1
+            continue
         if message.status == SENDING:
             # The worker died mid-send; at-least-once: send again rather than lose the message.
             if (

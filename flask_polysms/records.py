@@ -36,6 +36,9 @@ QUEUED, SENDING, SENT, DELIVERED, UNDELIVERED, FAILED = (
     "failed",
 )
 SUPPRESSED, RECEIVED, DROPPED = "suppressed", "received", "dropped"
+# Inbound messages on their way through the agent: received -> processing -> handled. One left
+# received/processing (a lost agent job, a killed worker) is found by the sweep and run again.
+PROCESSING, HANDLED = "processing", "handled"
 FINAL_STATUSES = frozenset({DELIVERED, UNDELIVERED, FAILED, SUPPRESSED})
 # Order of Twilio's outbound statuses: a callback never moves a message to a lower rank.
 STATUS_RANK = {

@@ -233,7 +233,8 @@ class Store(ABC):
 
     @abstractmethod
     def stuck_messages(self, older_than: datetime, limit: int = 500) -> list[Message]:
-        """Outbound messages still ``queued`` or ``sending`` last updated before ``older_than``."""
+        """Messages waiting for a job, last updated before ``older_than``: outbound ``queued`` or
+        ``sending``, inbound ``received`` or ``processing`` (the agent's turn)."""
 
     @abstractmethod
     def add_status_event(self, event: StatusEvent) -> bool:

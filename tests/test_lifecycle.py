@@ -358,3 +358,44 @@ def test_sweep_leaves_a_message_waiting_for_its_retry_alone(app, tenant, polysms
         clock.tick(timedelta(seconds=10))
         with app.app_context():
             assert reap_stuck_messages(state) == 1
+
+
+@pytest.mark.parametrize("left_as", ["received", "processing"])
+def test_sweep_runs_a_lost_agent_turn_again(app, tenant, phone, polysms, left_as):
+    """An agent job lost with Redis (received) or with a killed worker (processing) is run again
+    by the sweep once it is POLYSMS_STUCK_AFTER old; the user gets one answer."""
+    from flask_polysms.lifecycle import sweep
+
+    state = get_state(app)
+    with freeze_time(START) as clock:
+        conv = start_conversation(app, tenant)
+        phone.send("hello")
+        with app.app_context():
+            user_message = [m for m in state.store.list_messages(conv) if m.kind == "user"][0]
+            assert user_message.status == "handled"
+            state.store.update_message(user_message.id, status=left_as)  # the job was lost
+        answers = bodies(app, polysms).count("you said hello")
+        clock.tick(timedelta(minutes=4))
+        with app.app_context():
+            sweep(state)
+        assert bodies(app, polysms).count("you said hello") == answers
+        clock.tick(timedelta(minutes=2))
+        with app.app_context():
+            sweep(state)
+            assert state.store.get_message(user_message.id).status == "handled"
+        assert bodies(app, polysms).count("you said hello") == answers + 1
+        with app.app_context():
+            sweep(state)  # handled: nothing more
+        assert bodies(app, polysms).count("you said hello") == answers + 1
+
+
+def test_agent_job_run_twice_answers_once(app, tenant, phone, polysms):
+    from flask_polysms.inbound import agent_job
+
+    conv = start_conversation(app, tenant)
+    phone.send("hello")
+    state = get_state(app)
+    with app.app_context():
+        user_message = [m for m in state.store.list_messages(conv) if m.kind == "user"][0]
+        assert agent_job(state, conv, user_message.id) is False
+    assert bodies(app, polysms).count("you said hello") == 1

@@ -572,9 +572,9 @@ def test_the_whole_flow_through_the_emulator(make_emulated_sms, live_server):
     assert first["engaged"] is True
     assert [(m["kind"], m["direction"], m["status"]) for m in first["messages"]] == [
         ("greeting", "outbound", "delivered"),
-        ("user", "inbound", "received"),
+        ("user", "inbound", "handled"),
         ("agent", "outbound", "delivered"),
-        ("compliance", "inbound", "received"),
+        ("compliance", "inbound", "handled"),
         ("compliance", "outbound", "delivered"),
     ]
     assert suppressed["status"] == "suppressed"
@@ -583,7 +583,7 @@ def test_the_whole_flow_through_the_emulator(make_emulated_sms, live_server):
     assert second["engaged"] is False
     assert [(m["kind"], m["direction"], m["status"]) for m in second["messages"]] == [
         ("greeting", "outbound", "suppressed"),
-        ("compliance", "inbound", "received"),
+        ("compliance", "inbound", "handled"),
         ("compliance", "outbound", "delivered"),
     ]
     assert sms.conversation(again["conversation_id"])["messages"][0]["status"] == "delivered"
