@@ -58,9 +58,7 @@ def conversation_dict(session: Session, *, with_messages: bool = True) -> dict:
         "last_activity_at": session.last_activity_at,
         "closed_at": session.closed_at,
         "end_reason": session.end_reason,
-        "messages": [
-            {**message_dict(m), "drop_reason": m.drop_reason} for m in messages
-        ],
+        "messages": [{**message_dict(m), "drop_reason": m.drop_reason} for m in messages],
         "metadata": {"sms_sends": sends, "warnings": session.metadata.get("warnings", [])},
     }
 
