@@ -18,6 +18,7 @@ values must be JSON-serialisable and come back as JSON values (tuples become lis
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import re
 from collections.abc import Callable
@@ -481,8 +482,14 @@ def _is_retryable(exc: pw.OperationalError) -> bool:
     return bool(codes) and codes[0] in _RETRYABLE_MYSQL_CODES
 
 
+@functools.cache
+def _names(cls: type) -> tuple[tuple[str, str], ...]:
+    """(attribute, column) of each field of a record class (``dataclasses.fields`` is slow)."""
+    return tuple((f.name, _column(f.name)) for f in dataclasses.fields(cls))
+
+
 def _record(cls: type[T], row: dict[str, Any]) -> T:
-    return cls(**{f.name: row[_column(f.name)] for f in dataclasses.fields(cls)})
+    return cls(**{name: row[column] for name, column in _names(cls)})
 
 
 def _same(value: Any) -> Any:
@@ -490,7 +497,7 @@ def _same(value: Any) -> Any:
 
 
 def _values(record: Any) -> dict[str, Any]:
-    return {_column(f.name): getattr(record, f.name) for f in dataclasses.fields(record)}
+    return {column: getattr(record, name) for name, column in _names(type(record))}
 
 
 class PeeweeStore(Store):

@@ -34,6 +34,7 @@ from harness import (  # noqa: E402
     PG_URL,
     QUEUE,
     REDIS_URL,
+    cpu_seconds,
     emit,
     emulator,
     log,
@@ -162,7 +163,7 @@ def main() -> None:
     result: dict = {"benchmark": "worker", "machine": machine()}
     log("resetting the benchmark database and Redis")
     reset_services()
-    with emulator(ACCOUNT_SID, AUTH_TOKEN) as base_url:
+    with emulator(ACCOUNT_SID, AUTH_TOKEN) as (base_url, emulator_pid):
         os.environ["POLYSMS_BENCH_TWILIO_BASE_URL"] = base_url
         app = polysms_app.create_app()
         tenant = provision(
@@ -186,7 +187,10 @@ def main() -> None:
                 fill_noop(noop_jobs)
                 noop = work("noop", simple)
                 ids = fill_sends(app, tenant, sends, next(users))
+                emulator_cpu = cpu_seconds(emulator_pid)
                 done = work("sends", simple)
+                emulator_cpu = cpu_seconds(emulator_pid) - emulator_cpu
+                done["emulator_cpu_ms_per_send"] = round(emulator_cpu / sends * 1000, 2)
                 done["statuses"] = count_sent(app, ids)
                 log(
                     f"{label} round {round_no + 1}: no-op {noop['jobs_per_s']:.1f} jobs/s, "
@@ -202,6 +206,7 @@ def main() -> None:
         return {
             "noop_jobs_per_s": round(median([r["jobs_per_s"] for r in noop]), 1),
             "sends_per_s": round(median([r["jobs_per_s"] for r in sends]), 1),
+            "emulator_cpu_ms_per_send": median([r["emulator_cpu_ms_per_send"] for r in sends]),
             "ratio_to_noop": round(median(ratios), 3),
         }
 

@@ -167,9 +167,15 @@ def gunicorn(app_spec: str, env: dict[str, str] | None = None, workers: int = 2)
         _stop(process)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextmanager
-def emulator(account_sid: str, auth_token: str) -> Iterator[str]:
-    """The Twilio emulator in its own process; yields its base URL."""
+def emulator(account_sid: str, auth_token: str) -> Iterator[tuple[str, int]]:
+    """The Twilio emulator in its own process; yields its base URL and its pid."""
     port = free_port()
     process = subprocess.Popen(
         [
@@ -185,7 +191,7 @@ def emulator(account_sid: str, auth_token: str) -> Iterator[str]:
     )
     try:
         wait_for_port(port)
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", process.pid
     finally:
         _stop(process, signal.SIGINT)
 

@@ -139,7 +139,8 @@ def worker(simple: bool, burst: bool) -> None:
 
         preload()  # once here, not once per work horse (~0.5 s each)
     worker_class = SimpleWorker if simple else Worker
-    w = worker_class([state.scheduler.queue], connection=state.scheduler.connection)
+    queue = state.scheduler.queue
+    w = worker_class([queue], connection=state.scheduler.connection, serializer=queue.serializer)
     w.work(with_scheduler=True, burst=burst)
 
 

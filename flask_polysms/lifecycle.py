@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("flask_polysms.lifecycle")
 
 MAX_CAS_TRIES = 20
+SWEEP_BATCH = 50  # timers fired per transaction by the sweep
 
 
 def new_session(
@@ -310,9 +311,14 @@ def sweep(state: PolySMSState) -> int:
     Safe to run anywhere, any time, as often as wanted: timers are compare-and-set transitions.
     """
     fired = 0
-    for session in state.store.due_sessions(utcnow()):
-        if timer_job(state, session.id, session):
-            fired += 1
+    due = state.store.due_sessions(utcnow())
+    for start in range(0, len(due), SWEEP_BATCH):
+        batch = due[start : start + SWEEP_BATCH]
+        # A batch of timers in one transaction and one Redis round trip (each timer_job joins
+        # the unit): a backlog of due timers is fired several times faster than one by one.
+        fired += unit_of_work(
+            state, lambda batch=batch: sum(timer_job(state, s.id, s) for s in batch)
+        )
     reap_stuck_messages(state)
     return fired
 

@@ -51,7 +51,8 @@ def work(app: Flask) -> None:
     state = get_state(app)
     set_worker_app(app)
     try:
-        SimpleWorker([state.scheduler.queue], connection=state.scheduler.connection).work(
+        queue = state.scheduler.queue
+        SimpleWorker([queue], connection=queue.connection, serializer=queue.serializer).work(
             burst=True, with_scheduler=True
         )
     finally:
