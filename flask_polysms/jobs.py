@@ -32,7 +32,7 @@ def _handlers() -> dict[str, Any]:
     return {
         "send": sending.send_job,
         "agent": inbound.agent_job,
-        "timer": lifecycle.timer_job,
+        "timer": lifecycle.wake_job,
         "sweep": lifecycle.sweep,
     }
 

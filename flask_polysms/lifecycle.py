@@ -305,13 +305,25 @@ def reap_stuck_messages(state: PolySMSState) -> int:
     return requeued
 
 
-def sweep(state: PolySMSState) -> int:
-    """Fire every overdue deadline and re-queue stuck messages; returns the timers fired.
+# At most this many other due timers are fired by one wake-up job, so a job stays short.
+WAKE_DRAIN_LIMIT = 500
 
-    Safe to run anywhere, any time, as often as wanted: timers are compare-and-set transitions.
+
+def wake_job(state: PolySMSState, session_id: str) -> int:
+    """A scheduled wake-up: fire this session's timer; when it was due, also fire the other
+    timers due by now, in batches (returns how many fired).
+
+    Wake-ups come due in crowds (24 h after a campaign): the first one drains the crowd at batch
+    speed, and the others then find their session fired already and end at once.
     """
+    if not timer_job(state, session_id):
+        return 0
+    return 1 + _fire_due(state, limit=WAKE_DRAIN_LIMIT)
+
+
+def _fire_due(state: PolySMSState, limit: int = 500) -> int:
     fired = 0
-    due = state.store.due_sessions(utcnow())
+    due = state.store.due_sessions(utcnow(), limit=limit)
     for start in range(0, len(due), SWEEP_BATCH):
         batch = due[start : start + SWEEP_BATCH]
         # A batch of timers in one transaction and one Redis round trip (each timer_job joins
@@ -319,6 +331,15 @@ def sweep(state: PolySMSState) -> int:
         fired += unit_of_work(
             state, lambda batch=batch: sum(timer_job(state, s.id, s) for s in batch)
         )
+    return fired
+
+
+def sweep(state: PolySMSState) -> int:
+    """Fire every overdue deadline and re-queue stuck messages; returns the timers fired.
+
+    Safe to run anywhere, any time, as often as wanted: timers are compare-and-set transitions.
+    """
+    fired = _fire_due(state)
     reap_stuck_messages(state)
     return fired
 

@@ -146,8 +146,9 @@ class ManualScheduler(Scheduler):
                 key, (_, job, args) = due[0]
                 del self._timed[key]
             # A job may schedule again (even under the same id): it runs outside the lock.
-            if self._run(job, args) and job == "timer":
-                fired += 1
+            result = self._run(job, args)
+            if job == "timer":
+                fired += int(result or 0)
 
 
 class ThreadScheduler(Scheduler):

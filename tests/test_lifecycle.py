@@ -399,3 +399,27 @@ def test_agent_job_run_twice_answers_once(app, tenant, phone, polysms):
         user_message = [m for m in state.store.list_messages(conv) if m.kind == "user"][0]
         assert agent_job(state, conv, user_message.id) is False
     assert bodies(app, polysms).count("you said hello") == 1
+
+
+def test_one_wake_up_fires_every_timer_due_with_it(app, tenant, polysms):
+    """Wake-ups come due in crowds: the first drains them; the others find nothing left."""
+    from flask_polysms.lifecycle import wake_job
+
+    users = ["+14155552673", "+14155552674", "+14155552675"]
+    state = get_state(app)
+    with freeze_time(START) as clock:
+        convs = []
+        for user in users:
+            response = app.test_client().post(
+                "/v1/outbound-sms",
+                json={"user_number": user, "message": "Hi"},
+                headers=tenant.headers,
+            )
+            convs.append(response.json["conversation_id"])
+        clock.tick(timedelta(hours=24))
+        with app.app_context():
+            assert wake_job(state, convs[0]) == 3
+            assert [wake_job(state, c) for c in convs] == [0, 0, 0]
+        assert {session(app, c).end_reason for c in convs} == {"unengaged"}
+        # Through the scheduler: the wake-ups still waiting there fire nothing more.
+        assert fire(app, polysms) == 0
