@@ -82,6 +82,19 @@ def _schedule_wake(state: PolySMSState, session_id: str, when: datetime) -> None
     state.scheduler.enqueue_at(when, "timer", session_id, job_id=job_id)
 
 
+def _closed(now: datetime, reason: str, **extra: Any) -> dict[str, Any]:
+    """The fields of a session closing now: no deadline, no wake-up left."""
+    return {
+        "state": CLOSED,
+        "closed_at": now,
+        "end_reason": reason,
+        "deadline_at": None,
+        "timer_kind": None,
+        "wake_at": None,
+        **extra,
+    }
+
+
 def update_with_retry(
     state: PolySMSState,
     session_id: str,
@@ -177,15 +190,11 @@ def _wake(state: PolySMSState, session_id: str, current: Session | None) -> bool
             # A newer session of the same user and number carries the conversation now: this one
             # ends quietly instead of warning a user who is talking in the other.
             fired["close"] = session
-            return {
-                "state": CLOSED,
-                "closed_at": now,
-                "end_reason": END_INACTIVITY if session.engaged else END_UNENGAGED,
-                "deadline_at": None,
-                "timer_kind": None,
-                "wake_at": None,
-                "metadata": {**session.metadata, "superseded": True},
-            }
+            return _closed(
+                now,
+                END_INACTIVITY if session.engaged else END_UNENGAGED,
+                metadata={**session.metadata, "superseded": True},
+            )
         if session.timer_kind == TIMER_IDLE and session.engaged:
             grace_end = now + state.settings.grace_period
             fired["warn"] = session
@@ -196,14 +205,7 @@ def _wake(state: PolySMSState, session_id: str, current: Session | None) -> bool
                 "wake_at": grace_end,
             }
         fired["close"] = session
-        return {
-            "state": CLOSED,
-            "closed_at": now,
-            "end_reason": END_INACTIVITY if session.timer_kind == TIMER_GRACE else END_UNENGAGED,
-            "deadline_at": None,
-            "timer_kind": None,
-            "wake_at": None,
-        }
+        return _closed(now, END_INACTIVITY if session.timer_kind == TIMER_GRACE else END_UNENGAGED)
 
     session, changed = update_with_retry(state, session_id, change, current)
     if not changed or session is None:
@@ -214,30 +216,25 @@ def _wake(state: PolySMSState, session_id: str, current: Session | None) -> bool
         return False
     from .sending import queue_message
 
+    def tell_user(kind: str, body: str) -> None:
+        # Warnings and closings go to the user from the session's own number.
+        queue_message(
+            state,
+            project_id=session.project_id,
+            environment=session.environment,
+            session=session,
+            kind=kind,
+            body=body,
+            to=session.user_number,
+            sender=session.agent_number,
+        )
+
     if "warn" in fired:
         _schedule_wake(state, session_id, session.deadline_at)
-        queue_message(
-            state,
-            project_id=session.project_id,
-            environment=session.environment,
-            session=session,
-            kind="warning",
-            body=state.settings.warning_message,
-            to=session.user_number,
-            sender=session.agent_number,
-        )
+        tell_user("warning", state.settings.warning_message)
         return True
     if session.end_reason == END_INACTIVITY and not superseded:
-        queue_message(
-            state,
-            project_id=session.project_id,
-            environment=session.environment,
-            session=session,
-            kind="closing",
-            body=state.settings.closing_message,
-            to=session.user_number,
-            sender=session.agent_number,
-        )
+        tell_user("closing", state.settings.closing_message)
     return True
 
 
@@ -248,14 +245,7 @@ def end_session(state: PolySMSState, session_id: str, reason: str) -> Session | 
     def change(session: Session) -> dict[str, Any] | None:
         if session.state == CLOSED:
             return None
-        return {
-            "state": CLOSED,
-            "closed_at": now,
-            "end_reason": reason,
-            "deadline_at": None,
-            "timer_kind": None,
-            "wake_at": None,
-        }
+        return _closed(now, reason)
 
     session, _ = update_with_retry(state, session_id, change)
     return session
