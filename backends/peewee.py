@@ -21,6 +21,7 @@ import dataclasses
 import functools
 import json
 import re
+import time
 from collections.abc import Callable
 from datetime import date, datetime
 from types import SimpleNamespace
@@ -29,7 +30,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import peewee as pw
 from playhouse.db_url import connect as connect_url
-from playhouse.pool import PooledDatabase
+from playhouse.db_url import parse as parse_url
+from playhouse.pool import PooledDatabase, PooledPostgresqlDatabase
 
 from flask_polysms.clock import as_utc, utcnow
 from flask_polysms.records import (
@@ -439,6 +441,105 @@ def _build_models(database: pw.Database, prefix: str) -> SimpleNamespace:
     )
 
 
+class _PipelinedPostgres(pw.PostgresqlDatabase):
+    """PostgreSQL with transactions in as few round trips as the work allows.
+
+    ``BEGIN`` is not sent on its own: it leaves with the transaction's first statement. Writes whose
+    result nobody reads (:meth:`defer_sql`) wait for the next statement, or for ``COMMIT``, and go
+    with it: PostgreSQL runs several ``;``-separated statements sent in one message in order, and
+    stops at the first error (which then rolls the transaction back). A transaction that only
+    writes is one round trip; one that wrote nothing sends nothing.
+    """
+
+    def begin(self, isolation_level: Any = None) -> None:
+        if isolation_level is not None or self._isolation_level:
+            super().begin(isolation_level)
+            self._state.unsent, self._state.begun = [], True
+            return
+        self._state.unsent, self._state.begun = ["BEGIN"], False
+
+    def _take_unsent(self) -> list[str]:
+        unsent = getattr(self._state, "unsent", None) or []
+        if unsent:
+            self._state.unsent = []
+            self._state.begun = True
+        return unsent
+
+    def execute_sql(self, sql: str, params: Any = None) -> Any:
+        unsent = self._take_unsent()
+        if unsent:
+            # One message: the waiting statements, then this one (whose result the cursor holds).
+            # Interpolated here, so a literal % must reach psycopg2 doubled.
+            sql = "; ".join([*unsent, self._interpolated(sql, params)]).replace("%", "%%")
+            params = None
+        return super().execute_sql(sql, params)
+
+    def defer_sql(self, sql: str, params: Any) -> None:
+        """Run a write whose result is not needed: later, with the next statement, inside a
+        transaction; at once outside one."""
+        unsent = getattr(self._state, "unsent", None)
+        if unsent is None or not self.in_transaction():
+            super().execute_sql(sql, params)
+        else:
+            unsent.append(self._interpolated(sql, params))
+
+    def _interpolated(self, sql: str, params: Any) -> str:
+        if not params:
+            return sql
+        with pw.__exception_wrapper__:
+            return self.cursor().mogrify(sql, params).decode()
+
+    def commit(self) -> None:
+        begun = getattr(self._state, "begun", True)
+        unsent = self._take_unsent()
+        self._state.unsent = None
+        if not begun and unsent == ["BEGIN"]:
+            return  # nothing was sent, nothing to commit
+        if unsent:
+            super().execute_sql("; ".join([*unsent, "COMMIT"]).replace("%", "%%"))
+            return
+        super().commit()
+
+    def rollback(self) -> None:
+        begun = getattr(self._state, "begun", True)
+        self._state.unsent = None
+        if not begun:
+            return  # the server never saw this transaction
+        super().rollback()
+
+
+class _PooledPipelinedPostgres(PooledPostgresqlDatabase, _PipelinedPostgres):
+    """Pooled, pipelined PostgreSQL that checks a pooled connection with a round trip only when
+    it sat idle a while.
+
+    Peewee's pool sends ``SELECT 1`` at every check-out: under load that is one round trip per
+    request for nothing. A connection given back less than :attr:`PING_AFTER` seconds ago is
+    taken as it is (a server restart in that window costs one request a 503, see
+    ``Store.unavailable_errors``); older ones are pinged, and replaced when dead.
+    """
+
+    PING_AFTER = 5.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._returned_at: dict[int, float] = {}
+
+    def _is_closed(self, conn: Any) -> bool:
+        if conn.closed:
+            return True
+        returned = self._returned_at.get(self.conn_key(conn))
+        if returned is not None and time.time() - returned < self.PING_AFTER:
+            return self._adapter.txn_status(conn) == self._adapter.txn_unknown
+        return super()._is_closed(conn)
+
+    def _close(self, conn: Any, close_conn: bool = False) -> None:
+        if close_conn:
+            self._returned_at.pop(self.conn_key(conn), None)
+        else:
+            self._returned_at[self.conn_key(conn)] = time.time()
+        super()._close(conn, close_conn)
+
+
 def _open_database(url: str, sqlite_busy_timeout_ms: int, pool: bool = True) -> pw.Database:
     """A Peewee Database for ``url`` (not connected yet); pooled for PostgreSQL and MySQL."""
     scheme = urlsplit(url).scheme
@@ -471,6 +572,10 @@ def _open_database(url: str, sqlite_busy_timeout_ms: int, pool: bool = True) -> 
         # Row counts must say "matched", not "changed": a compare-and-set that writes the values
         # already stored still won, and PostgreSQL and SQLite count it so.
         params["client_flag"] = CLIENT.FOUND_ROWS
+    elif scheme in ("postgresql", "postgres", "postgresql+pool", "postgres+pool"):
+        pooled = scheme.endswith("+pool")
+        database_class = _PooledPipelinedPostgres if pooled else _PipelinedPostgres
+        return database_class(**{**parse_url(url), **params})
     return connect_url(url, **params)
 
 
@@ -650,6 +755,16 @@ class PeeweeStore(Store):
         sql, slots = self._compiled(name, build)
         return self._db.execute_sql(sql, [args[i] if i is not None else v for i, v in slots])
 
+    def _defer(self, name: Any, build: Callable, args: list[Any]) -> None:
+        """Execute a compiled write whose result is not read: with the next statement where the
+        database can (PostgreSQL, inside a transaction), else now."""
+        defer_sql = getattr(self._db, "defer_sql", None)
+        if defer_sql is None:
+            self._run(name, build, args)
+            return
+        sql, slots = self._compiled(name, build)
+        defer_sql(sql, [args[i] if i is not None else v for i, v in slots])
+
     def _rows(
         self, name: Any, build: Callable, args: list[Any], model: type[pw.Model]
     ) -> list[dict[str, Any]]:
@@ -681,7 +796,14 @@ class PeeweeStore(Store):
         return self._row(key, build, [field.db_value(value)], model)
 
     def _insert(self, model: type[pw.Model], values: dict[str, Any], may_fail: bool = True) -> None:
-        """Insert a row; IntegrityError (a unique value taken) leaves nothing behind."""
+        """Insert a row; IntegrityError (a unique value taken) leaves nothing behind.
+
+        A row that cannot clash (``may_fail=False``: a fresh random id) is written, inside a
+        transaction, with the transaction's next statement (see :class:`_PipelinedPostgres`).
+        """
+        if not may_fail and self._db.in_transaction():
+            self._run_insert(model, values, ignore=False, deferred=True)
+            return
         self._atomically(
             lambda: self._run_insert(model, values, ignore=False),
             one_statement=True,
@@ -696,7 +818,9 @@ class PeeweeStore(Store):
         )
         return cursor.rowcount > 0
 
-    def _run_insert(self, model: type[pw.Model], values: dict[str, Any], ignore: bool) -> Any:
+    def _run_insert(
+        self, model: type[pw.Model], values: dict[str, Any], ignore: bool, deferred: bool = False
+    ) -> Any:
         fields = [model._meta.fields[name] for name in values]
 
         def build(param: Callable[[int], pw.Value]) -> Any:
@@ -704,7 +828,10 @@ class PeeweeStore(Store):
             return query.on_conflict_ignore() if ignore else query
 
         key = ("insert", model, tuple(values), ignore)
-        return self._run(key, build, [f.db_value(values[f.name]) for f in fields])
+        args = [f.db_value(values[f.name]) for f in fields]
+        if deferred:
+            return self._defer(key, build, args)
+        return self._run(key, build, args)
 
     def _updated_row(
         self,
@@ -1307,7 +1434,12 @@ class PeeweeStore(Store):
             )
 
         args = [project_id, environment, M.day.db_value(day), name, amount, amount]
-        self._atomically(lambda: self._run("incr_metric", build, args), one_statement=True)
+        if self._db.in_transaction():
+            # With the transaction's next statement, or its COMMIT: the counter row, shared by
+            # every request of the project, is then locked for the shortest time.
+            self._defer("incr_metric", build, args)
+            return
+        self._run("incr_metric", build, args)
 
     def get_metrics(
         self, project_id: str, environment: str, start: date, end: date
