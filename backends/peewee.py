@@ -1190,6 +1190,33 @@ class PeeweeStore(Store):
         row = self._row("last_agent_number", build, [project_id, environment, user_number], S)
         return row["agent_number"] if row else None
 
+    def senders_for_user(
+        self, project_id: str, environment: str, user_number: str
+    ) -> tuple[list[Sender], str | None]:
+        S, Sn = self._m.Sender, self._m.Session
+
+        # One round trip: the senders, each row carrying the user's last agent number.
+        def build(param: Callable[[int], pw.Value]) -> Any:
+            previous = (
+                Sn.select(Sn.agent_number)
+                .where(
+                    (Sn.project_id == param(0))
+                    & (Sn.environment == param(1))
+                    & (Sn.user_number == param(2))
+                )
+                .order_by(Sn.seq.desc())
+                .limit(1)
+            )
+            return (
+                S.select(S, previous.alias("previous_agent_number"))
+                .where((S.project_id == param(0)) & (S.environment == param(1)))
+                .order_by(S.created_at, S.address)
+            )
+
+        rows = self._rows("senders_for_user", build, [project_id, environment, user_number], S)
+        previous = rows[0]["previous_agent_number"] if rows else None
+        return [_record(Sender, row) for row in rows], previous
+
     # -- messages ---------------------------------------------------------------------------------
     def add_message(self, message: Message) -> Message:
         """Record a message. Raises Conflict when its id is taken."""

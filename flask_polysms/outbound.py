@@ -23,11 +23,10 @@ def choose_agent_number(
     state: PolySMSState, tenant: Tenant, user_number: str, requested: str | None
 ) -> Sender:
     """The sender for a new outbound conversation (DESIGN §3.1, number selection)."""
-    senders = {
-        s.address: s
-        for s in state.store.list_senders(tenant.project_id, tenant.environment)
-        if s.kind == "number"
-    }
+    provisioned, previous = state.store.senders_for_user(
+        tenant.project_id, tenant.environment, user_number
+    )
+    senders = {s.address: s for s in provisioned if s.kind == "number"}
     numbers = list(senders)
     if requested is not None:
         if requested not in senders:
@@ -44,7 +43,6 @@ def choose_agent_number(
     if len(numbers) == 1:
         return senders[numbers[0]]
     # Keep talking to the user from the number they already know.
-    previous = state.store.last_agent_number(tenant.project_id, tenant.environment, user_number)
     if previous in senders:
         return senders[previous]
     # Otherwise spread users across numbers; a stable hash keeps one user on one number.

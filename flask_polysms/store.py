@@ -210,6 +210,17 @@ class Store(ABC):
     def last_agent_number(self, project_id: str, environment: str, user_number: str) -> str | None:
         """The agent number of this user's most recent session in the environment, if any."""
 
+    def senders_for_user(
+        self, project_id: str, environment: str, user_number: str
+    ) -> tuple[list[Sender], str | None]:
+        """The environment's senders (as :meth:`list_senders`) and this user's last agent number
+        (as :meth:`last_agent_number`): what choosing a sender for a new conversation reads.
+        Backends may answer both in one query."""
+        return (
+            self.list_senders(project_id, environment),
+            self.last_agent_number(project_id, environment, user_number),
+        )
+
     # -- messages ---------------------------------------------------------------------------------
     @abstractmethod
     def add_message(self, message: Message) -> Message: ...

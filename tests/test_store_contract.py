@@ -506,6 +506,27 @@ def test_last_agent_number(store: Store) -> None:
     assert store.last_agent_number("prj_a", "live", "+14155550999") is None
 
 
+def test_senders_for_user_is_list_senders_and_last_agent_number(store: Store) -> None:
+    project = a_project(store)
+    assert store.senders_for_user(project, "live", USER) == ([], None)
+    for address, environment in (
+        (AGENT, "live"),
+        (OTHER_AGENT, "live"),
+        ("+14155550177", "sandbox"),
+    ):
+        store.add_sender(a_sender(project, address, environment))
+    assert store.senders_for_user(project, "live", USER) == (
+        store.list_senders(project, "live"),
+        None,
+    )
+    store.create_session(a_session(project, agent_number=OTHER_AGENT))
+    store.create_session(a_session(project, agent_number="+14155550177", environment="sandbox"))
+    senders, previous = store.senders_for_user(project, "live", USER)
+    assert [s.address for s in senders] == [AGENT, OTHER_AGENT] and previous == OTHER_AGENT
+    assert store.senders_for_user(project, "sandbox", USER)[1] == "+14155550177"
+    assert store.senders_for_user(project, "live", "+14155550999")[1] is None
+
+
 # -- messages -------------------------------------------------------------------------------------
 def test_messages_add_get_and_list_in_recording_order(store: Store) -> None:
     session = store.create_session(a_session())
