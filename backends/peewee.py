@@ -22,6 +22,7 @@ import functools
 import json
 import re
 import time
+import weakref
 from collections.abc import Callable
 from datetime import date, datetime
 from types import SimpleNamespace
@@ -442,14 +443,29 @@ def _build_models(database: pw.Database, prefix: str) -> SimpleNamespace:
 
 
 class _PipelinedPostgres(pw.PostgresqlDatabase):
-    """PostgreSQL with transactions in as few round trips as the work allows.
+    """PostgreSQL with transactions in as few round trips, and statements at as little server
+    work, as the work allows.
 
     ``BEGIN`` is not sent on its own: it leaves with the transaction's first statement. Writes whose
     result nobody reads (:meth:`defer_sql`) wait for the next statement, or for ``COMMIT``, and go
     with it: PostgreSQL runs several ``;``-separated statements sent in one message in order, and
     stops at the first error (which then rolls the transaction back). A transaction that only
     writes is one round trip; one that wrote nothing sends nothing.
+
+    The store's own statements (:meth:`execute_statement`, :meth:`defer_sql`) are prepared on each
+    connection the first time they run there (``PREPARE``, in the same message), then run with
+    ``EXECUTE``: the server parses and plans them once per connection instead of once per call,
+    which halves its work for a typical lookup.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._statement_names: dict[str, str] = {}
+        self._unpreparable: set[str] = set()
+        # Per connection: the names prepared there (None: unknown after an error, deallocate).
+        self._prepared_on: weakref.WeakKeyDictionary[Any, set[str] | None] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def begin(self, isolation_level: Any = None) -> None:
         if isolation_level is not None or self._isolation_level:
@@ -465,27 +481,76 @@ class _PipelinedPostgres(pw.PostgresqlDatabase):
             self._state.begun = True
         return unsent
 
+    def _send(self, parts: list[str]) -> Any:
+        """One message of several interpolated statements; the cursor holds the last's result."""
+        # Interpolated already, so a literal % must reach psycopg2 doubled.
+        conn = self.connection()
+        try:
+            return super().execute_sql("; ".join(parts).replace("%", "%%"))
+        except Exception:
+            if any(part.startswith("PREPARE ") for part in parts):
+                # Which of them ran is unknown: start this connection's set afresh.
+                self._prepared_on[conn] = None
+            raise
+
     def execute_sql(self, sql: str, params: Any = None) -> Any:
         unsent = self._take_unsent()
         if unsent:
-            # One message: the waiting statements, then this one (whose result the cursor holds).
-            # Interpolated here, so a literal % must reach psycopg2 doubled.
-            sql = "; ".join([*unsent, self._interpolated(sql, params)]).replace("%", "%%")
-            params = None
+            return self._send([*unsent, self._interpolated(sql, params)])
         return super().execute_sql(sql, params)
+
+    def execute_statement(self, sql: str, params: Any) -> Any:
+        """Run one of the store's statements (prepared on this connection when it can be)."""
+        prepare, execute = self._prepared(sql)
+        if execute is None:
+            return self.execute_sql(sql, params)
+        unsent = self._take_unsent()
+        if not prepare and not unsent:
+            return super().execute_sql(execute, params)
+        return self._send([*prepare, *unsent, self._interpolated(execute, params)])
 
     def defer_sql(self, sql: str, params: Any) -> None:
         """Run a write whose result is not needed: later, with the next statement, inside a
         transaction; at once outside one."""
         unsent = getattr(self._state, "unsent", None)
         if unsent is None or not self.in_transaction():
-            super().execute_sql(sql, params)
-        else:
+            self.execute_statement(sql, params)
+            return
+        prepare, execute = self._prepared(sql)
+        if execute is None:
             unsent.append(self._interpolated(sql, params))
+            return
+        # PREPAREs go first in the message: they do not depend on the statements before them.
+        position = 1 if unsent and unsent[0] == "BEGIN" else 0
+        unsent[position:position] = prepare
+        unsent.append(self._interpolated(execute, params))
+
+    def _prepared(self, sql: str) -> tuple[list[str], str | None]:
+        """(the PREPARE still to send on this connection, the EXECUTE form with %s markers)."""
+        if sql in self._unpreparable:
+            return [], None
+        name = self._statement_names.get(sql)
+        if name is None:
+            name = self._statement_names[sql] = f"polysms_{len(self._statement_names) + 1}"
+        count = sql.count("%s")
+        execute = f"EXECUTE {name}({', '.join(['%s'] * count)})" if count else f"EXECUTE {name}"
+        conn = self.connection()
+        done = self._prepared_on.get(conn, set())
+        prepare = []
+        if done is None:  # after an error we cannot tell what was prepared: start again
+            prepare.append("DEALLOCATE ALL")
+            done = set()
+        self._prepared_on[conn] = done
+        if name not in done:
+            numbered = iter(range(1, count + 1))
+            body = re.sub(r"%s", lambda _: f"${next(numbered)}", sql).replace("%%", "%")
+            prepare.append(f"PREPARE {name} AS {body}")
+            done.add(name)
+        return prepare, execute
 
     def _interpolated(self, sql: str, params: Any) -> str:
         if not params:
-            return sql
+            return sql.replace("%%", "%")
         with pw.__exception_wrapper__:
             return self.cursor().mogrify(sql, params).decode()
 
@@ -496,7 +561,7 @@ class _PipelinedPostgres(pw.PostgresqlDatabase):
         if not begun and unsent == ["BEGIN"]:
             return  # nothing was sent, nothing to commit
         if unsent:
-            super().execute_sql("; ".join([*unsent, "COMMIT"]).replace("%", "%%"))
+            self._send([*unsent, "COMMIT"])
             return
         super().commit()
 
@@ -638,6 +703,8 @@ class PeeweeStore(Store):
         self._is_mysql = isinstance(self._db, pw.MySQLDatabase)
         self._m = _build_models(self._db, table_prefix)
         self._statements: dict[Any, tuple] = {}
+        # PostgreSQL prepares the compiled statements on each connection (_PipelinedPostgres).
+        self._execute_statement = getattr(self._db, "execute_statement", self._db.execute_sql)
         # SQLite is embedded, so the app creates its tables; servers use `flask polysms init-db`.
         self.creates_schema_on_start = self._is_sqlite
 
@@ -753,7 +820,7 @@ class PeeweeStore(Store):
     def _run(self, name: Any, build: Callable, args: list[Any]) -> Any:
         """Execute a compiled statement with ``args`` (database values); returns the cursor."""
         sql, slots = self._compiled(name, build)
-        return self._db.execute_sql(sql, [args[i] if i is not None else v for i, v in slots])
+        return self._execute_statement(sql, [args[i] if i is not None else v for i, v in slots])
 
     def _defer(self, name: Any, build: Callable, args: list[Any]) -> None:
         """Execute a compiled write whose result is not read: with the next statement where the

@@ -7,6 +7,7 @@ numbering plan; the regular expression decides whether it is *written* in E.164,
 
 from __future__ import annotations
 
+import functools
 import re
 
 import phonenumbers
@@ -34,6 +35,13 @@ def _parse_strict(value: object) -> phonenumbers.PhoneNumber | None:
     """The parsed number when ``value`` is a valid number written exactly in E.164, else None."""
     if not isinstance(value, str) or _E164_RE.fullmatch(value) is None:
         return None
+    return _parse_e164(value)
+
+
+# A request checks the same number several times (the schema, the sender rules, the region), and
+# parsing is the costly part of each check; callers only read the parsed number.
+@functools.lru_cache(maxsize=4096)
+def _parse_e164(value: str) -> phonenumbers.PhoneNumber | None:
     try:
         number = phonenumbers.parse(value, None)
     except phonenumbers.NumberParseException:

@@ -192,7 +192,8 @@ def country_rules(iso2: str | None) -> dict[str, Any] | None:
 
 def two_way_supported(iso2: str | None) -> bool | None:
     """Whether Twilio supports two-way SMS in a country: True, False, or None when unknown."""
-    row = country_rules(iso2)
+    # Read in place (country_rules copies the row for callers that keep it).
+    row = _load_table()["countries"].get(iso2.upper()) if iso2 else None
     return None if row is None else row.get("two_way")
 
 
