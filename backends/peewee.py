@@ -43,6 +43,7 @@ from flask_polysms.records import (
     QUEUED,
     RECEIVED,
     SENDING,
+    SENT,
     Account,
     ApiKey,
     Connector,
@@ -58,6 +59,7 @@ from flask_polysms.records import (
 from flask_polysms.store import (
     Conflict,
     NotFound,
+    SendClaim,
     StaleVersion,
     Store,
     decode_cursor,
@@ -1074,6 +1076,29 @@ class PeeweeStore(Store):
         row = self._by(S, "address", address)
         return _record(Sender, row) if row else None
 
+    def get_sender_with_project(self, address: str) -> tuple[Sender | None, Project | None]:
+        S, P = self._m.Sender, self._m.Project
+
+        def build(param: Callable[[int], pw.Value]) -> Any:
+            columns = [f.alias("p_" + f.column_name) for f in P._meta.sorted_fields]
+            return (
+                S.select(S, *columns)
+                .join(P, pw.JOIN.LEFT_OUTER, on=(P.id == S.project_id))
+                .where(S.address == param(0))
+                .limit(1)
+            )
+
+        row = self._row("get_sender_with_project", build, [address], S)
+        if row is None:
+            return None, None
+        project = None
+        if row["p_id"] is not None:
+            fields = P._meta.sorted_fields
+            project = _record(
+                Project, {f.name: f.python_value(row["p_" + f.column_name]) for f in fields}
+            )
+        return _record(Sender, row), project
+
     def list_senders(self, project_id: str, environment: str | None = None) -> list[Sender]:
         S = self._m.Sender
 
@@ -1153,6 +1178,59 @@ class PeeweeStore(Store):
 
         row = self._row("find_open_session", build, [project_id, user_number, agent_number], S)
         return _record(Session, row) if row else None
+
+    def inbound_context(
+        self, project_id: str, user_number: str, agent_number: str
+    ) -> tuple[Session | None, datetime | None, bool]:
+        S, B, O_ = self._m.Session, self._m.NumberBlock, self._m.OptOut
+        found = self._statements.get("inbound_context")
+        if found is None:
+            # One row always: the open session (or NULLs) beside the block and the opt-out.
+            q, p = self._db.quote, self._db.param
+
+            def name(identifier: str) -> str:
+                return q[0] + identifier + q[1]
+
+            session_columns = ", ".join(
+                f"s.{name(f.column_name)} AS {name(f.column_name)}" for f in S._meta.sorted_fields
+            )
+            sql = (
+                f"SELECT {session_columns}, "
+                f"(SELECT b.{name('blocked_until')} FROM {name(B._meta.table_name)} AS b "
+                f"WHERE b.{name('project_id')} = {p} AND b.{name('number')} = {p} LIMIT 1) "
+                f"AS {name('ctx_blocked_until')}, "
+                f"(SELECT o.{name('opted_out')} FROM {name(O_._meta.table_name)} AS o "
+                f"WHERE o.{name('recipient')} = {p} AND o.{name('sender')} = {p} LIMIT 1) "
+                f"AS {name('ctx_opted_out')} "
+                f"FROM (SELECT 1 AS {name('one')}) AS base "
+                f"LEFT JOIN {name(S._meta.table_name)} AS s ON s.{name('id')} = "
+                f"(SELECT s2.{name('id')} FROM {name(S._meta.table_name)} AS s2 "
+                f"WHERE s2.{name('project_id')} = {p} AND s2.{name('user_number')} = {p} "
+                f"AND s2.{name('agent_number')} = {p} AND s2.{name('state')} <> {p} "
+                f"ORDER BY s2.{name('seq')} DESC LIMIT 1)"
+            )
+            found = self._statements["inbound_context"] = (sql, None)
+        args = [
+            project_id,
+            user_number,
+            user_number,
+            agent_number,
+            project_id,
+            user_number,
+            agent_number,
+            CLOSED,
+        ]
+        cursor = self._execute_statement(found[0], args)
+        names = [d[0] for d in cursor.description]
+        values = dict(zip(names, cursor.fetchone(), strict=True))
+        session = None
+        if values["id"] is not None:
+            columns = S._meta.columns
+            session = _record(
+                Session, {n: columns[n].python_value(v) for n, v in values.items() if n in columns}
+            )
+        blocked = B.blocked_until.python_value(values["ctx_blocked_until"])
+        return session, blocked, bool(values["ctx_opted_out"])
 
     def update_session(self, session_id: str, expected_version: int, **fields: Any) -> Session:
         S = self._m.Session
@@ -1347,6 +1425,127 @@ class PeeweeStore(Store):
         else:
             row = self._atomically(work)
         return _record(Message, row) if row else None
+
+    # -- the send job's two statements (PostgreSQL) -----------------------------------------------
+    # A send job used to make eight round trips around its Twilio call: read the message, claim
+    # it, read the opt-out, the project and the sender; record `sent`, count it, read the status
+    # events. On PostgreSQL each half is one statement, a data-modifying CTE (one round trip, no
+    # BEGIN/COMMIT); other databases use the Store's defaults, one call per step.
+    def _send_sql(self) -> dict[str, Any]:
+        found = getattr(self, "_send_statements", None)
+        if found is not None:
+            return found
+
+        def q(name: str) -> str:
+            return '"' + name.replace('"', '""') + '"'
+
+        def cols(model: type[pw.Model], alias: str) -> str:
+            return ", ".join(f"{alias}.{q(f.column_name)}" for f in model._meta.sorted_fields)
+
+        M, P, S, O_, E, N = (
+            self._m.Message,
+            self._m.Project,
+            self._m.Sender,
+            self._m.OptOut,
+            self._m.StatusEvent,
+            self._m.Metric,
+        )
+        t = {model: q(model._meta.table_name) for model in (M, P, S, O_, E, N)}
+        c = {name: q(getattr(M, name).column_name) for name in ("id", "status", "attempts")}
+        sender = (
+            f"COALESCE(NULLIF(m.{q(M.messaging_service_sid.column_name)}, ''), "
+            f"m.{q(M.from_number.column_name)})"
+        )
+        claim = (
+            f"WITH m AS (UPDATE {t[M]} SET {c['status']} = %s, "
+            f"{c['attempts']} = {c['attempts']} + 1, {q(M.updated_at.column_name)} = %s "
+            f"WHERE {c['id']} = %s AND {c['status']} = %s RETURNING *) "
+            f"SELECT {cols(M, 'm')}, "
+            f"(SELECT o.{q(O_.opted_out.column_name)} FROM {t[O_]} AS o "
+            f"WHERE o.{q(O_.recipient.column_name)} = m.{q(M.to.column_name)} "
+            f"AND o.{q(O_.sender.column_name)} = {sender} LIMIT 1), "
+            f"{cols(P, 'p')}, {cols(S, 's')} FROM m "
+            f"LEFT JOIN {t[P]} AS p ON p.{q(P.id.column_name)} = m.{q(M.project_id.column_name)} "
+            f"LEFT JOIN {t[S]} AS s ON s.{q(S.address.column_name)} = {sender}"
+        )
+        metric_keys = ", ".join(
+            q(getattr(N, name).column_name) for name in ("project_id", "environment", "day", "name")
+        )
+        value = q(N.value.column_name)
+        sent = (
+            f"WITH m AS (UPDATE {t[M]} SET {c['status']} = %s, "
+            f"{q(M.twilio_sid.column_name)} = %s, {q(M.error_code.column_name)} = NULL, "
+            f"{q(M.error_message.column_name)} = NULL, {q(M.updated_at.column_name)} = %s "
+            f"WHERE {c['id']} = %s AND {c['status']} = %s RETURNING *), "
+            f"n AS (INSERT INTO {t[N]} ({metric_keys}, {value}) "
+            f"SELECT m.{q(M.project_id.column_name)}, m.{q(M.environment.column_name)}, %s, %s, 1 "
+            f"FROM m ON CONFLICT ({metric_keys}) DO UPDATE SET {value} = {t[N]}.{value} + 1) "
+            f"SELECT {cols(M, 'm')}, EXISTS (SELECT 1 FROM {t[E]} AS e "
+            f"WHERE e.{q(E.twilio_sid.column_name)} = %s) FROM m"
+        )
+        self._send_statements = {"claim": claim, "sent": sent}
+        return self._send_statements
+
+    def _uses_send_statements(self) -> bool:
+        return isinstance(self._db, pw.PostgresqlDatabase)
+
+    def _send_statement(self, name: str, args: list[Any]) -> tuple | None:
+        """Run one of the send statements (prepared on the connection, where the database
+        prepares the store's statements: planning the CTE cost PostgreSQL about twice its
+        execution); its row, or None."""
+        sql = self._send_sql()[name]
+        execute = getattr(self._db, "execute_statement", self._db.execute_sql)
+        return self._atomically(lambda: execute(sql, args).fetchone(), one_statement=True)
+
+    @staticmethod
+    def _from_row(model: type[pw.Model], cls: type[T], values: Any) -> T:
+        fields = model._meta.sorted_fields
+        row = {f.column_name: f.python_value(v) for f, v in zip(fields, values, strict=True)}
+        return _record(cls, row)
+
+    def claim_send(self, message_id: str, at: datetime) -> SendClaim | None:
+        if not self._uses_send_statements():
+            return super().claim_send(message_id, at)
+        M, P, S = self._m.Message, self._m.Project, self._m.Sender
+        args = [SENDING, M.updated_at.db_value(at), message_id, QUEUED]
+        row = self._send_statement("claim", args)
+        if row is None:
+            return None
+        nm, np_ = len(M._meta.sorted_fields), len(P._meta.sorted_fields)
+        project_values = row[nm + 1 : nm + 1 + np_]
+        sender_values = row[nm + 1 + np_ :]
+        # A LEFT JOIN that found nothing gives NULLs, and every row has a non-null id.
+        has_project = project_values[P._meta.sorted_fields.index(P.id)] is not None
+        has_sender = sender_values[S._meta.sorted_fields.index(S.id)] is not None
+        return SendClaim(
+            message=self._from_row(M, Message, row[:nm]),
+            opted_out=bool(row[nm]),
+            project=self._from_row(P, Project, project_values) if has_project else None,
+            sender=self._from_row(S, Sender, sender_values) if has_sender else None,
+        )
+
+    def record_sent(
+        self, message_id: str, twilio_sid: str, at: datetime
+    ) -> tuple[Message | None, list[StatusEvent]]:
+        if not self._uses_send_statements():
+            return super().record_sent(message_id, twilio_sid, at)
+        M, N = self._m.Message, self._m.Metric
+        args = [
+            SENT,
+            twilio_sid,
+            M.updated_at.db_value(at),
+            message_id,
+            SENDING,
+            N.day.db_value(at.date()),
+            "sent",
+            twilio_sid,
+        ]
+        row = self._send_statement("sent", args)
+        if row is None:
+            return None, []
+        sent = self._from_row(M, Message, row[:-1])
+        # Rarely any: only a callback that arrived before this update.
+        return sent, self.list_status_events(twilio_sid) if row[-1] else []
 
     def stuck_messages(self, older_than: datetime, limit: int = 500) -> list[Message]:
         M = self._m.Message

@@ -148,7 +148,10 @@ def _handle_inbound(
         return "duplicate"
     if project is None or project.id != sender.project_id:
         project = store.get_project(sender.project_id)
-    open_session = store.find_open_session(sender.project_id, user_number, sender.address)
+    # The open session, a block and the opt-out: one read (one query on the database backends).
+    open_session, blocked, opted_out = store.inbound_context(
+        sender.project_id, user_number, sender.address
+    )
     keyword = classify(body)
     if keyword is not None:
         _record_inbound(
@@ -185,8 +188,7 @@ def _handle_inbound(
         return f"keyword:{keyword}"
 
     drop_reason = None
-    blocked = store.blocked_until(sender.project_id, user_number)
-    if store.is_opted_out(user_number, sender.address):
+    if opted_out:
         drop_reason = "opted_out"
     elif blocked is not None and blocked > now:
         drop_reason = "blocked"

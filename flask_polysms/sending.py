@@ -19,7 +19,6 @@ from .records import (
     OUTBOUND,
     QUEUED,
     SENDING,
-    SENT,
     STATUS_RANK,
     SUPPRESSED,
     Message,
@@ -117,36 +116,30 @@ def _fail(state: PolySMSState, message: Message, code: int | None, text: str) ->
 
 
 def send_job(state: PolySMSState, message_id: str) -> bool:
-    """Send one queued message; idempotent (only the job that moves it to ``sending`` sends)."""
+    """Send one queued message; idempotent (only the job that moves it to ``sending`` sends).
+
+    Two Store calls besides the error paths, each one round trip on PostgreSQL: the claim (which
+    also reads the opt-out, the project and the sender) and the ``sent`` record (which also counts
+    it and reads the status callbacks that raced ahead).
+    """
     store = state.store
-    message = store.get_message(message_id)
-    if message is None or message.status != QUEUED:
+    claim = store.claim_send(message_id, utcnow())
+    if claim is None:
         return False
-    claimed = store.update_message(
-        message_id,
-        expected_status=QUEUED,
-        status=SENDING,
-        attempts=message.attempts + 1,
-        updated_at=utcnow(),
-    )
-    if claimed is None:
-        return False
-    message = claimed
-    sender = message.messaging_service_sid or message.from_
+    message = claim.message
     # The opt-out is checked here, at send time, not only when the message was accepted.
-    if message.kind not in UNSUPPRESSED_KINDS and store.is_opted_out(message.to, sender):
+    if message.kind not in UNSUPPRESSED_KINDS and claim.opted_out:
         if store.update_message(
             message_id, expected_status=SENDING, status=SUPPRESSED, updated_at=utcnow()
         ):
             count(state, message.project_id, message.environment, "suppressed")
         return True
-    project = store.get_project(message.project_id)
+    project = claim.project
     if project is None or not project.twilio_account_sid or not project.twilio_auth_token_encrypted:
         _fail(state, message, None, "the project has no Twilio connection (connect-twilio)")
         return True
     if guard_enabled(state, project):
-        record = store.get_sender(sender)
-        problem = guard_error(record) if record is not None else None
+        problem = guard_error(claim.sender) if claim.sender is not None else None
         if problem:
             _fail(state, message, None, problem)
             return True
@@ -172,19 +165,11 @@ def send_job(state: PolySMSState, message_id: str) -> bool:
     except GatewayError as exc:
         _handle_gateway_error(state, message, exc)
         return True
-    sent = store.update_message(
-        message_id,
-        expected_status=SENDING,
-        status=SENT,
-        twilio_sid=result.sid,
-        error_code=None,
-        error_message=None,
-        updated_at=utcnow(),
-    )
+    # Counted in the `sent` metric by the same Store call.
+    sent, raced = store.record_sent(message_id, result.sid, utcnow())
     if sent is not None:
-        count(state, message.project_id, message.environment, "sent")
         # A status callback may have raced ahead of this update: apply what already arrived.
-        for event in store.list_status_events(result.sid):
+        for event in raced:
             apply_status(state, sent, event.status, event.error_code)
     return True
 

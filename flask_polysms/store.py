@@ -12,10 +12,14 @@ import base64
 import binascii
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, TypeVar
 
 from .records import (
+    QUEUED,
+    SENDING,
+    SENT,
     Account,
     ApiKey,
     Connector,
@@ -29,6 +33,16 @@ from .records import (
 )
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class SendClaim:
+    """What a send job needs once it holds a message (see :meth:`Store.claim_send`)."""
+
+    message: Message  # now ``sending``, its attempt counted
+    opted_out: bool  # whether its recipient opted out from its sender
+    project: Project | None
+    sender: Sender | None  # the sender's record (number or Messaging Service), if provisioned
 
 
 class StoreError(Exception):
@@ -158,6 +172,13 @@ class Store(ABC):
     def get_sender(self, address: str) -> Sender | None:
         """The sender with this address (E.164 number or MG SID), in whatever project."""
 
+    def get_sender_with_project(self, address: str) -> tuple[Sender | None, Project | None]:
+        """The sender with this address and its project (as :meth:`get_sender` then
+        :meth:`get_project`): what a webhook reads to authenticate. Backends may answer both in
+        one query."""
+        sender = self.get_sender(address)
+        return sender, self.get_project(sender.project_id) if sender else None
+
     @abstractmethod
     def list_senders(self, project_id: str, environment: str | None = None) -> list[Sender]:
         """A project's senders, oldest first, optionally of one environment."""
@@ -183,6 +204,19 @@ class Store(ABC):
         self, project_id: str, user_number: str, agent_number: str
     ) -> Session | None:
         """The newest session of the triple that is not closed."""
+
+    def inbound_context(
+        self, project_id: str, user_number: str, agent_number: str
+    ) -> tuple[Session | None, datetime | None, bool]:
+        """What routing an inbound message reads: the open session of the triple (as
+        :meth:`find_open_session`), when the user's number is blocked until (as
+        :meth:`blocked_until`) and whether the pair is opted out (as :meth:`is_opted_out`).
+        Backends may answer all three in one query."""
+        return (
+            self.find_open_session(project_id, user_number, agent_number),
+            self.blocked_until(project_id, user_number),
+            self.is_opted_out(user_number, agent_number),
+        )
 
     @abstractmethod
     def update_session(self, session_id: str, expected_version: int, **fields: Any) -> Session:
@@ -241,6 +275,53 @@ class Store(ABC):
     ) -> Message | None:
         """Apply ``fields``; when ``expected_status`` is given, only if the stored status is (one
         of) it, atomically. Returns the updated message, or None when the status did not match."""
+
+    def claim_send(self, message_id: str, at: datetime) -> SendClaim | None:
+        """Move a ``queued`` message to ``sending`` and count the attempt, atomically (of two jobs
+        one wins), and read what its send needs: whether its recipient opted out from its sender
+        (read now, at send time), its project and its sender's record. None when the message is
+        absent or not ``queued``. A backend may answer in one round trip; this default asks the
+        getters."""
+        message = self.get_message(message_id)
+        if message is None or message.status != QUEUED:
+            return None
+        claimed = self.update_message(
+            message_id,
+            expected_status=QUEUED,
+            status=SENDING,
+            attempts=message.attempts + 1,
+            updated_at=at,
+        )
+        if claimed is None:
+            return None
+        sender = claimed.messaging_service_sid or claimed.from_ or ""
+        return SendClaim(
+            message=claimed,
+            opted_out=self.is_opted_out(claimed.to, sender),
+            project=self.get_project(claimed.project_id),
+            sender=self.get_sender(sender),
+        )
+
+    def record_sent(
+        self, message_id: str, twilio_sid: str, at: datetime
+    ) -> tuple[Message | None, list[StatusEvent]]:
+        """Move a ``sending`` message to ``sent`` with Twilio's SID (clearing the last error), add
+        one to its project's ``sent`` counter of ``at``'s day, and return it with the status
+        callbacks already recorded for the SID (one can beat this update). ``(None, [])`` when the
+        message was not ``sending``: nothing changed. A backend may answer in one round trip."""
+        sent = self.update_message(
+            message_id,
+            expected_status=SENDING,
+            status=SENT,
+            twilio_sid=twilio_sid,
+            error_code=None,
+            error_message=None,
+            updated_at=at,
+        )
+        if sent is None:
+            return None, []
+        self.incr_metric(sent.project_id, sent.environment, at.date(), "sent")
+        return sent, self.list_status_events(twilio_sid)
 
     @abstractmethod
     def stuck_messages(self, older_than: datetime, limit: int = 500) -> list[Message]:

@@ -506,6 +506,35 @@ def test_last_agent_number(store: Store) -> None:
     assert store.last_agent_number("prj_a", "live", "+14155550999") is None
 
 
+def test_get_sender_with_project_is_get_sender_and_get_project(store: Store) -> None:
+    project = a_project(store)
+    assert store.get_sender_with_project(AGENT) == (None, None)
+    store.add_sender(a_sender(project, AGENT))
+    assert store.get_sender_with_project(AGENT) == (
+        store.get_sender(AGENT),
+        store.get_project(project),
+    )
+
+
+def test_inbound_context_is_open_session_block_and_opt_out(store: Store) -> None:
+    assert store.inbound_context("prj_a", USER, AGENT) == (None, None, False)
+    store.create_session(a_session(agent_number=AGENT, state=CLOSED))
+    assert store.inbound_context("prj_a", USER, AGENT) == (None, None, False)
+    opened = store.create_session(a_session(agent_number=AGENT))
+    store.create_session(a_session(agent_number=OTHER_AGENT))
+    store.block_number("prj_a", USER, T0 + timedelta(minutes=10), "duplicate_text")
+    store.set_opt_out("prj_a", USER, AGENT, True, "STOP", T0)
+    session, blocked, opted_out = store.inbound_context("prj_a", USER, AGENT)
+    assert session == opened == store.find_open_session("prj_a", USER, AGENT)
+    assert blocked == store.blocked_until("prj_a", USER) == T0 + timedelta(minutes=10)
+    assert opted_out is True
+    # Each part follows its own key: another number, another project, another pair.
+    assert store.inbound_context("prj_a", USER, OTHER_AGENT)[2] is False
+    assert store.inbound_context("prj_b", USER, AGENT) == (None, None, True)
+    store.set_opt_out("prj_a", USER, AGENT, False, "START", T0)
+    assert store.inbound_context("prj_a", USER, AGENT)[2] is False
+
+
 def test_senders_for_user_is_list_senders_and_last_agent_number(store: Store) -> None:
     project = a_project(store)
     assert store.senders_for_user(project, "live", USER) == ([], None)
@@ -1016,3 +1045,77 @@ def test_returned_records_are_copies(store: Store) -> None:
     fetched.data["k"].append(4)
     assert store.get_session(session.id).data == {"k": [1]}
     assert replace(fetched, data={"k": [1]}) == store.get_session(session.id)
+
+
+# -- the send job's two calls ---------------------------------------------------------------------
+def test_claim_send_moves_queued_to_sending_and_reads_what_the_send_needs(store: Store) -> None:
+    project_id = a_project(store)
+    store.add_sender(a_sender(project_id, AGENT, country="US", registration="registered"))
+    message = store.add_message(a_message(project_id=project_id, attempts=1))
+    at = T0 + timedelta(seconds=5)
+
+    claim = store.claim_send(message.id, at)
+
+    assert claim is not None
+    assert claim.message == replace(message, status=SENDING, attempts=2, updated_at=at)
+    assert store.get_message(message.id) == claim.message
+    assert claim.opted_out is False
+    assert claim.project == store.get_project(project_id)
+    assert claim.sender == store.get_sender(AGENT)
+    # Of two claims, one wins; a message that is not queued (or absent) is nobody's to send.
+    assert store.claim_send(message.id, at) is None
+    assert store.claim_send("msg_missing", at) is None
+    assert store.get_message(message.id).attempts == 2
+
+
+def test_claim_send_reads_the_opt_out_of_the_messages_own_sender(store: Store) -> None:
+    service = "MG" + "a" * 32
+    store.set_opt_out("prj_a", USER, AGENT, True, "STOP", T0)
+    opted_out = store.add_message(a_message())
+    other_number = store.add_message(a_message(from_=OTHER_AGENT))
+    through_service = store.add_message(a_message(from_=None, messaging_service_sid=service))
+    store.set_opt_out("prj_a", USER, service, True, "STOP", T0)
+
+    first = store.claim_send(opted_out.id, T0)
+    second = store.claim_send(other_number.id, T0)
+    third = store.claim_send(through_service.id, T0)
+
+    assert first is not None and first.opted_out is True
+    assert second is not None and second.opted_out is False
+    assert third is not None and third.opted_out is True
+    # Neither the project ("prj_a" was never created) nor the senders exist: None, not an error.
+    assert (first.project, first.sender, third.sender) == (None, None, None)
+
+
+def test_claim_send_race_has_one_winner(store: Store) -> None:
+    message = store.add_message(a_message())
+    results = run_in_threads(store, lambda i: store.claim_send(message.id, T0))
+    assert not [r for r in results if isinstance(r, BaseException)]
+    assert len([r for r in results if r is not None]) == 1
+    assert store.get_message(message.id).attempts == 1
+
+
+def test_record_sent_records_counts_and_returns_callbacks_that_raced_ahead(store: Store) -> None:
+    day = T0.date()
+    message = store.add_message(
+        a_message(status=SENDING, error_code=20429, error_message="Too Many Requests")
+    )
+    quiet = store.add_message(a_message(status=SENDING))
+    store.add_status_event(StatusEvent("SM1", DELIVERED, T0))
+    at = T0 + timedelta(seconds=1)
+
+    sent, raced = store.record_sent(message.id, "SM1", at)
+    quiet_sent, quiet_raced = store.record_sent(quiet.id, "SM2", at)
+
+    expected = replace(
+        message, status=SENT, twilio_sid="SM1", error_code=None, error_message=None, updated_at=at
+    )
+    assert sent == expected == store.get_message(message.id)
+    assert [(e.twilio_sid, e.status) for e in raced] == [("SM1", DELIVERED)]
+    assert quiet_sent is not None and quiet_raced == []
+    assert store.get_metrics("prj_a", "live", day, day) == {day: {"sent": 2}}
+    # Only a `sending` message is recorded: nothing changes, nothing is counted.
+    assert store.record_sent(message.id, "SM3", at) == (None, [])
+    assert store.record_sent("msg_missing", "SM4", at) == (None, [])
+    assert store.get_message(message.id).twilio_sid == "SM1"
+    assert store.get_metrics("prj_a", "live", day, day) == {day: {"sent": 2}}

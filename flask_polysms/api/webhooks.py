@@ -119,11 +119,10 @@ def inbound_sms():
     """An SMS from a user to one of our numbers (Twilio's inbound webhook)."""
     state = get_state()
     raw = request.form
-    sender = None
+    sender = project = None
     for address in (raw.get("To"), raw.get("MessagingServiceSid")):
         if address and sender is None:
-            sender = state.store.get_sender(address)
-    project = state.store.get_project(sender.project_id) if sender else None
+            sender, project = state.store.get_sender_with_project(address)
     verify_signature(project)
     form = _load(InboundSmsSchema)
     handle_inbound(
