@@ -276,6 +276,16 @@ class MemoryStore(Store):
             next_cursor = encode_cursor(page[-1][0]) if len(rows) > limit else None
             return [_copy(s) for _, s in page], next_cursor
 
+    def waking_sessions(self, now: datetime, limit: int = 500) -> list[Session]:
+        with self._lock:
+            waking = [
+                s
+                for s in self._sessions.values()
+                if s.state != CLOSED and s.wake_at is not None and s.wake_at <= now
+            ]
+            waking.sort(key=lambda s: s.wake_at)
+            return [_copy(s) for s in waking[:limit]]
+
     def due_sessions(self, now: datetime, limit: int = 500) -> list[Session]:
         with self._lock:
             due = [

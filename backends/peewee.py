@@ -378,6 +378,7 @@ def _build_models(database: pw.Database, prefix: str) -> SimpleNamespace:
         Session.state,
     )
     index(Session, "session_due", Session.state, Session.deadline_at)
+    index(Session, "session_waking", Session.state, Session.wake_at)
     index(Session, "session_list", Session.project_id, Session.seq)
     index(
         Session,
@@ -1301,6 +1302,21 @@ class PeeweeStore(Store):
         page = rows[:limit]
         next_cursor = encode_cursor(page[-1]["seq"]) if len(rows) > limit else None
         return [_record(Session, row) for row in page], next_cursor
+
+    def waking_sessions(self, now: datetime, limit: int = 500) -> list[Session]:
+        S = self._m.Session
+        query = (
+            S.select()
+            .where(
+                # "state != closed" as two ranges, so that the (state, wake_at) index serves it.
+                ((S.state < CLOSED) | (S.state > CLOSED))
+                & S.wake_at.is_null(False)
+                & (S.wake_at <= now)
+            )
+            .order_by(S.wake_at, S.seq)
+            .limit(limit)
+        )
+        return [_record(Session, row) for row in query.dicts()]
 
     def due_sessions(self, now: datetime, limit: int = 500) -> list[Session]:
         S = self._m.Session

@@ -1,16 +1,21 @@
 """Session lifecycle: creation, activity, the 24 h warning, the 10 min grace and the close.
 
-The deadline lives on the session in the Store; a scheduled job only wakes the session up and
-re-reads it. A message that only moves the deadline later schedules nothing: the job already waiting
-wakes at the old time, sees the later deadline and sleeps again. Every transition is a
-compare-and-set on the session's version, so two workers firing the same timer make one transition.
+The deadline lives on the session in the Store, with ``wake_at``, the time it must be looked at
+next; a scheduled job only wakes sessions up and re-reads them. Wake-up jobs are shared: one per
+second of wake-up time (``wake-<second>``) wakes every session whose ``wake_at`` has come, so a
+thousand sessions opened in one second cost one scheduled job, and a process that scheduled a slot
+does not schedule it again. A message that only moves the deadline later schedules nothing: the
+wake-up already waiting comes at the old time, sees the later deadline and sleeps again. Every
+transition is a compare-and-set on the session's version, so two workers waking the same session
+make one transition.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from .clock import utcnow
@@ -69,17 +74,18 @@ def new_session(
             metadata=metadata or {},
         )
     )
-    _schedule_wake(state, session.id, deadline)
+    _schedule_wake(state, deadline)
     count(state, project_id, environment, "conversations")
     return session
 
 
-def _schedule_wake(state: PolySMSState, session_id: str, when: datetime) -> None:
-    # The id names the session and the time: a wake-up scheduled from inside the running wake-up
-    # job must not reuse its id (RQ deletes a finished job's hash, taking the new schedule with it),
-    # and the same wake-up scheduled twice is still one job (RQ replaces by id).
-    job_id = f"timer-{session_id}-{int(when.timestamp() * 1000)}"
-    state.scheduler.enqueue_at(when, "timer", session_id, job_id=job_id)
+def _schedule_wake(state: PolySMSState, when: datetime) -> None:
+    # The slot is the next whole second: its job wakes every session due by then. Its id names
+    # the second, so the same slot scheduled twice (two sessions, two processes) is one job (RQ
+    # replaces by id), and a slot scheduled from inside a running wake-up is always a later one.
+    slot = math.ceil(when.timestamp())
+    at = datetime.fromtimestamp(slot, timezone.utc)
+    state.scheduler.enqueue_at(at, "wake", job_id=f"wake-{slot}")
 
 
 def _closed(now: datetime, reason: str, **extra: Any) -> dict[str, Any]:
@@ -147,7 +153,7 @@ def note_activity(
 
     session, changed = update_with_retry(state, session_id, change, session)
     if changed and session is not None and session.wake_at == deadline:
-        _schedule_wake(state, session_id, deadline)
+        _schedule_wake(state, deadline)
     return session
 
 
@@ -212,7 +218,7 @@ def _wake(state: PolySMSState, session_id: str, current: Session | None) -> bool
         return False
     superseded = bool(checked and checked[0])
     if "sleep" in fired:
-        _schedule_wake(state, session_id, fired["sleep"])
+        _schedule_wake(state, fired["sleep"])
         return False
     from .sending import queue_message
 
@@ -230,7 +236,7 @@ def _wake(state: PolySMSState, session_id: str, current: Session | None) -> bool
         )
 
     if "warn" in fired:
-        _schedule_wake(state, session_id, session.deadline_at)
+        _schedule_wake(state, session.deadline_at)
         tell_user("warning", state.settings.warning_message)
         return True
     if session.end_reason == END_INACTIVITY and not superseded:
@@ -309,6 +315,30 @@ def wake_job(state: PolySMSState, session_id: str) -> int:
     if not timer_job(state, session_id):
         return 0
     return 1 + _fire_due(state, limit=WAKE_DRAIN_LIMIT)
+
+
+# What one shared wake-up job looks at, at most; the rest go on in a new job.
+WAKE_JOB_LIMIT = 5000
+
+
+def wake_due_job(state: PolySMSState) -> int:
+    """A shared wake-up: every session whose wake-up time has come is woken (its timer fired when
+    due, else put to sleep until its later deadline), in batches; returns how many fired."""
+    fired = 0
+    seen: set[str] = set()
+    while len(seen) < WAKE_JOB_LIMIT:
+        waking = [s for s in state.store.waking_sessions(utcnow(), limit=500) if s.id not in seen]
+        if not waking:
+            return fired
+        for start in range(0, len(waking), SWEEP_BATCH):
+            batch = waking[start : start + SWEEP_BATCH]
+            seen.update(s.id for s in batch)
+            # A batch in one transaction and one Redis round trip (each timer_job joins the unit).
+            fired += unit_of_work(
+                state, lambda batch=batch: sum(timer_job(state, s.id, s) for s in batch)
+            )
+    state.scheduler.enqueue("wake")  # a crowd bigger than one job's share: the rest, next
+    return fired
 
 
 def _fire_due(state: PolySMSState, limit: int = 500) -> int:

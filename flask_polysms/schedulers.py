@@ -16,6 +16,7 @@ import logging
 import pickle
 import threading
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -147,7 +148,7 @@ class ManualScheduler(Scheduler):
                 del self._timed[key]
             # A job may schedule again (even under the same id): it runs outside the lock.
             result = self._run(job, args)
-            if job == "timer":
+            if job in ("timer", "wake"):
                 fired += int(result or 0)
 
 
@@ -284,6 +285,26 @@ class RQScheduler(Scheduler):
 
         self.connection = Redis.from_url(redis_url)
         self.queue = Queue(queue_name, connection=self.connection, serializer=JobSerializer)
+        # Timed jobs this process has handed to Redis (id -> time), newest last: the shared
+        # wake-up of a second is scheduled once, not once per session opened in it.
+        self._scheduled: OrderedDict[str, datetime] = OrderedDict()
+        self._scheduled_lock = threading.Lock()
+
+    SCHEDULED_MEMORY = 256
+
+    def _is_scheduled(self, job_id: str | None, when: datetime) -> bool:
+        if job_id is None:
+            return False
+        with self._scheduled_lock:
+            return self._scheduled.get(job_id) == when and as_utc(when) > utcnow()
+
+    def _remember(self, timed: list[tuple[str, datetime]]) -> None:
+        with self._scheduled_lock:
+            for job_id, when in timed:
+                self._scheduled[job_id] = when
+                self._scheduled.move_to_end(job_id)
+            while len(self._scheduled) > self.SCHEDULED_MEMORY:
+                self._scheduled.popitem(last=False)
 
     @contextmanager
     def _outage_tolerated(self, what: str) -> Iterator[None]:
@@ -316,6 +337,8 @@ class RQScheduler(Scheduler):
     def _enqueue_at(
         self, when: datetime, job: str, *args: Any, job_id: str | None = None, pipeline: Any = None
     ) -> None:
+        if pipeline is None and self._is_scheduled(job_id, when):
+            return
         # Aware UTC: RQ reads naive datetimes as the server's local time.
         with self._outage_tolerated(f"job {job} at {when.isoformat()}"):
             self.queue.enqueue_at(
@@ -328,17 +351,24 @@ class RQScheduler(Scheduler):
                 description=_description(job, args),
                 pipeline=pipeline,
             )
+            if pipeline is None and job_id is not None:
+                self._remember([(job_id, when)])
 
     def _hand_over(self, held: list) -> None:
         # Every held job in one MULTI/EXEC round trip instead of one or two round trips each.
+        timed = []
         with self._outage_tolerated(f"{len(held)} jobs"), self.connection.pipeline() as pipe:
             pipe.multi()  # before the first command: RQ's enqueue calls multi() itself otherwise
             for when, job, args, job_id in held:
                 if when is None:
                     self._enqueue(job, *args, pipeline=pipe)
-                else:
+                elif not self._is_scheduled(job_id, when) and (job_id, when) not in timed:
                     self._enqueue_at(when, job, *args, job_id=job_id, pipeline=pipe)
-            pipe.execute()
+                    if job_id is not None:
+                        timed.append((job_id, when))
+            if pipe.command_stack:
+                pipe.execute()
+            self._remember(timed)  # only once Redis has them
 
 
 def create_scheduler(app: Flask, settings) -> Scheduler:

@@ -237,6 +237,12 @@ class Store(ABC):
         """A page of a project's sessions, newest first, and the cursor of the next page."""
 
     @abstractmethod
+    def waking_sessions(self, now: datetime, limit: int = 500) -> list[Session]:
+        """Sessions not closed whose wake-up time (``wake_at``) is at or before ``now``, earliest
+        first: the ones a wake-up job at ``now`` must look at (fire, or sleep until a deadline that
+        moved later)."""
+
+    @abstractmethod
     def due_sessions(self, now: datetime, limit: int = 500) -> list[Session]:
         """Sessions not closed whose deadline is at or before ``now``, earliest first."""
 

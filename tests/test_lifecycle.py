@@ -271,7 +271,7 @@ def test_message_moving_deadline_later_schedules_nothing(app, tenant, phone, pol
         conv = start_conversation(app, tenant)
         scheduler = get_state(app).scheduler
         before = scheduler.pending()
-        assert [job for _, job, _ in before] == ["timer"]
+        assert [job for _, job, _ in before] == ["wake"]
         clock.tick(timedelta(hours=1))
         phone.send("one")
         phone.send("two")

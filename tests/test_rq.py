@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -89,9 +90,10 @@ def start(app, tenant) -> str:
 
 
 def wait_until(deadline_at) -> None:
+    """Sleep until the shared wake-up of ``deadline_at`` is due: the next whole second."""
     from flask_polysms.clock import utcnow
 
-    delay = (deadline_at - utcnow()).total_seconds()
+    delay = math.ceil(deadline_at.timestamp()) - utcnow().timestamp()
     if delay > 0:
         time.sleep(delay + 0.05)
 
@@ -117,12 +119,14 @@ def test_agent_and_timers_run_on_the_rq_worker_and_its_scheduler(redis_conn, red
     inbound(app, tenant, "hello", "SM" + "a" * 32)
     work(app)
     assert outbox(app, polysms) == ["Hi!", "echo: hello"]
-    # The wake-up job sits in RQ's scheduled registry, not in the queue.
+    # The wake-up job sits in RQ's scheduled registry, not in the queue: the shared one of the
+    # second the session's deadline falls in.
     from rq.registry import ScheduledJobRegistry
 
     queue = get_state(app).scheduler.queue
     scheduled = ScheduledJobRegistry(queue=queue).get_job_ids()
-    assert [job_id.startswith(f"timer-{conv}-") for job_id in scheduled] == [True]
+    deadline = conversation_state(app, conv).deadline_at
+    assert scheduled == [f"wake-{math.ceil(deadline.timestamp())}"]
     wait_until(conversation_state(app, conv).deadline_at)
     work(app)
     assert conversation_state(app, conv).state == "warned"
@@ -132,6 +136,35 @@ def test_agent_and_timers_run_on_the_rq_worker_and_its_scheduler(redis_conn, red
     s = conversation_state(app, conv)
     assert (s.state, s.end_reason) == ("closed", "inactivity")
     assert outbox(app, polysms)[-1] == "I am going to end conversation now"
+
+
+def test_sessions_opened_in_one_second_share_one_wake_up_scheduled_once(redis_conn, redis_url):
+    from freezegun import freeze_time
+    from rq.registry import ScheduledJobRegistry
+
+    app, polysms = make_app(redis_url)
+    tenant = provision(app, numbers=(AGENT,))
+    client = app.test_client()
+
+    def zadds() -> int:
+        return redis_conn.info("commandstats").get("cmdstat_zadd", {}).get("calls", 0)
+
+    with freeze_time("2026-12-01 10:00:00.250"):
+        first = start(app, tenant)
+        before = zadds()
+        for user in ("+14155552673", "+14155552674"):
+            response = client.post(
+                "/v1/outbound-sms",
+                json={"user_number": user, "message": "Hi!"},
+                headers=tenant.headers,
+            )
+            assert response.status_code == 202
+        # Two more sessions: their send jobs went to Redis, their wake-up was already there.
+        assert zadds() == before
+    deadline = conversation_state(app, first).deadline_at
+    registry = ScheduledJobRegistry(queue=get_state(app).scheduler.queue)
+    assert registry.get_job_ids() == [f"wake-{math.ceil(deadline.timestamp())}"]
+    assert get_state(app).scheduler.queue.count == 3  # the three greetings
 
 
 def test_redis_flush_between_scheduling_and_firing_is_recovered_by_sweep(redis_conn, redis_url):

@@ -495,6 +495,24 @@ def test_due_sessions(store: Store) -> None:
     assert store.due_sessions(now - timedelta(days=1, microseconds=1)) == []
 
 
+def test_waking_sessions(store: Store) -> None:
+    now = T0 + timedelta(hours=24)
+    # A wake-up due while the deadline moved later (a reply): waking, not due.
+    sleeper = store.create_session(
+        a_session(wake_at=now - timedelta(hours=1), deadline_at=now + timedelta(hours=5))
+    )
+    exactly = store.create_session(a_session(state=WARNED, wake_at=now, deadline_at=now))
+    store.create_session(a_session(wake_at=now + timedelta(microseconds=1)))
+    store.create_session(a_session())  # no wake-up
+    store.create_session(a_session(state=CLOSED, wake_at=now - timedelta(hours=2)))
+    earliest = store.create_session(a_session(project_id="prj_b", wake_at=now - timedelta(days=1)))
+
+    assert [s.id for s in store.waking_sessions(now)] == [earliest.id, sleeper.id, exactly.id]
+    assert [s.id for s in store.waking_sessions(now, limit=2)] == [earliest.id, sleeper.id]
+    assert store.waking_sessions(now - timedelta(days=1, microseconds=1)) == []
+    assert sleeper.id not in [s.id for s in store.due_sessions(now)]
+
+
 def test_last_agent_number(store: Store) -> None:
     assert store.last_agent_number("prj_a", "live", USER) is None
     store.create_session(a_session(agent_number=AGENT))
@@ -959,6 +977,7 @@ def test_every_lookup_has_an_index(store: Store) -> None:
             (("id",), True),
             (("project_id", "user_number", "agent_number", "state"), False),
             (("state", "deadline_at"), False),
+            (("state", "wake_at"), False),
             (("project_id", "seq"), False),
             (("project_id", "environment", "user_number"), False),
         ],
