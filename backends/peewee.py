@@ -471,6 +471,9 @@ class _PipelinedPostgres(pw.PostgresqlDatabase):
         )
 
     def begin(self, isolation_level: Any = None) -> None:
+        # Connect now, as sending BEGIN would: connecting later, inside the transaction, would
+        # reset Peewee's transaction stack under the open transaction.
+        self.connection()
         if isolation_level is not None or self._isolation_level:
             super().begin(isolation_level)
             self._state.unsent, self._state.begun = [], True

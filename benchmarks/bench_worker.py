@@ -10,7 +10,12 @@ beforehand:
   scheduler on, as ``flask polysms worker`` runs it: the ceiling of RQ on this machine;
 - ``sends``: flask-polysms send jobs, one per queued message: re-check the opt-out, read the
   project and sender, call Twilio (the real ``twilio`` client against the emulator, a separate
-  process) and record ``sent`` and the SID.
+  process, with a ``StatusCallback`` URL: ``POLYSMS_PUBLIC_URL`` is set as in production) and
+  record ``sent`` and the SID.
+
+The emulator keeps the status callbacks it would post (``--callbacks manual``): Twilio posts them
+to the web servers, from its own machines, and the worker has no part in them; the emulator's
+CPU per send is reported (``emulator_cpu_ms_per_send``) because it shares this machine's cores.
 
 Both classes: ``SimpleWorker`` (the default of ``flask polysms worker``) and the forking
 ``Worker`` (``--fork``), the latter with fewer jobs. Rounds alternate; ratios are medians of the
@@ -46,11 +51,14 @@ from harness import (  # noqa: E402
 ACCOUNT_SID = "AC" + "b" * 32
 AUTH_TOKEN = "bench-twilio-auth-token"
 AGENT_NUMBER = "+14155550100"
+# Sent to the emulator as each message's StatusCallback base; nothing is posted there.
+PUBLIC_URL = "https://sms.bench.example"
 
 
 def work(kind: str, simple: bool) -> dict:
     """In a child process: drain the queue with one worker; returns what it did and how fast."""
-    env = {**os.environ, "PYTHONPATH": str(HERE)}
+    path = os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path}
     command = [sys.executable, __file__, "--child", kind, "--simple" if simple else "--fork"]
     out = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     if out.returncode != 0:
@@ -109,6 +117,7 @@ def fill_sends(app, tenant, n: int, first_user: int) -> list[str]:
     ids = []
     with app.app_context():
         state = get_state(app)
+        state.store.connect()  # as a request or a job does, before its unit of work
 
         def queue_all() -> None:
             for i in range(n):
@@ -124,7 +133,10 @@ def fill_sends(app, tenant, n: int, first_user: int) -> list[str]:
                 )
                 ids.append(message.id)
 
-        unit_of_work(state, queue_all)
+        try:
+            unit_of_work(state, queue_all)
+        finally:
+            state.store.close()
     return ids
 
 
@@ -163,8 +175,9 @@ def main() -> None:
     result: dict = {"benchmark": "worker", "machine": machine()}
     log("resetting the benchmark database and Redis")
     reset_services()
-    with emulator(ACCOUNT_SID, AUTH_TOKEN) as (base_url, emulator_pid):
+    with emulator(ACCOUNT_SID, AUTH_TOKEN, "--callbacks", "manual") as (base_url, emulator_pid):
         os.environ["POLYSMS_BENCH_TWILIO_BASE_URL"] = base_url
+        os.environ["POLYSMS_BENCH_PUBLIC_URL"] = PUBLIC_URL
         app = polysms_app.create_app()
         tenant = provision(
             app,

@@ -174,8 +174,9 @@ def cpu_seconds(pid: int) -> float:
 
 
 @contextmanager
-def emulator(account_sid: str, auth_token: str) -> Iterator[tuple[str, int]]:
-    """The Twilio emulator in its own process; yields its base URL and its pid."""
+def emulator(account_sid: str, auth_token: str, *options: str) -> Iterator[tuple[str, int]]:
+    """The Twilio emulator in its own process (``options``: more command-line arguments);
+    yields its base URL and its pid."""
     port = free_port()
     process = subprocess.Popen(
         [
@@ -186,6 +187,7 @@ def emulator(account_sid: str, auth_token: str) -> Iterator[tuple[str, int]]:
             str(port),
             "--account",
             f"{account_sid}:{auth_token}",
+            *options,
         ],
         stdout=subprocess.DEVNULL,
     )

@@ -43,6 +43,9 @@ def create_app() -> Flask:
         POLYSMS_INBOUND_PROJECT_LIMIT="1000000 per minute",
         POLYSMS_DUPLICATE_TEXT_LIMIT="1000000 per minute",
         POLYSMS_TWILIO_BASE_URL=os.environ.get("POLYSMS_BENCH_TWILIO_BASE_URL"),
+        # Where Twilio posts status callbacks (set by the worker benchmark: send jobs run outside
+        # any request, so without it they would pass no StatusCallback).
+        POLYSMS_PUBLIC_URL=os.environ.get("POLYSMS_BENCH_PUBLIC_URL"),
         # "outbox" where a benchmark sends nothing to Twilio (the timers' warnings).
         POLYSMS_GATEWAY=os.environ.get("POLYSMS_BENCH_GATEWAY", "twilio"),
     )

@@ -46,16 +46,28 @@ class TokenCipher:
             algorithm=hashes.SHA256(), length=32, salt=b"flask-polysms", info=b"twilio-auth-token"
         ).derive(secret.encode("utf-8"))
         self._fernet = Fernet(base64.urlsafe_b64encode(key))
+        # Every webhook and every send decrypts its project's token: a Fernet decryption (HMAC
+        # check, AES, base64) per request for the same few values. Kept in this process only.
+        self._decrypted: dict[str, str] = {}
+
+    DECRYPTED_CACHE = 1024
 
     def encrypt(self, token: str) -> str:
         return self._fernet.encrypt(token.encode("utf-8")).decode("ascii")
 
     def decrypt(self, ciphertext: str) -> str:
         """The plain token; raises ValueError when the secret key changed since encryption."""
+        found = self._decrypted.get(ciphertext)
+        if found is not None:
+            return found
         try:
-            return self._fernet.decrypt(ciphertext.encode("ascii")).decode("utf-8")
+            plain = self._fernet.decrypt(ciphertext.encode("ascii")).decode("utf-8")
         except InvalidToken as exc:
             raise ValueError(
                 "the Twilio Auth Token cannot be decrypted: POLYSMS_SECRET_KEY changed since it "
                 "was stored; run `flask polysms connect-twilio` again"
             ) from exc
+        if len(self._decrypted) >= self.DECRYPTED_CACHE:
+            self._decrypted.clear()
+        self._decrypted[ciphertext] = plain
+        return plain

@@ -215,6 +215,10 @@ def test_works_without_connect_and_after_close(store: Store) -> None:
     store.connect()
     store.connect()  # reuses the open connection
     assert store.get_account(account.id) == account
+    store.close()
+    # A unit of work started without connect() opens the connection too.
+    other = store.atomic(lambda: store.create_account("Initech"))
+    assert store.get_account(other.id) == other
 
 
 # -- accounts, keys, projects ---------------------------------------------------------------------

@@ -314,6 +314,9 @@ def register_api(app: Flask, state: PolySMSState) -> None:
     for module in (outbound, conversations, metrics, senders, templates, webhooks):
         api.register_blueprint(module.blp, url_prefix=prefix + module.URL_PREFIX)
     outbound.apply_rate_limit(app, state)
+    for module in (conversations, metrics, senders, templates, webhooks):
+        # No limit applies there: exempt, flask-limiter skips its per-request lookups.
+        state.limiter.exempt(module.blp)
     _register_routing_errors(app, prefix + "/v1")
     _register_store_errors(app, state, prefix + "/v1")
 

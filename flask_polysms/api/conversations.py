@@ -79,7 +79,7 @@ def get_conversation(conversation_id, tenant):
 
 @blp.route("", methods=["GET"], parameters=AUTH_PARAMETERS)
 @authenticated
-@blp.arguments(ConversationQuerySchema, location="query")
+@blp.arguments(ConversationQuerySchema(), location="query")
 @blp.response(200, ConversationPageSchema)
 @blp.alt_response(401, schema=ErrorSchema, description="missing or invalid API key")
 def list_conversations(query, tenant):

@@ -47,7 +47,7 @@ class MetricsSchema(DayFiguresSchema):
 
 @blp.route("/metrics", methods=["GET"], parameters=AUTH_PARAMETERS)
 @authenticated
-@blp.arguments(MetricsQuerySchema, location="query")
+@blp.arguments(MetricsQuerySchema(), location="query")
 @blp.response(200, MetricsSchema)
 @blp.alt_response(400, schema=ErrorSchema, description="bad date range")
 @blp.alt_response(401, schema=ErrorSchema, description="missing or invalid API key")

@@ -35,7 +35,7 @@ class OutboundResponseSchema(ma.Schema):
 @blp.route("/outbound-sms", methods=["POST"])
 @authenticated
 @blp.doc(parameters=AUTH_PARAMETERS, security=[{"ApiKey": [], "Connector": []}])
-@blp.arguments(OutboundRequestSchema)
+@blp.arguments(OutboundRequestSchema())
 @blp.response(202, OutboundResponseSchema)
 @blp.alt_response(400, schema=ErrorSchema, description="invalid body or agent_number")
 @blp.alt_response(401, schema=ErrorSchema, description="missing or invalid API key")

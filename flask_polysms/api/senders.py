@@ -139,7 +139,7 @@ class ComplianceReportSchema(ma.Schema):
 @blp.route("", methods=["GET"])
 @authenticated
 @blp.doc(parameters=[*AUTH_PARAMETERS, {"in": "query", "schema": SenderQuerySchema}])
-@blp.arguments(SenderQuerySchema, location="query")
+@blp.arguments(SenderQuerySchema(), location="query")
 @blp.response(200, SenderListSchema)
 @blp.alt_response(400, schema=ErrorSchema, description="unknown environment")
 @blp.alt_response(401, schema=ErrorSchema, description="missing or invalid API key")
@@ -152,7 +152,7 @@ def list_senders(query, tenant):
 @blp.route("/<sender>", methods=["PATCH"])
 @authenticated
 @blp.doc(parameters=[*AUTH_PARAMETERS, _SENDER_PATH])
-@blp.arguments(SenderUpdateSchema)
+@blp.arguments(SenderUpdateSchema())
 @blp.response(200, SenderSchema)
 @blp.alt_response(400, schema=ErrorSchema, description="bad state or campaign id")
 @blp.alt_response(401, schema=ErrorSchema, description="missing or invalid API key")
@@ -174,7 +174,7 @@ def update_sender(body, sender, tenant):
 @blp.doc(
     parameters=[*AUTH_PARAMETERS, _SENDER_PATH, {"in": "query", "schema": ComplianceQuerySchema}]
 )
-@blp.arguments(ComplianceQuerySchema, location="query")
+@blp.arguments(ComplianceQuerySchema(), location="query")
 @blp.response(200, ComplianceReportSchema)
 @blp.alt_response(400, schema=ErrorSchema, description="bad destinations")
 @blp.alt_response(401, schema=ErrorSchema, description="missing or invalid API key")

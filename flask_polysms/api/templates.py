@@ -179,7 +179,7 @@ NOT_FOUND = "unknown connector, or no such template in this project"
 @blp.route("", methods=["POST"])
 @authenticated
 @blp.doc(parameters=AUTH_PARAMETERS, security=SECURITY)
-@blp.arguments(TemplateCreateSchema)
+@blp.arguments(TemplateCreateSchema())
 @blp.response(201, TemplateSchema)
 @blp.alt_response(400, schema=ErrorSchema, description="a field is invalid: see errors")
 @blp.alt_response(401, schema=ErrorSchema, description=UNAUTHORIZED)
@@ -233,7 +233,7 @@ def get_template(template_id: str, tenant: Tenant):
 @blp.route("/<template_id>", methods=["PATCH"])
 @authenticated
 @blp.doc(parameters=AUTH_PARAMETERS, security=SECURITY)
-@blp.arguments(TemplatePatchSchema)
+@blp.arguments(TemplatePatchSchema())
 @blp.response(200, TemplateSchema)
 @blp.alt_response(400, schema=ErrorSchema, description="a field is invalid: see errors")
 @blp.alt_response(401, schema=ErrorSchema, description=UNAUTHORIZED)
@@ -276,7 +276,7 @@ def duplicate_template(template_id: str, tenant: Tenant):
 @blp.route("/<template_id>/preview", methods=["POST"])
 @authenticated
 @blp.doc(parameters=AUTH_PARAMETERS, security=SECURITY)
-@blp.arguments(TemplatePreviewRequestSchema, required=False)
+@blp.arguments(TemplatePreviewRequestSchema(), required=False)
 @blp.response(200, TemplatePreviewSchema)
 @blp.alt_response(400, schema=ErrorSchema, description="invalid body: see errors")
 @blp.alt_response(401, schema=ErrorSchema, description=UNAUTHORIZED)

@@ -54,6 +54,11 @@ class StatusCallbackSchema(ma.Schema):
     To = ma.fields.String()
 
 
+# Schemas hold no per-request state: built once, not per webhook.
+INBOUND_SMS = InboundSmsSchema()
+STATUS_CALLBACK = StatusCallbackSchema()
+
+
 def public_url() -> str:
     """The URL Twilio called: POLYSMS_PUBLIC_URL (behind a proxy) or the request's own URL."""
     settings = get_state().settings
@@ -102,10 +107,10 @@ def _form_doc(schema: type[ma.Schema]) -> dict:
     }
 
 
-def _load(schema: type[ma.Schema]) -> dict:
+def _load(schema: ma.Schema) -> dict:
     # Parsed after the signature check, so an unsigned request is a 403 whatever its content.
     try:
-        return schema().load(request.form.to_dict())
+        return schema.load(request.form.to_dict())
     except ma.ValidationError as exc:
         raise InvalidInput("invalid webhook parameters", errors=exc.messages) from exc
 
@@ -124,7 +129,7 @@ def inbound_sms():
         if address and sender is None:
             sender, project = state.store.get_sender_with_project(address)
     verify_signature(project)
-    form = _load(InboundSmsSchema)
+    form = _load(INBOUND_SMS)
     handle_inbound(
         state, sender, form["From"], form.get("Body", ""), form["MessageSid"], project=project
     )
@@ -147,5 +152,5 @@ def status_callback():
             sender = state.store.get_sender(address)
             project_id = sender.project_id if sender else None
     verify_signature(state.store.get_project(project_id) if project_id else None)
-    handle_status(state, _load(StatusCallbackSchema))
+    handle_status(state, _load(STATUS_CALLBACK))
     return twiml()
