@@ -1183,58 +1183,107 @@ class PeeweeStore(Store):
         row = self._row("find_open_session", build, [project_id, user_number, agent_number], S)
         return _record(Session, row) if row else None
 
-    def inbound_context(
-        self, project_id: str, user_number: str, agent_number: str
-    ) -> tuple[Session | None, datetime | None, bool]:
-        S, B, O_ = self._m.Session, self._m.NumberBlock, self._m.OptOut
-        found = self._statements.get("inbound_context")
-        if found is None:
-            # One row always: the open session (or NULLs) beside the block and the opt-out.
-            q, p = self._db.quote, self._db.param
+    def _inbound_context_sql(self, claim: bool) -> str:
+        """The inbound context query (one row always: the open session, or NULLs, beside the
+        block and the opt-out); with ``claim``, PostgreSQL only, it first claims the MessageSid
+        in a data-modifying WITH and says whether the claim was ours."""
+        key = ("inbound_context", claim)
+        found = self._statements.get(key)
+        if found is not None:
+            return found[0]
+        S, B, O_, C = self._m.Session, self._m.NumberBlock, self._m.OptOut, self._m.InboundClaim
+        q, p = self._db.quote, self._db.param
 
-            def name(identifier: str) -> str:
-                return q[0] + identifier + q[1]
+        def name(identifier: str) -> str:
+            return q[0] + identifier + q[1]
 
-            session_columns = ", ".join(
-                f"s.{name(f.column_name)} AS {name(f.column_name)}" for f in S._meta.sorted_fields
-            )
+        session_columns = ", ".join(
+            f"s.{name(f.column_name)} AS {name(f.column_name)}" for f in S._meta.sorted_fields
+        )
+        sql = (
+            f"SELECT {session_columns}, "
+            f"(SELECT b.{name('blocked_until')} FROM {name(B._meta.table_name)} AS b "
+            f"WHERE b.{name('project_id')} = {p} AND b.{name('number')} = {p} LIMIT 1) "
+            f"AS {name('ctx_blocked_until')}, "
+            f"(SELECT o.{name('opted_out')} FROM {name(O_._meta.table_name)} AS o "
+            f"WHERE o.{name('recipient')} = {p} AND o.{name('sender')} = {p} LIMIT 1) "
+            f"AS {name('ctx_opted_out')}"
+            + (f", (SELECT count(*) FROM claim) AS {name('ctx_claimed')} " if claim else " ")
+            + f"FROM (SELECT 1 AS {name('one')}) AS base "
+            f"LEFT JOIN {name(S._meta.table_name)} AS s ON s.{name('id')} = "
+            f"(SELECT s2.{name('id')} FROM {name(S._meta.table_name)} AS s2 "
+            f"WHERE s2.{name('project_id')} = {p} AND s2.{name('user_number')} = {p} "
+            f"AND s2.{name('agent_number')} = {p} AND s2.{name('state')} <> {p} "
+            f"ORDER BY s2.{name('seq')} DESC LIMIT 1)"
+        )
+        if claim:
             sql = (
-                f"SELECT {session_columns}, "
-                f"(SELECT b.{name('blocked_until')} FROM {name(B._meta.table_name)} AS b "
-                f"WHERE b.{name('project_id')} = {p} AND b.{name('number')} = {p} LIMIT 1) "
-                f"AS {name('ctx_blocked_until')}, "
-                f"(SELECT o.{name('opted_out')} FROM {name(O_._meta.table_name)} AS o "
-                f"WHERE o.{name('recipient')} = {p} AND o.{name('sender')} = {p} LIMIT 1) "
-                f"AS {name('ctx_opted_out')} "
-                f"FROM (SELECT 1 AS {name('one')}) AS base "
-                f"LEFT JOIN {name(S._meta.table_name)} AS s ON s.{name('id')} = "
-                f"(SELECT s2.{name('id')} FROM {name(S._meta.table_name)} AS s2 "
-                f"WHERE s2.{name('project_id')} = {p} AND s2.{name('user_number')} = {p} "
-                f"AND s2.{name('agent_number')} = {p} AND s2.{name('state')} <> {p} "
-                f"ORDER BY s2.{name('seq')} DESC LIMIT 1)"
+                f"WITH claim AS (INSERT INTO {name(C._meta.table_name)} "
+                f"({name('message_sid')}, {name('claimed_at')}) VALUES ({p}, {p}) "
+                f"ON CONFLICT DO NOTHING RETURNING 1) " + sql
             )
-            found = self._statements["inbound_context"] = (sql, None)
-        args = [
-            project_id,
-            user_number,
-            user_number,
-            agent_number,
-            project_id,
-            user_number,
-            agent_number,
-            CLOSED,
-        ]
-        cursor = self._execute_statement(found[0], args)
-        names = [d[0] for d in cursor.description]
-        values = dict(zip(names, cursor.fetchone(), strict=True))
+        self._statements[key] = (sql, None)
+        return sql
+
+    def _inbound_context_row(
+        self, values: dict[str, Any]
+    ) -> tuple[Session | None, datetime | None, bool]:
+        S = self._m.Session
         session = None
         if values["id"] is not None:
             columns = S._meta.columns
             session = _record(
                 Session, {n: columns[n].python_value(v) for n, v in values.items() if n in columns}
             )
-        blocked = B.blocked_until.python_value(values["ctx_blocked_until"])
+        blocked = self._m.NumberBlock.blocked_until.python_value(values["ctx_blocked_until"])
         return session, blocked, bool(values["ctx_opted_out"])
+
+    def _run_inbound_context(self, sql: str, args: list[Any]) -> dict[str, Any]:
+        cursor = self._execute_statement(sql, args)
+        names = [d[0] for d in cursor.description]
+        return dict(zip(names, cursor.fetchone(), strict=True))
+
+    @staticmethod
+    def _context_args(project_id: str, user_number: str, agent_number: str) -> list[Any]:
+        return [project_id, user_number, user_number, agent_number]
+
+    def inbound_context(
+        self, project_id: str, user_number: str, agent_number: str
+    ) -> tuple[Session | None, datetime | None, bool]:
+        args = [
+            *self._context_args(project_id, user_number, agent_number),
+            project_id,
+            user_number,
+            agent_number,
+            CLOSED,
+        ]
+        values = self._run_inbound_context(self._inbound_context_sql(claim=False), args)
+        return self._inbound_context_row(values)
+
+    def claim_inbound_with_context(
+        self, message_sid: str, at: datetime, project_id: str, user_number: str, agent_number: str
+    ) -> tuple[bool, Session | None, datetime | None, bool]:
+        if self._is_sqlite or self._is_mysql:  # the claim in a WITH: PostgreSQL only
+            return super().claim_inbound_with_context(
+                message_sid, at, project_id, user_number, agent_number
+            )
+        claimed_at = self._m.InboundClaim.claimed_at.db_value(at)
+        args = [
+            message_sid,
+            claimed_at,
+            *self._context_args(project_id, user_number, agent_number),
+            project_id,
+            user_number,
+            agent_number,
+            CLOSED,
+        ]
+        values = self._atomically(
+            lambda: self._run_inbound_context(self._inbound_context_sql(claim=True), args),
+            one_statement=True,
+        )
+        if not values["ctx_claimed"]:
+            return False, None, None, False
+        return (True, *self._inbound_context_row(values))
 
     def update_session(self, session_id: str, expected_version: int, **fields: Any) -> Session:
         S = self._m.Session

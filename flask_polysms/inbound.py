@@ -143,15 +143,15 @@ def _handle_inbound(
 ) -> str:
     store = state.store
     now = utcnow()
-    # Twilio retries a webhook it thinks failed: the MessageSid is claimed once, ever.
-    if not store.claim_inbound(message_sid, now):
+    # Twilio retries a webhook it thinks failed: the MessageSid is claimed once, ever. With the
+    # claim come the open session, a block and the opt-out (one statement on PostgreSQL).
+    claimed, open_session, blocked, opted_out = store.claim_inbound_with_context(
+        message_sid, now, sender.project_id, user_number, sender.address
+    )
+    if not claimed:
         return "duplicate"
     if project is None or project.id != sender.project_id:
         project = store.get_project(sender.project_id)
-    # The open session, a block and the opt-out: one read (one query on the database backends).
-    open_session, blocked, opted_out = store.inbound_context(
-        sender.project_id, user_number, sender.address
-    )
     keyword = classify(body)
     if keyword is not None:
         _record_inbound(

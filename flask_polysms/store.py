@@ -218,6 +218,16 @@ class Store(ABC):
             self.is_opted_out(user_number, agent_number),
         )
 
+    def claim_inbound_with_context(
+        self, message_sid: str, at: datetime, project_id: str, user_number: str, agent_number: str
+    ) -> tuple[bool, Session | None, datetime | None, bool]:
+        """:meth:`claim_inbound`, then (only when the claim is ours) :meth:`inbound_context`:
+        ``(claimed, open session, blocked until, opted out)``. Backends may do both in one
+        statement; a claim lost answers ``(False, None, None, False)``."""
+        if not self.claim_inbound(message_sid, at):
+            return False, None, None, False
+        return (True, *self.inbound_context(project_id, user_number, agent_number))
+
     @abstractmethod
     def update_session(self, session_id: str, expected_version: int, **fields: Any) -> Session:
         """Compare-and-set: apply ``fields`` and bump the version only if the stored version is

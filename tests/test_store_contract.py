@@ -833,6 +833,45 @@ def test_block_number_keeps_the_later_deadline(store: Store) -> None:
 
 
 # -- races (threads) ------------------------------------------------------------------------------
+def test_claim_inbound_with_context_claims_once_and_reads_the_context(store: Store) -> None:
+    sid = "SM" + "c" * 32
+    opened = store.create_session(a_session(agent_number=AGENT))
+    store.set_opt_out("prj_a", USER, AGENT, True, "STOP", T0)
+    first = store.claim_inbound_with_context(sid, T0, "prj_a", USER, AGENT)
+    assert first == (True, opened, None, True)
+    assert first[1:] == store.inbound_context("prj_a", USER, AGENT)
+    # Claimed already, by either method: nothing read.
+    assert store.claim_inbound_with_context(sid, T0, "prj_a", USER, AGENT) == (
+        False,
+        None,
+        None,
+        False,
+    )
+    assert store.claim_inbound(sid, T0) is False
+    other = "SM" + "d" * 32
+    assert store.claim_inbound(other, T0) is True
+    assert store.claim_inbound_with_context(other, T0, "prj_a", USER, AGENT)[0] is False
+    # Inside a caller's transaction too.
+    third = "SM" + "f" * 32
+    claimed = store.atomic(
+        lambda: store.claim_inbound_with_context(third, T0, "prj_a", USER, OTHER_AGENT)
+    )
+    assert claimed == (True, None, None, False)
+
+
+def test_race_claim_inbound_with_context_has_one_winner(store: Store) -> None:
+    sid = "SM" + "9" * 32
+    results = outcomes(
+        run_in_threads(
+            store,
+            lambda i: store.atomic(
+                lambda: store.claim_inbound_with_context(sid, T0, "prj_a", USER, AGENT)[0]
+            ),
+        )
+    )
+    assert sorted(results, key=str) == [False] * (THREADS - 1) + [True]
+
+
 def test_race_claim_inbound_has_one_winner(store: Store) -> None:
     sid = "SM" + "f" * 32
     results = outcomes(run_in_threads(store, lambda i: store.claim_inbound(sid, T0)))
