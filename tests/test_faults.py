@@ -684,7 +684,7 @@ def test_a_dropped_database_connection_fails_cleanly_and_the_next_request_works(
         assert kill["killed"] >= 1
         assert response.status_code == 503, response.get_data(as_text=True)
         assert response.is_json and "database" in response.get_json()["detail"]
-        # Ours is 1 s; on the rate-limited outbound route flask-limiter writes its own.
+        # Ours is 1 s.
         assert int(response.headers["Retry-After"]) >= 0
         again = client.open(path, method=method, json=payload, headers=tenant.headers)
         assert again.status_code in (200, 202), again.get_json()

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING
 import marshmallow as ma
 from apispec import BasePlugin
 from flask import g, jsonify, request
-from flask_limiter import Limiter, RateLimitExceeded
 from flask_smorest import Api
 from flask_smorest import Blueprint as SmorestBlueprint
 from webargs.flaskparser import FlaskParser
@@ -21,6 +20,7 @@ from werkzeug.exceptions import HTTPException, InternalServerError, MethodNotAll
 
 from ..errors import PolySMSError
 from ..extension import get_state
+from ..rate_limits import ProjectRateLimit
 from ..tenancy import AUTH_HEADER, CONNECTOR_HEADER, Tenant, authenticate
 
 if TYPE_CHECKING:
@@ -108,15 +108,6 @@ def handle_polysms_error(error: PolySMSError):
 
 
 def handle_http_error(error: HTTPException):
-    if isinstance(error, RateLimitExceeded):
-        # The window's length: the count starts again within it. (Computed here, on the 429 path
-        # only: flask-limiter's own headers cost a Redis round trip on every response.)
-        retry_after = getattr(error, "retry_after", None) or error.limit.limit.get_expiry()
-        return error_response(
-            429,
-            f"rate limit exceeded for this project ({error.description}); retry later",
-            headers={"Retry-After": str(retry_after)} if retry_after else None,
-        )
     data = getattr(error, "data", None) or {}
     status = error.code or 500
     messages = data.get("messages")
@@ -219,9 +210,17 @@ def authenticated(view):
     return wrapper
 
 
-def project_rate_key() -> str:
-    """flask-limiter key: the authenticated project, never a raw header (PITFALLS)."""
-    return "project:" + current_tenant().project_id
+def rate_limited(view):
+    """Count the request against its project's ``POLYSMS_RATE_LIMIT`` (429 when over), after
+    authentication and before the body is read. Goes inside :func:`authenticated`."""
+
+    @wraps(view)
+    def wrapper(*args, tenant: Tenant, **kwargs):
+        get_state().limiter.hit(tenant.project_id)
+        return view(*args, tenant=tenant, **kwargs)
+
+    wrapper._apidoc = getattr(view, "_apidoc", {})  # keep flask-smorest's docs on the wrapper
+    return wrapper
 
 
 AUTH_PARAMETERS = [
@@ -303,20 +302,11 @@ def register_api(app: Flask, state: PolySMSState) -> None:
             "extra_plugins": [CommonErrorResponses()],
         },
     )
-    state.limiter = Limiter(
-        key_func=project_rate_key,
-        app=app,
-        storage_uri=state.settings.rate_limit_storage_url,
-        headers_enabled=False,
-        default_limits=[],
-        key_prefix="polysms",
+    state.limiter = ProjectRateLimit(
+        state.settings.rate_limit, state.settings.rate_limit_storage_url
     )
     for module in (outbound, conversations, metrics, senders, templates, webhooks):
         api.register_blueprint(module.blp, url_prefix=prefix + module.URL_PREFIX)
-    outbound.apply_rate_limit(app, state)
-    for module in (conversations, metrics, senders, templates, webhooks):
-        # No limit applies there: exempt, flask-limiter skips its per-request lookups.
-        state.limiter.exempt(module.blp)
     _register_routing_errors(app, prefix + "/v1")
     _register_store_errors(app, state, prefix + "/v1")
 

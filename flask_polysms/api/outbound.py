@@ -7,7 +7,7 @@ from flask import url_for
 
 from ..extension import get_state
 from ..outbound import start_outbound
-from . import AUTH_PARAMETERS, Blueprint, ErrorSchema, authenticated
+from . import AUTH_PARAMETERS, Blueprint, ErrorSchema, authenticated, rate_limited
 from .schemas import E164
 
 URL_PREFIX = "/v1"
@@ -34,6 +34,7 @@ class OutboundResponseSchema(ma.Schema):
 
 @blp.route("/outbound-sms", methods=["POST"])
 @authenticated
+@rate_limited
 @blp.doc(parameters=AUTH_PARAMETERS, security=[{"ApiKey": [], "Connector": []}])
 @blp.arguments(OutboundRequestSchema())
 @blp.response(202, OutboundResponseSchema)
@@ -64,8 +65,3 @@ def send_outbound(body, tenant):
         202,
         {"Location": location},
     )
-
-
-def apply_rate_limit(app, state) -> None:
-    """The per-project limit on this blueprint (keyed on the authenticated project)."""
-    state.limiter.limit(state.settings.rate_limit)(blp)
