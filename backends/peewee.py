@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import json
 import re
 import time
@@ -463,7 +464,12 @@ class _PipelinedPostgres(pw.PostgresqlDatabase):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # SQL text -> its server-side name, and back; names come from a counter so that two
+        # threads naming two statements at once cannot give both the same name.
         self._statement_names: dict[str, str] = {}
+        self._statement_sql: dict[str, str] = {}
+        self._names = itertools.count(1)
+        # Statements whose PREPARE failed (run as plain statements from then on).
         self._unpreparable: set[str] = set()
         # Per connection: the names prepared there (None: unknown after an error, deallocate).
         self._prepared_on: weakref.WeakKeyDictionary[Any, set[str] | None] = (
@@ -493,10 +499,15 @@ class _PipelinedPostgres(pw.PostgresqlDatabase):
         conn = self.connection()
         try:
             return super().execute_sql("; ".join(parts).replace("%", "%%"))
-        except Exception:
-            if any(part.startswith("PREPARE ") for part in parts):
+        except Exception as exc:
+            prepared = [part.split(" ", 2)[1] for part in parts if part.startswith("PREPARE ")]
+            if prepared:
                 # Which of them ran is unknown: start this connection's set afresh.
                 self._prepared_on[conn] = None
+                if not isinstance(exc, (pw.OperationalError, pw.InterfaceError)):
+                    # Not a lost connection: maybe a statement PostgreSQL cannot prepare. Those
+                    # run unprepared from now on; the caller's request fails once, not always.
+                    self._unpreparable.update(self._statement_sql[name] for name in prepared)
             raise
 
     def execute_sql(self, sql: str, params: Any = None) -> Any:
@@ -537,7 +548,9 @@ class _PipelinedPostgres(pw.PostgresqlDatabase):
             return [], None
         name = self._statement_names.get(sql)
         if name is None:
-            name = self._statement_names[sql] = f"polysms_{len(self._statement_names) + 1}"
+            name = f"polysms_{next(self._names)}"
+            self._statement_sql[name] = sql
+            name = self._statement_names.setdefault(sql, name)
         count = sql.count("%s")
         execute = f"EXECUTE {name}({', '.join(['%s'] * count)})" if count else f"EXECUTE {name}"
         conn = self.connection()
@@ -644,9 +657,16 @@ def _open_database(url: str, sqlite_busy_timeout_ms: int, pool: bool = True) -> 
         # already stored still won, and PostgreSQL and SQLite count it so.
         params["client_flag"] = CLIENT.FOUND_ROWS
     elif scheme in ("postgresql", "postgres", "postgresql+pool", "postgres+pool"):
+        # Prepared statements (see _PipelinedPostgres) are planned for their values at each run:
+        # a generic plan does not know that `LIMIT $4` is 1 or that a user has one session, and
+        # picked a scan of every session of the project for the last-agent lookup.
+        params["options"] = "-c plan_cache_mode=force_custom_plan"
         pooled = scheme.endswith("+pool")
         database_class = _PooledPipelinedPostgres if pooled else _PipelinedPostgres
-        return database_class(**{**parse_url(url), **params})
+        connect = {**parse_url(url), **params}
+        if parse_url(url).get("options"):  # the URL's own server options come too
+            connect["options"] = f"{parse_url(url)['options']} {params['options']}"
+        return database_class(**connect)
     return connect_url(url, **params)
 
 
