@@ -38,20 +38,15 @@ AGENT = "+14155550100"
 
 
 class Counters:
-    """Counts SQL statements and Redis commands (pipelined ones included) of this process."""
+    """Counts SQL round trips (messages sent to the database, whatever statements each holds)
+    and Redis commands (pipelined ones included) of this process."""
 
     def __init__(self, store) -> None:
         from redis.client import Pipeline, Redis
 
         self.sql = self.redis = 0
-        database = store.database
-        execute_sql = database.execute_sql
-
-        def counted_sql(*args, **kwargs):
-            self.sql += 1
-            return execute_sql(*args, **kwargs)
-
-        database.execute_sql = counted_sql
+        # Peewee calls its query hooks once per message sent, however the store sends it.
+        store.database.query_hooks = [*store.database.query_hooks, self._count_sql]
         execute_command = Redis.execute_command
         pipeline_execute = Pipeline.execute
         counters = self
@@ -67,6 +62,9 @@ class Counters:
         Redis.execute_command = counted_command
         Pipeline.execute = counted_pipeline
         # Pipeline.execute_command only stacks commands: counted when the pipeline runs.
+
+    def _count_sql(self, event) -> None:
+        self.sql += 1
 
     def reset(self) -> None:
         self.sql = self.redis = 0
