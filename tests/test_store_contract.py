@@ -1018,11 +1018,11 @@ def test_every_lookup_has_an_index(store: Store) -> None:
         "number_block": [(("project_id", "number"), True)],
         "session": [
             (("id",), True),
-            (("project_id", "user_number", "agent_number", "state"), False),
+            (("project_id", "user_number", "agent_number", "seq"), False),
             (("state", "deadline_at"), False),
             (("state", "wake_at"), False),
             (("project_id", "seq"), False),
-            (("project_id", "environment", "user_number"), False),
+            (("project_id", "environment", "user_number", "seq"), False),
         ],
         "message": [
             (("id",), True),
