@@ -277,24 +277,21 @@ class MemoryStore(Store):
             return [_copy(s) for _, s in page], next_cursor
 
     def waking_sessions(self, now: datetime, limit: int = 500) -> list[Session]:
-        with self._lock:
-            waking = [
-                s
-                for s in self._sessions.values()
-                if s.state != CLOSED and s.wake_at is not None and s.wake_at <= now
-            ]
-            waking.sort(key=lambda s: s.wake_at)
-            return [_copy(s) for s in waking[:limit]]
+        return self._open_sessions_by("wake_at", now, limit)
 
     def due_sessions(self, now: datetime, limit: int = 500) -> list[Session]:
+        return self._open_sessions_by("deadline_at", now, limit)
+
+    def _open_sessions_by(self, time: str, now: datetime, limit: int) -> list[Session]:
+        """Sessions not closed whose ``time`` field is at or before ``now``, earliest first."""
         with self._lock:
-            due = [
+            found = [
                 s
                 for s in self._sessions.values()
-                if s.state != CLOSED and s.deadline_at is not None and s.deadline_at <= now
+                if s.state != CLOSED and getattr(s, time) is not None and getattr(s, time) <= now
             ]
-            due.sort(key=lambda s: s.deadline_at)
-            return [_copy(s) for s in due[:limit]]
+            found.sort(key=lambda s: getattr(s, time))
+            return [_copy(s) for s in found[:limit]]
 
     def last_agent_number(self, project_id: str, environment: str, user_number: str) -> str | None:
         with self._lock:

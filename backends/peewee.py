@@ -1405,31 +1405,21 @@ class PeeweeStore(Store):
         return [_record(Session, row) for row in page], next_cursor
 
     def waking_sessions(self, now: datetime, limit: int = 500) -> list[Session]:
-        S = self._m.Session
-        query = (
-            S.select()
-            .where(
-                # "state != closed" as two ranges, so that the (state, wake_at) index serves it.
-                ((S.state < CLOSED) | (S.state > CLOSED))
-                & S.wake_at.is_null(False)
-                & (S.wake_at <= now)
-            )
-            .order_by(S.wake_at, S.seq)
-            .limit(limit)
-        )
-        return [_record(Session, row) for row in query.dicts()]
+        return self._open_sessions_by(self._m.Session.wake_at, now, limit)
 
     def due_sessions(self, now: datetime, limit: int = 500) -> list[Session]:
+        return self._open_sessions_by(self._m.Session.deadline_at, now, limit)
+
+    def _open_sessions_by(self, time: pw.Field, now: datetime, limit: int) -> list[Session]:
+        """Sessions not closed whose ``time`` is at or before ``now``, earliest first."""
         S = self._m.Session
         query = (
             S.select()
             .where(
-                # "state != closed" as two ranges, so that the (state, deadline_at) index serves it.
-                ((S.state < CLOSED) | (S.state > CLOSED))
-                & S.deadline_at.is_null(False)
-                & (S.deadline_at <= now)
+                # "state != closed" as two ranges, so that the (state, time) index serves it.
+                ((S.state < CLOSED) | (S.state > CLOSED)) & time.is_null(False) & (time <= now)
             )
-            .order_by(S.deadline_at, S.seq)
+            .order_by(time, S.seq)
             .limit(limit)
         )
         return [_record(Session, row) for row in query.dicts()]
