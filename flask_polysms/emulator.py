@@ -718,8 +718,10 @@ class TwilioEmulator:
             timer = threading.Thread(
                 target=self._post_series, args=(pending,), name="twilio-callbacks", daemon=True
             )
+            # Started under the lock: stop() joins every thread it finds in _timers, and joining
+            # one not started yet raises.
             self._timers.add(timer)
-        timer.start()
+            timer.start()
 
     def _post_series(self, pending: list[_PendingCallback]) -> None:
         try:
