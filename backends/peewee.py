@@ -717,6 +717,17 @@ def _record(cls: type[T], row: dict[str, Any]) -> T:
     return cls(**{name: row[column] for name, column in _names(cls)})
 
 
+def _prefixed_record(
+    values: dict[str, Any], prefix: str, model: type[pw.Model], cls: type[T]
+) -> T | None:
+    """The record of ``model`` whose columns are ``prefix`` + column name in ``values`` (a row
+    of an outer join), or None when its id is NULL."""
+    if values[prefix + "id"] is None:
+        return None
+    fields = model._meta.sorted_fields
+    return _record(cls, {f.name: f.python_value(values[prefix + f.column_name]) for f in fields})
+
+
 def _same(value: Any) -> Any:
     return value
 
@@ -1040,44 +1051,116 @@ class PeeweeStore(Store):
         row = self._by(K, "key_hash", key_hash, order=(K.created_at, K.id))
         return _record(ApiKey, row) if row else None
 
+    def _credential_parts(self) -> tuple[tuple[str, type[pw.Model], type], ...]:
+        """(column prefix, model, record) of the key, its connector and the connector's project."""
+        return (
+            ("k_", self._m.ApiKey, ApiKey),
+            ("c_", self._m.Connector, Connector),
+            ("p_", self._m.Project, Project),
+        )
+
+    def _credentials_select(
+        self, param: Callable[[int], pw.Value], parts: tuple, *extra: Any
+    ) -> pw.ModelSelect:
+        """SELECT each part's columns, prefixed, and ``extra``: the key with this hash
+        (``param(0)``), the connector ``param(1)`` and its project, by outer joins."""
+        K, C, P = self._m.ApiKey, self._m.Connector, self._m.Project
+        columns = [
+            f.alias(prefix + f.column_name)
+            for prefix, model, _ in parts
+            for f in model._meta.sorted_fields
+        ]
+        return (
+            K.select(*columns, *extra)
+            .join(C, pw.JOIN.LEFT_OUTER, on=(C.id == param(1)))
+            .join(P, pw.JOIN.LEFT_OUTER, on=(P.id == C.project_id))
+            .where(K.key_hash == param(0))
+        )
+
     def get_credentials(
         self, key_hash: str, connector_id: str | None
     ) -> tuple[ApiKey | None, Connector | None, Project | None]:
         """The key, its connector and the connector's project in one query."""
-        K, C, P = self._m.ApiKey, self._m.Connector, self._m.Project
-        parts = (("k_", K, ApiKey), ("c_", C, Connector), ("p_", P, Project))
+        K = self._m.ApiKey
+        parts = self._credential_parts()
 
         def build(param: Callable[[int], pw.Value]) -> Any:
-            columns = [
-                f.alias(prefix + f.column_name)
-                for prefix, model, _ in parts
-                for f in model._meta.sorted_fields
-            ]
-            return (
-                K.select(*columns)
-                .join(C, pw.JOIN.LEFT_OUTER, on=(C.id == param(1)))
-                .join(P, pw.JOIN.LEFT_OUTER, on=(P.id == C.project_id))
-                .where(K.key_hash == param(0))
-                .order_by(K.created_at, K.id)
+            return self._credentials_select(param, parts).order_by(K.created_at, K.id).limit(1)
+
+        rows = self._prefixed_rows("get_credentials", build, [key_hash, connector_id or ""])
+        if not rows:
+            return None, None, None
+        key, connector, project = (_prefixed_record(rows[0], *part) for part in parts)
+        return key, connector, project
+
+    def get_credentials_and_senders(
+        self, key_hash: str, connector_id: str | None, user_number: str
+    ) -> tuple[
+        ApiKey | None,
+        Connector | None,
+        Project | None,
+        tuple[list[Sender], str | None] | None,
+    ]:
+        """One query: the credentials, and one row per sender of the connector's environment
+        (outer-joined only when the key is live and its account owns the project), each row
+        carrying the user's last agent number."""
+        K, C, P, S, Sn = (
+            self._m.ApiKey,
+            self._m.Connector,
+            self._m.Project,
+            self._m.Sender,
+            self._m.Session,
+        )
+        parts = self._credential_parts()
+        sender_part = ("s_", S, Sender)
+
+        def build(param: Callable[[int], pw.Value]) -> Any:
+            previous = (
+                Sn.select(Sn.agent_number)
+                .where(
+                    (Sn.project_id == C.project_id)
+                    & (Sn.environment == C.environment)
+                    & (Sn.user_number == param(2))
+                )
+                .order_by(Sn.seq.desc())
                 .limit(1)
             )
-
-        cursor = self._run("get_credentials", build, [key_hash, connector_id or ""])
-        row = cursor.fetchone()
-        if row is None:
-            return None, None, None
-        values = dict(zip((d[0] for d in cursor.description), row, strict=True))
-
-        def record(prefix: str, model: type[pw.Model], cls: type[T]) -> T | None:
-            if values[prefix + "id"] is None:
-                return None
-            fields = model._meta.sorted_fields
-            return _record(
-                cls, {f.name: f.python_value(values[prefix + f.column_name]) for f in fields}
+            authorised = (
+                (S.project_id == P.id)
+                & (S.environment == C.environment)
+                & (P.account_id == K.account_id)
+                & K.revoked_at.is_null()
+            )
+            return (
+                self._credentials_select(param, (*parts, sender_part), previous.alias("previous"))
+                .join(S, pw.JOIN.LEFT_OUTER, on=authorised)
+                .order_by(K.created_at, K.id, S.created_at, S.address)
             )
 
-        key, connector, project = (record(prefix, model, cls) for prefix, model, cls in parts)
-        return key, connector, project
+        rows = self._prefixed_rows(
+            "get_credentials_and_senders", build, [key_hash, connector_id or "", user_number]
+        )
+        if not rows:
+            return None, None, None, None
+        first_key = rows[0]["k_id"]
+        rows = [row for row in rows if row["k_id"] == first_key]  # the first key's rows only
+        key, connector, project = (_prefixed_record(rows[0], *part) for part in parts)
+        if (
+            key is None
+            or key.revoked_at is not None
+            or connector is None
+            or project is None
+            or project.account_id != key.account_id
+        ):
+            return key, connector, project, None
+        senders = [_prefixed_record(row, *sender_part) for row in rows if row["s_id"] is not None]
+        return key, connector, project, (senders, rows[0]["previous"])
+
+    def _prefixed_rows(self, name: Any, build: Callable, args: list[Any]) -> list[dict[str, Any]]:
+        """The rows of a compiled statement as dicts of database values by column name."""
+        cursor = self._run(name, build, args)
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
     def get_api_key(self, key_id: str) -> ApiKey | None:
         K = self._m.ApiKey

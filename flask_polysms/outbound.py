@@ -23,9 +23,12 @@ def choose_agent_number(
     state: PolySMSState, tenant: Tenant, user_number: str, requested: str | None
 ) -> Sender:
     """The sender for a new outbound conversation (DESIGN §3.1, number selection)."""
-    provisioned, previous = state.store.senders_for_user(
-        tenant.project_id, tenant.environment, user_number
-    )
+    if tenant.senders_for is not None and tenant.senders_for[0] == user_number:
+        _, provisioned, previous = tenant.senders_for  # read with the credentials
+    else:
+        provisioned, previous = state.store.senders_for_user(
+            tenant.project_id, tenant.environment, user_number
+        )
     senders = {s.address: s for s in provisioned if s.kind == "number"}
     numbers = list(senders)
     if requested is not None:

@@ -54,6 +54,12 @@ def _parse_e164(value: str) -> phonenumbers.PhoneNumber | None:
     return number
 
 
+def is_e164_shaped(value: object) -> bool:
+    """True when ``value`` is a string of E.164's shape (``+`` and up to 15 digits), valid number
+    or not: a cheap filter for input checked in full elsewhere."""
+    return isinstance(value, str) and _E164_RE.fullmatch(value) is not None
+
+
 def is_e164(value: object) -> bool:
     """True when ``value`` is a string written exactly in E.164 (``+14155552671``) for a number that
     ``phonenumbers`` considers valid. Any other value, of any type, gives False; never raises."""

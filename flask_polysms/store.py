@@ -148,6 +148,30 @@ class Store(ABC):
         project = self.get_project(connector.project_id) if connector is not None else None
         return key, connector, project
 
+    def get_credentials_and_senders(
+        self, key_hash: str, connector_id: str | None, user_number: str
+    ) -> tuple[
+        ApiKey | None,
+        Connector | None,
+        Project | None,
+        tuple[list[Sender], str | None] | None,
+    ]:
+        """:meth:`get_credentials` and, when they authorise the request (a live key of the
+        account owning the connector's project), :meth:`senders_for_user` for the connector's
+        environment and ``user_number``; else None in their place. What an outbound request
+        reads before it writes; a backend may answer in one round trip."""
+        key, connector, project = self.get_credentials(key_hash, connector_id)
+        if (
+            key is None
+            or key.revoked_at is not None
+            or connector is None
+            or project is None
+            or project.account_id != key.account_id
+        ):
+            return key, connector, project, None
+        senders = self.senders_for_user(project.id, connector.environment, user_number)
+        return key, connector, project, senders
+
     @abstractmethod
     def revoke_api_key(self, key_id: str, at: datetime) -> bool:
         """Mark a key revoked; False when unknown or revoked already."""

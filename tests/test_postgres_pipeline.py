@@ -181,3 +181,26 @@ def test_connections_plan_each_run_for_its_values(store):
     """The other newest-session lookups (open session, inbound context) tie two indexes in a
     generic plan without statistics: every run is planned for its values instead."""
     assert store.database.execute_sql("SHOW plan_cache_mode").fetchone() == ("force_custom_plan",)
+
+
+def test_an_outbound_request_is_two_messages(make_sms, fresh_postgres_url):
+    """Credentials, senders and the user's last number in one message; the session, its greeting
+    and the counter in the other. The number the user knows is still the one chosen. (The
+    testing scheduler then runs the send job inline: its messages come after the commit.)"""
+    from conftest import AGENT_NUMBERS
+
+    schema = backends.create_store(fresh_postgres_url)
+    schema.create_schema()
+    schema.disconnect()
+    sms = make_sms(numbers=AGENT_NUMBERS, POLYSMS_STORAGE_URL=fresh_postgres_url)
+    first = sms.send_ok(USER, "first", agent_number=AGENT_NUMBERS[1])
+    messages = Messages(sms.state.store)
+
+    again = sms.send_ok(USER, "second")
+
+    committed = next(i for i, sql in enumerate(messages.sent) if sql.endswith("COMMIT"))
+    assert committed == 1, messages.sent
+    assert again["agent_number"] == first["agent_number"] == AGENT_NUMBERS[1]
+    stored = sms.state.store.get_session(again["conversation_id"])
+    assert stored.agent_number == AGENT_NUMBERS[1]
+    assert [m.body for m in sms.state.store.list_messages(stored.id)] == ["second"]

@@ -20,6 +20,7 @@ from werkzeug.exceptions import HTTPException, InternalServerError, MethodNotAll
 
 from ..errors import PolySMSError
 from ..extension import get_state
+from ..phone import is_e164_shaped
 from ..rate_limits import ProjectRateLimit
 from ..tenancy import AUTH_HEADER, CONNECTOR_HEADER, Tenant, authenticate
 
@@ -187,24 +188,47 @@ def _refuse_unstorable_input() -> None:
         )
 
 
-def current_tenant() -> Tenant:
-    """The authenticated caller of this request (authenticated once, then cached on ``g``)."""
+def current_tenant(senders_for_user: str | None = None) -> Tenant:
+    """The authenticated caller of this request (authenticated once, then cached on ``g``).
+
+    ``senders_for_user``: a user number whose senders the view will read, fetched with the
+    credentials (see :func:`flask_polysms.tenancy.authenticate`).
+    """
     tenant = g.get("polysms_tenant")
     if tenant is None:
         state = get_state()
         tenant = authenticate(
-            state.store, request.headers.get(AUTH_HEADER), request.headers.get(CONNECTOR_HEADER)
+            state.store,
+            request.headers.get(AUTH_HEADER),
+            request.headers.get(CONNECTOR_HEADER),
+            senders_for_user,
         )
         g.polysms_tenant = tenant
     return tenant
 
 
-def authenticated(view):
-    """Authenticate before the view (401/403/404 per DESIGN §3.1) and pass the Tenant."""
+def _body_number(field: str) -> str | None:
+    """The JSON body's ``field`` when it looks like an E.164 number (checked in full later, by the
+    view's schema), else None."""
+    body = request.get_json(silent=True) if request.is_json else None
+    value = body.get(field) if isinstance(body, dict) else None
+    return value if is_e164_shaped(value) else None
+
+
+def authenticated(view=None, *, senders_for_body_field: str | None = None):
+    """Authenticate before the view (401/403/404 per DESIGN §3.1) and pass the Tenant.
+
+    ``@authenticated(senders_for_body_field="user_number")``: the view will choose a sender for
+    the number in that JSON body field; the senders are read with the credentials, in the same
+    round trip, and reach the view in ``tenant.senders_for``.
+    """
+    if view is None:
+        return lambda view: authenticated(view, senders_for_body_field=senders_for_body_field)
 
     @wraps(view)
     def wrapper(*args, **kwargs):
-        return view(*args, tenant=current_tenant(), **kwargs)
+        user = _body_number(senders_for_body_field) if senders_for_body_field else None
+        return view(*args, tenant=current_tenant(user), **kwargs)
 
     wrapper._apidoc = getattr(view, "_apidoc", {})  # keep flask-smorest's docs on the wrapper
     return wrapper

@@ -33,7 +33,7 @@ class OutboundResponseSchema(ma.Schema):
 
 
 @blp.route("/outbound-sms", methods=["POST"])
-@authenticated
+@authenticated(senders_for_body_field="user_number")
 @rate_limited
 @blp.doc(parameters=AUTH_PARAMETERS, security=[{"ApiKey": [], "Connector": []}])
 @blp.arguments(OutboundRequestSchema())
