@@ -177,10 +177,64 @@ def test_the_last_agent_lookup_stays_on_the_users_index_in_a_generic_plan(store)
         assert "user_number" in plan.split("Filter")[0], plan
 
 
-def test_connections_plan_each_run_for_its_values(store):
-    """The other newest-session lookups (open session, inbound context) tie two indexes in a
-    generic plan without statistics: every run is planned for its values instead."""
-    assert store.database.execute_sql("SHOW plan_cache_mode").fetchone() == ("force_custom_plan",)
+def test_every_prepared_statement_finds_its_rows_by_key_in_a_generic_plan(
+    make_sms, fresh_postgres_url
+):
+    """PostgreSQL may keep one generic plan for a prepared statement after five runs, a plan that
+    cannot see the values. The statements the routes and jobs prepare must each find their rows
+    through a key's index in that plan: no sequential scan of the sessions or messages, and no
+    walk along a project's sessions (the session_list index) for one user's lookup."""
+    import re
+
+    import psycopg2
+    from conftest import AGENT_NUMBERS, USER_NUMBERS
+
+    schema = backends.create_store(fresh_postgres_url)
+    schema.create_schema()
+    # Other projects' rows, so that the tables span many pages (no statistics yet, as at first).
+    many = [dataclasses.replace(a_session(), user_number=f"+1415{i:07d}") for i in range(3000)]
+    schema.atomic(lambda: [schema.create_session(s) for s in many])
+    schema.atomic(lambda: [schema.add_message(a_message(s.id)) for s in many])
+    schema.disconnect()
+    sms = make_sms(
+        agent=lambda conv, text: f"echo {text}",
+        numbers=AGENT_NUMBERS,
+        POLYSMS_STORAGE_URL=fresh_postgres_url,
+        POLYSMS_RATE_LIMIT="1000 per second",
+    )
+    # The request and job paths: outbound (sender chosen and given), inbound routed to the
+    # session and answered, a new user writing first, a status callback, STOP, reads.
+    sent = sms.send_ok(USER_NUMBERS[0], "Hi")
+    sms.send_ok(USER_NUMBERS[1], "Hi", agent_number=AGENT_NUMBERS[2])
+    sms.inbound_ok(USER_NUMBERS[0], "Hello back", to=sent["agent_number"])
+    sms.inbound_ok(USER_NUMBERS[2], "Hi, who is this?")
+    greeting = sms.store.list_messages(sent["conversation_id"])[0]
+    assert sms.status_callback(greeting.twilio_sid, "delivered").status_code == 200
+    sms.inbound_ok(USER_NUMBERS[1], "STOP", to=AGENT_NUMBERS[2])
+    sms.send_ok(USER_NUMBERS[1], "Still there?", agent_number=AGENT_NUMBERS[2])
+    sms.conversation(sent["conversation_id"])
+    sms.metrics()
+    statements = list(sms.store.database._statement_names)  # noqa: SLF001 - all it prepared
+    assert len(statements) >= 15, statements
+
+    checked = psycopg2.connect(fresh_postgres_url)
+    try:
+        with checked.cursor() as cursor:
+            cursor.execute("SET plan_cache_mode = force_generic_plan")
+            for i, sql in enumerate(statements):
+                count = sql.count("%s")
+                numbered = iter(range(1, count + 1))
+                body = re.sub(r"%s", lambda _, n=numbered: f"${next(n)}", sql).replace("%%", "%")
+                cursor.execute(f"PREPARE check_{i} AS {body}")
+                values = f"({', '.join(['NULL'] * count)})" if count else ""
+                cursor.execute(f"EXPLAIN EXECUTE check_{i}{values}")
+                plan = "\n".join(row[0] for row in cursor.fetchall())
+                for scan in ("Seq Scan on polysms_session", "Seq Scan on polysms_message"):
+                    assert scan not in plan, f"{sql}\n{plan}"
+                assert "session_list" not in plan, f"{sql}\n{plan}"
+    finally:
+        checked.rollback()
+        checked.close()
 
 
 def test_an_outbound_request_is_two_messages(make_sms, fresh_postgres_url):
