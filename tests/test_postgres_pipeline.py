@@ -18,6 +18,9 @@ from flask_polysms.records import Message, Session, new_id
 pytestmark = pytest.mark.services
 
 USER, AGENT = "+14155552671", "+14155550100"
+# For the tests through the routes: the numbers provisioned, and users writing to them.
+AGENT_NUMBERS = (AGENT, "+14155550101", "+14155550102")
+USER_NUMBERS = ("+14155552674", "+14155552675", "+14155552676")
 
 
 @pytest.fixture
@@ -187,7 +190,6 @@ def test_every_prepared_statement_finds_its_rows_by_key_in_a_generic_plan(
     import re
 
     import psycopg2
-    from conftest import AGENT_NUMBERS, USER_NUMBERS
 
     schema = backends.create_store(fresh_postgres_url)
     schema.create_schema()
@@ -241,8 +243,6 @@ def test_an_outbound_request_is_two_messages(make_sms, fresh_postgres_url):
     """Credentials, senders and the user's last number in one message; the session, its greeting
     and the counter in the other. The number the user knows is still the one chosen. (The
     testing scheduler then runs the send job inline: its messages come after the commit.)"""
-    from conftest import AGENT_NUMBERS
-
     schema = backends.create_store(fresh_postgres_url)
     schema.create_schema()
     schema.disconnect()
