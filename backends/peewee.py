@@ -574,8 +574,14 @@ class _PipelinedPostgres(pw.PostgresqlDatabase):
     def _interpolated(self, sql: str, params: Any) -> str:
         if not params:
             return sql.replace("%%", "%")
+        # One cursor per connection for interpolating (a cursor per statement cost more than the
+        # interpolation): kept beside the connection in the thread's state.
+        conn = self.connection()
+        kept = getattr(self._state, "mogrifier", None)
+        if kept is None or kept[0] is not conn:
+            kept = self._state.mogrifier = (conn, conn.cursor())
         with pw.__exception_wrapper__:
-            return self.cursor().mogrify(sql, params).decode()
+            return kept[1].mogrify(sql, params).decode()
 
     def commit(self) -> None:
         begun = getattr(self._state, "begun", True)

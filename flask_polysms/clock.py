@@ -14,4 +14,6 @@ def as_utc(value: datetime) -> datetime:
     """An aware UTC datetime for ``value`` (naive values are taken as UTC, as stored)."""
     if value.tzinfo is None:
         return value.replace(tzinfo=timezone.utc)
+    if value.tzinfo is timezone.utc:  # already: the common case, without a copy
+        return value
     return value.astimezone(timezone.utc)

@@ -281,9 +281,13 @@ class RQScheduler(Scheduler):
     def __init__(self, app: Flask, redis_url: str, queue_name: str) -> None:
         super().__init__(app)
         from redis import Redis
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
         from rq import Queue
 
         self.connection = Redis.from_url(redis_url)
+        # What "Redis unreachable" raises (see _outage_tolerated); imported once, not per job.
+        self._outages = (RedisConnectionError, RedisTimeoutError)
         self.queue = Queue(queue_name, connection=self.connection, serializer=JobSerializer)
         # Timed jobs this process has handed to Redis (id -> time), newest last: the shared
         # wake-up of a second is scheduled once, not once per session opened in it.
@@ -314,12 +318,9 @@ class RQScheduler(Scheduler):
         deadline), and `flask polysms sweep` runs them from there; raising here would answer 500
         to a request whose rows are written, and its retry would send twice.
         """
-        from redis.exceptions import ConnectionError as RedisConnectionError
-        from redis.exceptions import TimeoutError as RedisTimeoutError
-
         try:
             yield
-        except (RedisConnectionError, RedisTimeoutError) as exc:
+        except self._outages as exc:
             log.warning("Redis unreachable, %s not enqueued (the sweep recovers it): %s", what, exc)
 
     def _enqueue(self, job: str, *args: Any, pipeline: Any = None) -> None:
