@@ -1,6 +1,6 @@
 """Outbound API under gunicorn (2 sync workers) with RQ on Redis, beside its hand-written baseline.
 
-    python benchmarks/bench_outbound.py [--seconds 5] [--rounds 5] [--connections 8]
+    python benchmarks/bench_outbound.py [--seconds 5] [--rounds 5] [--connections 8] [--against REV]
 
 Three servers run side by side: a bare Flask "hello", the hand-written baseline
 (``baseline_apps.outbound_app``: two rows in one transaction, one RQ job) and flask-polysms
@@ -9,11 +9,16 @@ wake-up timer). wrk measures each one's peak in alternating rounds; the ratio re
 median of the rounds' ratios, so that load from other processes, which comes and goes, weighs on
 both sides alike. Then a paced open-loop load at half of each one's peak measures latency.
 Prints JSON.
+
+``--against REV`` serves a fourth server, the project at another commit (a git worktree), in the
+same rounds, and reports ``ratio_to_against``: a change's gain, which the ratio to the baseline
+cannot show from one run to the next when the machine's speed moves.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -21,6 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import (  # noqa: E402
+    checkout,
     emit,
     gunicorn,
     log,
@@ -61,6 +67,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--paced-seconds", type=float, default=8.0)
+    parser.add_argument(
+        "--against", metavar="REV", help="also serve this commit of the project, side by side"
+    )
     args = parser.parse_args()
 
     import polysms_app
@@ -80,12 +89,18 @@ def main() -> None:
             return HELLO_LUA
         return outbound_lua(headers, next(numbers))
 
-    with (
-        gunicorn("baseline_apps:hello_app()") as hello_port,
-        gunicorn("baseline_apps:outbound_app()") as baseline_port,
-        gunicorn("polysms_app:create_app()") as ours_port,
-    ):
-        ports = {"hello": hello_port, "baseline": baseline_port, "polysms": ours_port}
+    with contextlib.ExitStack() as servers:
+        serve = servers.enter_context
+        ports = {
+            "hello": serve(gunicorn("baseline_apps:hello_app()")),
+            "baseline": serve(gunicorn("baseline_apps:outbound_app()")),
+            "polysms": serve(gunicorn("polysms_app:create_app()")),
+        }
+        if args.against:
+            code = serve(checkout(args.against))
+            ports["against"] = serve(
+                gunicorn("polysms_app:create_app()", env={"POLYSMS_BENCH_CODE": code})
+            )
         for name, port in ports.items():  # warm-up: imports, connections, caches
             wrk(f"http://127.0.0.1:{port}", lua_for(name), connections=4, seconds=2)
         runs: dict[str, list[dict]] = {name: [] for name in ports}
@@ -138,6 +153,18 @@ def main() -> None:
                 for name, rs in runs.items()
             },
             "half_peak_open_loop": half,
+            **(
+                {
+                    "against": {
+                        "revision": args.against,
+                        "peak_requests_per_s": peak["against"],
+                        "ratio_to_against": ratio_of_rounds(runs, "polysms", "against"),
+                        "against_ratio_to_baseline": ratio_of_rounds(runs, "against", "baseline"),
+                    }
+                }
+                if args.against
+                else {}
+            ),
             "errors": errors,
             "runs": runs,
             "targets": {

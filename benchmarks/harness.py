@@ -167,6 +167,31 @@ def gunicorn(app_spec: str, env: dict[str, str] | None = None, workers: int = 2)
         _stop(process)
 
 
+@contextmanager
+def checkout(revision: str) -> Iterator[str]:
+    """Another commit of the project in a temporary git worktree; yields its path, which
+    ``POLYSMS_BENCH_CODE`` given to :func:`gunicorn` serves instead of this checkout's code."""
+    root = HERE.parent
+    path = Path(tempfile.mkdtemp(prefix="polysms-against-"))
+    subprocess.run(
+        ["git", "-C", str(root), "worktree", "add", "--detach", str(path), revision],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        # Installed, the store backends are the package flask_polysms.backends (setup.cfg maps
+        # the top-level backends/ there); a plain checkout needs the same name.
+        (path / "flask_polysms" / "backends").symlink_to("../backends")
+        yield str(path)
+    finally:
+        subprocess.run(
+            ["git", "-C", str(root), "worktree", "remove", "--force", str(path)],
+            check=False,
+            capture_output=True,
+        )
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time a process has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()

@@ -2,8 +2,8 @@
 production section says (RQ scheduler, rate limits counted in Redis).
 
 Served by gunicorn as ``polysms_app:create_app()`` from benchmarks/, and imported in-process by
-the worker and timer benchmarks. The limits are raised so that a benchmark measures the work of a
-request, not the 429 answer.
+the worker and timer benchmarks; with ``POLYSMS_BENCH_CODE``, another checkout's code. The limits
+are raised so that a benchmark measures the work of a request, not the 429 answer.
 """
 
 from __future__ import annotations
@@ -18,7 +18,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import PG_URL, QUEUE, REDIS_URL, SECRET_KEY  # noqa: E402
 
+# POLYSMS_BENCH_CODE: another checkout of the project (harness.checkout) to serve instead of the
+# installed one, for a side-by-side run of two commits (bench_outbound.py --against). Put first
+# on the path, and anything of flask_polysms imported already is dropped, so that it is the one
+# imported.
+if os.environ.get("POLYSMS_BENCH_CODE"):
+    sys.path.insert(0, os.environ["POLYSMS_BENCH_CODE"])
+    for _name in [m for m in sys.modules if m == "flask_polysms" or m.startswith("flask_polysms.")]:
+        del sys.modules[_name]
+
 from flask_polysms import PolySMS  # noqa: E402
+
+if os.environ.get("POLYSMS_BENCH_CODE"):  # measuring the wrong code would go unnoticed
+    import flask_polysms  # noqa: E402
+
+    served = str(Path(flask_polysms.__file__).resolve())
+    assert served.startswith(str(Path(os.environ["POLYSMS_BENCH_CODE"]).resolve())), served
 
 polysms = PolySMS()
 
