@@ -220,22 +220,27 @@ def test_every_prepared_statement_finds_its_rows_by_key_in_a_generic_plan(
     assert len(statements) >= 15, statements
 
     checked = psycopg2.connect(fresh_postgres_url)
+    checked.autocommit = True
     try:
         with checked.cursor() as cursor:
             cursor.execute("SET plan_cache_mode = force_generic_plan")
-            for i, sql in enumerate(statements):
-                count = sql.count("%s")
-                numbered = iter(range(1, count + 1))
-                body = re.sub(r"%s", lambda _, n=numbered: f"${next(n)}", sql).replace("%%", "%")
-                cursor.execute(f"PREPARE check_{i} AS {body}")
-                values = f"({', '.join(['NULL'] * count)})" if count else ""
-                cursor.execute(f"EXPLAIN EXECUTE check_{i}{values}")
-                plan = "\n".join(row[0] for row in cursor.fetchall())
-                for scan in ("Seq Scan on polysms_session", "Seq Scan on polysms_message"):
-                    assert scan not in plan, f"{sql}\n{plan}"
-                assert "session_list" not in plan, f"{sql}\n{plan}"
+            # Before the tables have statistics (a new deployment) and after ANALYZE.
+            for stage in ("no statistics", "analyzed"):
+                if stage == "analyzed":
+                    cursor.execute("ANALYZE")
+                for i, sql in enumerate(statements):
+                    count = sql.count("%s")
+                    numbered = iter(range(1, count + 1))
+                    body = re.sub(r"%s", lambda _, n=numbered: f"${next(n)}", sql)
+                    name = f"check_{stage[0]}_{i}"
+                    cursor.execute(f"PREPARE {name} AS {body.replace('%%', '%')}")
+                    values = f"({', '.join(['NULL'] * count)})" if count else ""
+                    cursor.execute(f"EXPLAIN EXECUTE {name}{values}")
+                    plan = "\n".join(row[0] for row in cursor.fetchall())
+                    for scan in ("Seq Scan on polysms_session", "Seq Scan on polysms_message"):
+                        assert scan not in plan, f"{stage}: {sql}\n{plan}"
+                    assert "session_list" not in plan, f"{stage}: {sql}\n{plan}"
     finally:
-        checked.rollback()
         checked.close()
 
 
