@@ -120,13 +120,16 @@ def test_agent_and_timers_run_on_the_rq_worker_and_its_scheduler(redis_conn, red
     work(app)
     assert outbox(app, polysms) == ["Hi!", "echo: hello"]
     # The wake-up job sits in RQ's scheduled registry, not in the queue: the shared one of the
-    # second the session's deadline falls in.
+    # second the session's wake-up time falls in. (The reply moved the deadline later without
+    # touching Redis; wake_at stays at the first deadline, whose wake-up puts the session back
+    # to sleep until the new one. The two fall in different seconds when the reply crossed one.)
     from rq.registry import ScheduledJobRegistry
 
     queue = get_state(app).scheduler.queue
     scheduled = ScheduledJobRegistry(queue=queue).get_job_ids()
-    deadline = conversation_state(app, conv).deadline_at
-    assert scheduled == [f"wake-{math.ceil(deadline.timestamp())}"]
+    session = conversation_state(app, conv)
+    assert session.wake_at <= session.deadline_at
+    assert scheduled == [f"wake-{math.ceil(session.wake_at.timestamp())}"]
     wait_until(conversation_state(app, conv).deadline_at)
     work(app)
     assert conversation_state(app, conv).state == "warned"
