@@ -63,6 +63,7 @@ from flask_polysms.store import (
     SendClaim,
     StaleVersion,
     Store,
+    authorises,
     decode_cursor,
     encode_cursor,
 )
@@ -1180,13 +1181,7 @@ class PeeweeStore(Store):
         first_key = rows[0]["k_id"]
         rows = [row for row in rows if row["k_id"] == first_key]  # the first key's rows only
         key, connector, project = (_prefixed_record(rows[0], *part) for part in parts)
-        if (
-            key is None
-            or key.revoked_at is not None
-            or connector is None
-            or project is None
-            or project.account_id != key.account_id
-        ):
+        if not authorises(key, connector, project):
             return key, connector, project, None
         senders = [_prefixed_record(row, *sender_part) for row in rows if row["s_id"] is not None]
         return key, connector, project, (senders, rows[0]["previous"])

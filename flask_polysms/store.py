@@ -77,6 +77,18 @@ def decode_cursor(cursor: str | None) -> int | None:
         raise ValueError("invalid cursor") from exc
 
 
+def authorises(key: ApiKey | None, connector: Connector | None, project: Project | None) -> bool:
+    """Whether credentials let a request in: a live key of the account owning the connector's
+    project (what :meth:`Store.get_credentials_and_senders` reads senders for)."""
+    return (
+        key is not None
+        and key.revoked_at is None
+        and connector is not None
+        and project is not None
+        and project.account_id == key.account_id
+    )
+
+
 class Store(ABC):
     """Persistence for accounts, projects, sessions, messages, templates, opt-outs and metrics."""
 
@@ -161,13 +173,7 @@ class Store(ABC):
         environment and ``user_number``; else None in their place. What an outbound request
         reads before it writes; a backend may answer in one round trip."""
         key, connector, project = self.get_credentials(key_hash, connector_id)
-        if (
-            key is None
-            or key.revoked_at is not None
-            or connector is None
-            or project is None
-            or project.account_id != key.account_id
-        ):
+        if not authorises(key, connector, project):
             return key, connector, project, None
         senders = self.senders_for_user(project.id, connector.environment, user_number)
         return key, connector, project, senders

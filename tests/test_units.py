@@ -176,20 +176,24 @@ def test_credentials_and_senders_come_together_only_when_authorised(store):
     project = store.create_project(account.id, "reminders")
     live = store.create_connector(project.id, "live")
     sandbox = store.create_connector(project.id, "sandbox")
-    for address, environment, at in (
-        ("+14155550101", "live", datetime(2026, 1, 1, 10, 0, 1)),
-        ("+14155550100", "live", datetime(2026, 1, 1, 10, 0, 0)),
-        ("+14155550177", "sandbox", datetime(2026, 1, 1, 10, 0, 0)),
-    ):
+
+    def add_sender(project_id, address, environment, at):
         store.add_sender(
             Sender(
                 id=new_id("snd_"),
-                project_id=project.id,
+                project_id=project_id,
                 environment=environment,
                 address=address,
                 created_at=at,
             )
         )
+
+    for address, environment, at in (
+        ("+14155550101", "live", datetime(2026, 1, 1, 10, 0, 1)),
+        ("+14155550100", "live", datetime(2026, 1, 1, 10, 0, 0)),
+        ("+14155550177", "sandbox", datetime(2026, 1, 1, 10, 0, 0)),
+    ):
+        add_sender(project.id, address, environment, at)
     key = store.add_api_key(account.id, hash_api_key("pk_secret"), "pk_secr")
     secret = hash_api_key("pk_secret")
 
@@ -225,15 +229,7 @@ def test_credentials_and_senders_come_together_only_when_authorised(store):
     assert both(None) == (key, None, None, None)
     other = store.create_account("other")
     theirs = store.create_connector(store.create_project(other.id, "theirs").id, "live")
-    store.add_sender(
-        Sender(
-            id=new_id("snd_"),
-            project_id=theirs.project_id,
-            environment="live",
-            address="+14155550188",
-            created_at=now,
-        )
-    )
+    add_sender(theirs.project_id, "+14155550188", "live", now)
     assert both(theirs.id)[3] is None
     assert both(theirs.id)[:3] == store.get_credentials(secret, theirs.id)
     store.revoke_api_key(key.id, now)
