@@ -25,7 +25,7 @@ import re
 import time
 import weakref
 from collections.abc import Callable
-from datetime import date, datetime
+from datetime import date, datetime, timezone
 from types import SimpleNamespace
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -755,6 +755,30 @@ def _prefixed_record(
     return _record(cls, row)
 
 
+@functools.lru_cache(maxsize=256)
+def _read_back_unchanged(model: type[pw.Model]) -> dict[str, type | None]:
+    """Per field, the one type whose values (besides None) read back exactly as written: text
+    as text, integers and booleans as themselves, aware UTC datetimes as themselves (every
+    backend keeps microseconds). Converting those both ways, for every field of every record
+    written, cost more than writing the SQL."""
+    kinds = [
+        ((pw.CharField, pw.TextField), str, True),
+        ((pw.BooleanField,), bool, False),
+        ((pw.IntegerField,), int, False),
+        ((UTCDateTimeField,), datetime, False),
+    ]
+    unchanged: dict[str, type | None] = {}
+    for field in model._meta.sorted_fields:
+        found = None
+        for classes, kind, exact in kinds:
+            # Text: the plain classes only (a subclass such as JSONTextField converts strings).
+            if (type(field) in classes) if exact else isinstance(field, classes):
+                found = kind
+                break
+        unchanged[field.name] = found
+    return unchanged
+
+
 def _same(value: Any) -> Any:
     return value
 
@@ -1029,13 +1053,15 @@ class PeeweeStore(Store):
     def _roundtrip(self, model: type[pw.Model], cls: type[T], record: T) -> T:
         """``record`` as reading it back would give it (aware UTC times, JSON values)."""
         fields = model._meta.fields
+        unchanged = _read_back_unchanged(model)
         row = {}
         for name, value in _values(record).items():
+            if value is None or type(value) is unchanged[name]:
+                if type(value) is not datetime or value.tzinfo is timezone.utc:
+                    row[name] = value
+                    continue
             field = fields[name]
-            if type(value) is str and _text_as_is(field):
-                row[name] = value
-            else:
-                row[name] = field.python_value(field.db_value(value))
+            row[name] = field.python_value(field.db_value(value))
         return _record(cls, row)
 
     def _changes(

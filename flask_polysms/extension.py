@@ -39,7 +39,14 @@ class PolySMSState:
     limiter: Any = None
     emulator: Any = None  # a TwilioEmulator the app started in-process (the embedded demo)
     inbound_limits: Any = None  # built on first inbound message (inbound.inbound_limits)
-    seen_base_url: str | None = None  # the host our routes were last called on (callbacks)
+    # (scheme, host, mount point) of the last request to our routes, and its base URL: where
+    # jobs run outside requests point status callbacks. One attribute, so threads never mix them.
+    seen_request_base: tuple[tuple, str] | None = None
+
+    @property
+    def seen_base_url(self) -> str | None:
+        """The base URL our routes were last called on (status callbacks of jobs)."""
+        return self.seen_request_base[1] if self.seen_request_base else None
 
     @property
     def agent(self) -> AgentFunc | None:
@@ -109,11 +116,13 @@ class PolySMS:
         def _close_store(exc: BaseException | None) -> None:
             state.store.close()
 
-        @app.before_request
-        def _start_background_work() -> None:
-            # The thread scheduler's loop (and its periodic sweep) runs in the serving process
-            # only; for the other schedulers this does nothing.
-            state.scheduler.start()
+        if type(state.scheduler).start is not Scheduler.start:  # a hook per request costs
+
+            @app.before_request
+            def _start_background_work() -> None:
+                # The thread scheduler's loop (and its periodic sweep) runs in the serving process
+                # only, started by its first request (after a fork, in the child).
+                state.scheduler.start()
 
         if settings.dashboard:
             from .dashboard import register_dashboard

@@ -35,23 +35,30 @@ def _parse_strict(value: object) -> phonenumbers.PhoneNumber | None:
     """The parsed number when ``value`` is a valid number written exactly in E.164, else None."""
     if not isinstance(value, str) or _E164_RE.fullmatch(value) is None:
         return None
-    return _parse_e164(value)
+    return _parse_e164(value)[0]
 
 
 # A request checks the same number several times (the schema, the sender rules, the region), and
 # parsing is the costly part of each check; callers only read the parsed number.
 @functools.lru_cache(maxsize=4096)
-def _parse_e164(value: str) -> phonenumbers.PhoneNumber | None:
+def _parse_e164(value: str) -> tuple[phonenumbers.PhoneNumber | None, str | None]:
+    """(the parsed number, its region as ``phonenumbers`` names it) when valid, else (None, None).
+
+    The region is found once: ``phonenumbers.is_valid_number`` is exactly this region lookup
+    followed by ``is_valid_number_for_region``, and the lookup (which tries every region sharing
+    the country code) is the costly half.
+    """
     try:
         number = phonenumbers.parse(value, None)
     except phonenumbers.NumberParseException:
-        return None
-    if not phonenumbers.is_valid_number(number):
-        return None
+        return None, None
+    region = phonenumbers.region_code_for_number(number)
+    if not phonenumbers.is_valid_number_for_region(number, region):
+        return None, None
     # The round trip rejects anything phonenumbers had to reinterpret (e.g. extra leading digits).
     if phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164) != value:
-        return None
-    return number
+        return None, None
+    return number, region
 
 
 def is_e164_shaped(value: object) -> bool:
@@ -98,10 +105,9 @@ def region_of(number: object) -> str | None:
     which is not a region. Numbers sharing a country code are told apart: ``+1787…`` is ``"PR"``,
     not ``"US"``.
     """
-    parsed = _parse_strict(number)
-    if parsed is None:
+    if not isinstance(number, str) or _E164_RE.fullmatch(number) is None:
         return None
-    region = phonenumbers.region_code_for_number(parsed)
+    region = _parse_e164(number)[1]
     if region is None or not (len(region) == 2 and region.isascii() and region.isalpha()):
         return None
     return region

@@ -97,7 +97,7 @@ def status_callback_url(state: PolySMSState) -> str | None:
     if state.settings.public_url:
         return state.settings.public_url + path
     if has_request_context():
-        return request.host_url.rstrip("/") + path
+        return request.url_root.rstrip("/") + path
     # A job outside any request (thread or RQ worker): the host our routes were last called on.
     return state.seen_base_url + path if state.seen_base_url else None
 

@@ -62,6 +62,25 @@ def test_accepted_answers_202_with_the_conversation_and_its_location(sms):
     assert followed.get_json()["id"] == body["conversation_id"]
 
 
+def test_location_keeps_the_url_prefix_and_the_apps_mount_point(make_sms):
+    sms = make_sms(numbers=AGENT_NUMBERS, POLYSMS_URL_PREFIX="/sms")
+    mounted = {"SCRIPT_NAME": "/shop"}  # the app served under /shop (a WSGI mount)
+    response = sms.client.post(
+        "/sms/v1/outbound-sms",
+        json={"user_number": USER, "message": "Hello"},
+        headers=sms.tenant.headers,
+        environ_overrides=mounted,
+    )
+
+    assert response.status_code == 202, response.get_json()
+    conversation_id = response.get_json()["conversation_id"]
+    assert response.headers["Location"] == f"/shop/sms/v1/conversations/{conversation_id}"
+    path = response.headers["Location"].removeprefix("/shop")
+    followed = sms.client.get(path, headers=sms.tenant.headers, environ_overrides=mounted)
+    assert followed.status_code == 200
+    assert followed.get_json()["id"] == conversation_id
+
+
 def test_the_message_is_the_greeting_of_a_new_session(sms):
     body = sms.send_ok(USER, "Your table is booked for 8pm.")
 

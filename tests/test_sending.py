@@ -57,6 +57,42 @@ def test_a_send_reaches_twilio_with_a_status_callback(emulated):
     assert sms.metrics()["sent"] == 1
 
 
+def test_jobs_outside_requests_call_back_the_host_last_called(make_sms):
+    from flask_polysms.sending import status_callback_url
+
+    sms = make_sms(numbers=(AGENT,))
+    conversation = f"/v1/conversations/conv_{'0' * 32}"  # any API route will do (a 404 here)
+    for base, expected in [
+        ("http://first.example", "http://first.example"),
+        ("https://second.example:8443", "https://second.example:8443"),
+        ("https://second.example:8443", "https://second.example:8443"),
+        ("http://first.example", "http://first.example"),
+    ]:
+        sms.client.get(conversation, headers=sms.tenant.headers, base_url=base)
+        assert status_callback_url(sms.state) == expected + "/v1/twilio/status"
+    sms.client.get(
+        conversation,
+        headers=sms.tenant.headers,
+        base_url="http://first.example",
+        environ_overrides={"SCRIPT_NAME": "/shop"},
+    )
+    assert status_callback_url(sms.state) == "http://first.example/shop/v1/twilio/status"
+
+
+def test_a_mounted_app_is_called_back_under_its_mount_point(make_sms):
+    sms = make_sms(numbers=(AGENT,))
+    response = sms.client.post(
+        "/v1/outbound-sms",
+        json={"user_number": USER, "message": "Hello"},
+        headers=sms.tenant.headers,
+        environ_overrides={"SCRIPT_NAME": "/shop"},  # the app served under /shop
+    )
+
+    assert response.status_code == 202
+    [sent] = sms.outbox
+    assert sent["status_callback"] == "http://localhost/shop/v1/twilio/status"
+
+
 def test_the_status_callback_uses_the_public_url(make_emulated_sms):
     sms, emulator = make_emulated_sms(
         numbers=(AGENT,), POLYSMS_PUBLIC_URL="https://sms.example.com/"

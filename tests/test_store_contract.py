@@ -21,6 +21,7 @@ import pytest
 from freezegun import freeze_time
 
 from flask_polysms import backends
+from flask_polysms.backends.memory import MemoryStore
 from flask_polysms.records import (
     ACTIVE,
     CLOSED,
@@ -387,6 +388,33 @@ def test_create_and_get_session_round_trips_every_field(store: Store) -> None:
         assert moment.utcoffset() == timedelta(0)
     assert fetched.closed_at is None and fetched.end_reason is None
     assert store.get_session("ses_missing") is None
+
+
+def test_a_created_record_is_what_reading_it_back_gives(store: Store) -> None:
+    """On a database, what create_* returns is the record as stored: naive and non-UTC times come
+    back aware UTC, JSON values as JSON gives them, booleans and integers as themselves."""
+    if isinstance(store, MemoryStore):
+        pytest.skip("the memory store keeps the objects it is given; nothing is converted")
+    two_hours_east = timezone(timedelta(hours=2))
+    session = a_session(
+        created_at=T0.replace(tzinfo=None),  # naive: taken as UTC
+        last_activity_at=T0.astimezone(two_hours_east),
+        engaged=True,
+        version=3,
+        data={"pair": (1, 2)},  # a tuple: JSON gives a list back
+    )
+    created = store.create_session(session)
+    assert created == store.get_session(session.id)
+    assert created.created_at == T0 and created.created_at.utcoffset() == timedelta(0)
+    assert created.last_activity_at == T0 and created.last_activity_at.utcoffset() == timedelta(0)
+    assert created.data == {"pair": [1, 2]}
+    assert (created.engaged, created.version) == (True, 3)
+
+    message = store.add_message(
+        a_message(session.id, created_at=T0.astimezone(two_hours_east), segments=2)
+    )
+    assert message == store.get_message(message.id)
+    assert message.created_at.utcoffset() == timedelta(0)
 
 
 def test_find_open_session(store: Store) -> None:

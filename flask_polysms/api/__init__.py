@@ -60,8 +60,7 @@ class Blueprint(SmorestBlueprint):
         super().__init__(*args, **kwargs)
         self.register_error_handler(HTTPException, handle_http_error)
         self.register_error_handler(PolySMSError, handle_polysms_error)
-        self.before_request(_limit_body_size)
-        self.before_request(_refuse_unstorable_input)
+        self.before_request(_check_request)
 
 
 class PolySMSApi(Api):
@@ -126,9 +125,35 @@ def handle_http_error(error: HTTPException):
     return error_response(status, error.description or error.name, headers=data.get("headers"))
 
 
+def _check_request() -> None:
+    """Every API request, before its view: one hook (Flask pays a dispatch per hook)."""
+    _limit_body_size()
+    _refuse_unstorable_input()
+
+
+def _remember_base_url(state: PolySMSState) -> None:
+    """Keep the URL our routes are called on (the app's mount point included), for status
+    callbacks of jobs run outside requests.
+
+    Worked out again only when the request's scheme, host or mount point changes: ``url_root``
+    (which also checks ``TRUSTED_HOSTS``) cost more than the rest of the request checks.
+    """
+    environ = request.environ
+    key = (
+        environ.get("wsgi.url_scheme"),
+        environ.get("HTTP_HOST"),
+        environ.get("SERVER_NAME"),
+        environ.get("SERVER_PORT"),
+        environ.get("SCRIPT_NAME"),
+    )
+    seen = state.seen_request_base
+    if seen is None or seen[0] != key:
+        state.seen_request_base = (key, request.url_root.rstrip("/"))
+
+
 def _limit_body_size() -> None:
     state = get_state()
-    state.seen_base_url = request.host_url.rstrip("/")
+    _remember_base_url(state)
     # Per request, so the host app's own MAX_CONTENT_LENGTH is left alone.
     request.max_content_length = state.settings.max_content_length
     if request.content_length is not None and request.content_length > request.max_content_length:
