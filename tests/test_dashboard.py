@@ -655,6 +655,35 @@ def test_simulator_reply_is_a_signed_webhook(make_emulated_sms, live_server):
     assert emulator.messages[-1]["body"].startswith("You have been unsubscribed")
 
 
+def test_simulator_reply_reaches_an_app_mounted_under_a_path(make_emulated_sms, live_server):
+    """No POLYSMS_PUBLIC_URL: the webhook is called where the app is served, its mount point too."""
+    from werkzeug.exceptions import NotFound
+    from werkzeug.middleware.dispatcher import DispatcherMiddleware
+
+    base_url, bind = live_server
+    sms, emulator = make_emulated_sms(emulator={"callbacks": "auto"}, POLYSMS_DASHBOARD=True)
+    bind(DispatcherMiddleware(NotFound(), {"/shop": sms.app}))
+    get_state(sms.app).emulator = emulator
+    client = sms.app.test_client()
+    mounted = {"base_url": base_url + "/shop"}  # SCRIPT_NAME=/shop, on the live server's host
+
+    def csrf_token(path: str) -> str:
+        return CSRF_RE.search(client.get(path, **mounted).get_data(as_text=True))[1]
+
+    credentials = {"api_key": sms.tenant.api_key, "connector_id": sms.tenant.connector_id}
+    token = csrf_token("/dashboard/sign-in")
+    client.post("/dashboard/sign-in", data={**credentials, "csrf_token": token}, **mounted)
+    reply = {"number": USER, "to": AGENT, "body": "STOP"}
+    token = csrf_token("/dashboard/opt-outs")
+    answer = client.post(
+        "/dashboard/simulator/reply", data={**reply, "csrf_token": token}, **mounted
+    )
+
+    assert answer.status_code == 302
+    page = client.get("/dashboard/simulator", **mounted).get_data(as_text=True)
+    assert sms.store.is_opted_out(USER, AGENT), page
+
+
 def test_simulator_reply_errors(make_emulated_sms, live_server):
     base_url, bind = live_server
     sms, emulator = make_emulated_sms(POLYSMS_DASHBOARD=True, POLYSMS_PUBLIC_URL=base_url)

@@ -117,9 +117,10 @@ def recent_numbers(state: PolySMSState, tenant: Tenant, limit: int = 10) -> list
     return numbers
 
 
-def webhook_url(state: PolySMSState, host_url: str) -> str:
-    """The inbound webhook's URL as Twilio would call it: POLYSMS_PUBLIC_URL, else this host."""
-    base = state.settings.public_url or host_url.rstrip("/")
+def webhook_url(state: PolySMSState, url_root: str) -> str:
+    """The inbound webhook's URL as Twilio would call it: POLYSMS_PUBLIC_URL, else where this
+    app is served (``url_root``: its host and mount point)."""
+    base = state.settings.public_url or url_root.rstrip("/")
     return f"{base}{state.settings.url_prefix}/v1/twilio/sms"
 
 

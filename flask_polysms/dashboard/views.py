@@ -507,7 +507,7 @@ def simulator_reply():
             raise ValueError(f"{to or 'no number'} is not one of this project's numbers")
         if not 1 <= len(body) <= MESSAGE_MAX_LENGTH:
             raise ValueError(f"the reply must be 1 to {MESSAGE_MAX_LENGTH} characters")
-        url = simulator.webhook_url(state, request.host_url)
+        url = simulator.webhook_url(state, request.url_root)
         simulator.post_reply(state, tenant, url, number, to, body)
     except (ValueError, simulator.ReplyFailed) as exc:
         flash(str(exc), "error")
