@@ -761,21 +761,13 @@ def _read_back_unchanged(model: type[pw.Model]) -> dict[str, type | None]:
     as text, integers and booleans as themselves, aware UTC datetimes as themselves (every
     backend keeps microseconds). Converting those both ways, for every field of every record
     written, cost more than writing the SQL."""
-    kinds = [
-        ((pw.CharField, pw.TextField), str, True),
-        ((pw.BooleanField,), bool, False),
-        ((pw.IntegerField,), int, False),
-        ((UTCDateTimeField,), datetime, False),
-    ]
+    kinds = [(pw.BooleanField, bool), (pw.IntegerField, int), (UTCDateTimeField, datetime)]
     unchanged: dict[str, type | None] = {}
     for field in model._meta.sorted_fields:
-        found = None
-        for classes, kind, exact in kinds:
-            # Text: the plain classes only (a subclass such as JSONTextField converts strings).
-            if (type(field) in classes) if exact else isinstance(field, classes):
-                found = kind
-                break
-        unchanged[field.name] = found
+        if _text_as_is(field):
+            unchanged[field.name] = str
+        else:
+            unchanged[field.name] = next((t for c, t in kinds if isinstance(field, c)), None)
     return unchanged
 
 

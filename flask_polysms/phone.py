@@ -33,9 +33,7 @@ _MAX_SHOWN = 40
 
 def _parse_strict(value: object) -> phonenumbers.PhoneNumber | None:
     """The parsed number when ``value`` is a valid number written exactly in E.164, else None."""
-    if not isinstance(value, str) or _E164_RE.fullmatch(value) is None:
-        return None
-    return _parse_e164(value)[0]
+    return _parse_e164(value)[0] if is_e164_shaped(value) else None
 
 
 # A request checks the same number several times (the schema, the sender rules, the region), and
@@ -105,7 +103,7 @@ def region_of(number: object) -> str | None:
     which is not a region. Numbers sharing a country code are told apart: ``+1787…`` is ``"PR"``,
     not ``"US"``.
     """
-    if not isinstance(number, str) or _E164_RE.fullmatch(number) is None:
+    if not is_e164_shaped(number):
         return None
     region = _parse_e164(number)[1]
     if region is None or not (len(region) == 2 and region.isascii() and region.isalpha()):

@@ -194,8 +194,8 @@ def test_credentials_and_senders_come_together_only_when_authorised(store):
         ("+14155550177", "sandbox", datetime(2026, 1, 1, 10, 0, 0)),
     ):
         add_sender(project.id, address, environment, at)
-    key = store.add_api_key(account.id, hash_api_key("pk_secret"), "pk_secr")
     secret = hash_api_key("pk_secret")
+    key = store.add_api_key(account.id, secret, "pk_secr")
 
     def both(connector_id, user_number=user, key_hash=secret):
         return store.get_credentials_and_senders(key_hash, connector_id, user_number)

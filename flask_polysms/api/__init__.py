@@ -127,7 +127,9 @@ def handle_http_error(error: HTTPException):
 
 def _check_request() -> None:
     """Every API request, before its view: one hook (Flask pays a dispatch per hook)."""
-    _limit_body_size()
+    state = get_state()
+    _remember_base_url(state)
+    _limit_body_size(state)
     _refuse_unstorable_input()
 
 
@@ -151,9 +153,7 @@ def _remember_base_url(state: PolySMSState) -> None:
         state.seen_request_base = (key, request.url_root.rstrip("/"))
 
 
-def _limit_body_size() -> None:
-    state = get_state()
-    _remember_base_url(state)
+def _limit_body_size(state: PolySMSState) -> None:
     # Per request, so the host app's own MAX_CONTENT_LENGTH is left alone.
     request.max_content_length = state.settings.max_content_length
     if request.content_length is not None and request.content_length > request.max_content_length:
