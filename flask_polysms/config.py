@@ -102,6 +102,8 @@ class Settings:
     gateway: str
     twilio_base_url: str | None
     twilio_timeout: float
+    #: The app's public base URL from configuration only (``POLYSMS_PUBLIC_URL``, else
+    #: ``SERVER_NAME``): status callbacks and webhook signatures use it, never a request's Host.
     public_url: str | None
     url_prefix: str
     rate_limit: str
@@ -174,6 +176,18 @@ def _text(config: dict, key: str, *, optional: bool = False) -> str | None:
     return value
 
 
+def _server_name_url(config: Any) -> str | None:
+    """The app's public base URL as Flask's own settings give it (``SERVER_NAME``,
+    ``PREFERRED_URL_SCHEME`` and ``APPLICATION_ROOT``, the mount point), or None without
+    ``SERVER_NAME``."""
+    server_name = config.get("SERVER_NAME")
+    if not server_name:
+        return None
+    scheme = config.get("PREFERRED_URL_SCHEME") or "http"
+    root = (config.get("APPLICATION_ROOT") or "/").rstrip("/")
+    return f"{scheme}://{server_name}{root}"
+
+
 def load_settings(config: dict, *, testing: bool) -> Settings:
     """Apply the defaults to ``config`` and validate every key (ConfigError names the key)."""
     for key, value in DEFAULTS.items():
@@ -207,6 +221,7 @@ def load_settings(config: dict, *, testing: bool) -> Settings:
     public_url = _text(config, ConfigVars.PUBLIC_URL, optional=True)
     if public_url and not public_url.startswith(("http://", "https://")):
         raise ConfigError(f"{ConfigVars.PUBLIC_URL} must be an http(s) URL, not {public_url!r}")
+    public_url = public_url or _server_name_url(config)
     return Settings(
         storage_url=_text(config, ConfigVars.STORAGE_URL),
         scheduler=scheduler,

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from flask import Flask, current_app, has_app_context
 
-from .config import Settings, load_settings
+from .config import ConfigError, Settings, load_settings
 from .crypto import TokenCipher
 from .errors import NotConfigured
 from .gateways import Gateway, create_gateway
@@ -39,14 +40,6 @@ class PolySMSState:
     limiter: Any = None
     emulator: Any = None  # a TwilioEmulator the app started in-process (the embedded demo)
     inbound_limits: Any = None  # built on first inbound message (inbound.inbound_limits)
-    # (scheme, host, mount point) of the last request to our routes, and its base URL: where
-    # jobs run outside requests point status callbacks. One attribute, so threads never mix them.
-    seen_request_base: tuple[tuple, str] | None = None
-
-    @property
-    def seen_base_url(self) -> str | None:
-        """The base URL our routes were last called on (status callbacks of jobs)."""
-        return self.seen_request_base[1] if self.seen_request_base else None
 
     @property
     def agent(self) -> AgentFunc | None:
@@ -75,6 +68,9 @@ class PolySMS:
 
     def __init__(self, app: Flask | None = None) -> None:
         self.agent_func: AgentFunc | None = None
+        # The apps this object serves, held weakly (an extension never keeps its app alive): the
+        # test helpers use the only one when they are called outside an app context.
+        self._apps: weakref.WeakSet[Flask] = weakref.WeakSet()
         if app is not None:
             self.init_app(app)
 
@@ -87,6 +83,14 @@ class PolySMS:
         from .backends import create_store
 
         settings = load_settings(app.config, testing=app.testing)
+        if settings.public_url is None and not (app.debug or app.testing):
+            # Without it, status callbacks and signature checks would have to trust the Host
+            # header of whoever calls, and a forged one would receive the users' delivery data.
+            raise ConfigError(
+                "set POLYSMS_PUBLIC_URL (the public origin Twilio calls, e.g. "
+                "https://sms.example.com) or Flask's SERVER_NAME: flask-polysms never builds "
+                "status-callback or signature URLs from a request's Host header"
+            )
         store = create_store(settings.storage_url)
         if store.creates_schema_on_start:
             store.create_schema()
@@ -104,6 +108,7 @@ class PolySMS:
             cipher=TokenCipher(settings.secret_key),
         )
         app.extensions[EXTENSION_KEY] = state
+        self._apps.add(app)
         self._warn_unsafe_defaults(app, settings)
 
         from .api import register_api
@@ -151,22 +156,48 @@ class PolySMS:
         return func
 
     # -- test helpers -----------------------------------------------------------------------------
+    def _app(self) -> Flask:
+        """The app a helper acts on: the current app, else the only app this object serves."""
+        if has_app_context():
+            return current_app._get_current_object()  # type: ignore[attr-defined]
+        apps = list(self._apps)
+        if len(apps) == 1:
+            return apps[0]
+        if not apps:
+            raise NotConfigured(
+                "flask-polysms serves no app yet: did you call polysms.init_app(app)?"
+            )
+        names = ", ".join(sorted(repr(app.name) for app in apps))
+        raise NotConfigured(
+            f"this PolySMS object serves {len(apps)} apps ({names}): push the one you mean, "
+            "e.g. `with app.app_context(): polysms.run_due_timers()`"
+        )
+
     @property
     def outbox(self) -> list[dict]:
-        """With ``POLYSMS_GATEWAY="outbox"``: the messages handed to the gateway, oldest first."""
-        gateway = get_state().gateway
+        """With ``POLYSMS_GATEWAY="outbox"``: the messages handed to the gateway, oldest first.
+
+        Works outside an app context when this object serves one app."""
+        gateway = get_state(self._app()).gateway
         outbox = getattr(gateway, "outbox", None)
         if outbox is None:
             raise RuntimeError("polysms.outbox needs POLYSMS_GATEWAY = 'outbox'")
         return outbox
 
     def run_due_timers(self) -> int:
-        """Fire every timer due at the current (possibly frozen) time; returns how many fired."""
+        """Fire every timer due at the current (possibly frozen) time; returns how many fired.
+
+        Works outside an app context when this object serves one app (its context is pushed for
+        the call)."""
         from .lifecycle import run_due_timers
 
-        return run_due_timers(get_state())
+        if has_app_context():
+            return run_due_timers(get_state())
+        app = self._app()
+        with app.app_context():
+            return run_due_timers(get_state(app))
 
     @property
     def store(self) -> Store:
-        """The current app's Store."""
-        return get_state().store
+        """The Store of the current app, else of the only app this object serves."""
+        return get_state(self._app()).store

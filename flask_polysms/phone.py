@@ -82,6 +82,12 @@ def validate_e164(value: object) -> str:
     shown = repr(value)
     if len(shown) > _MAX_SHOWN:
         shown = shown[: _MAX_SHOWN - 1] + "…"
+    if is_e164_shaped(value):
+        # Written as E.164, but no number of any numbering plan: say that, not "not E.164".
+        raise ValueError(
+            f"{shown} is written in E.164 but is not a valid phone number "
+            "(no such number in its country's numbering plan)"
+        )
     raise ValueError(f"{shown} is not an E.164 phone number such as {_EXAMPLE_NUMBER}")
 
 

@@ -90,16 +90,11 @@ def queue_message(
 
 
 def status_callback_url(state: PolySMSState) -> str | None:
-    """Where Twilio posts delivery updates: the public URL when set, else the serving host."""
-    from flask import has_request_context, request
-
-    path = f"{state.settings.url_prefix}/v1/twilio/status"
+    """Where Twilio posts delivery updates: the configured public URL (``POLYSMS_PUBLIC_URL`` or
+    ``SERVER_NAME``); None without one (debug and testing only), never a request's host."""
     if state.settings.public_url:
-        return state.settings.public_url + path
-    if has_request_context():
-        return request.url_root.rstrip("/") + path
-    # A job outside any request (thread or RQ worker): the host our routes were last called on.
-    return state.seen_base_url + path if state.seen_base_url else None
+        return f"{state.settings.public_url}{state.settings.url_prefix}/v1/twilio/status"
+    return None
 
 
 def _fail(state: PolySMSState, message: Message, code: int | None, text: str) -> None:
@@ -130,7 +125,11 @@ def send_job(state: PolySMSState, message_id: str) -> bool:
     # The opt-out is checked here, at send time, not only when the message was accepted.
     if message.kind not in UNSUPPRESSED_KINDS and claim.opted_out:
         if store.update_message(
-            message_id, expected_status=SENDING, status=SUPPRESSED, updated_at=utcnow()
+            message_id,
+            expected_status=SENDING,
+            status=SUPPRESSED,
+            drop_reason="opted_out",
+            updated_at=utcnow(),
         ):
             count(state, message.project_id, message.environment, "suppressed")
         return True

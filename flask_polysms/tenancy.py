@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from .clock import utcnow
 from .crypto import hash_api_key, key_prefix, new_api_key
-from .errors import Forbidden, NotFoundError, Unauthorized
+from .errors import Forbidden, InvalidInput, NotFoundError, Unauthorized
 from .records import Connector, Project, Sender
 from .store import Store
 
@@ -46,7 +46,7 @@ def authenticate(
     senders_for_user: str | None = None,
 ) -> Tenant:
     """Resolve the two auth headers, with the product's rules: 401 for a missing or invalid key
-    (revoked included), 404 for an unknown connector, 403 when the key's account is not the
+    (revoked included), 400 for a missing connector header, 404 for an unknown connector, 403 when the key's account is not the
     connector's account.
 
     ``senders_for_user``: a user number whose senders the request will read (an outbound
@@ -66,7 +66,7 @@ def authenticate(
     if key is None or key.revoked_at is not None:
         raise Unauthorized(f"invalid {AUTH_HEADER}")
     if not connector_id:
-        raise NotFoundError(f"missing {CONNECTOR_HEADER} header: no connector named")
+        raise InvalidInput(f"{CONNECTOR_HEADER} header is required")
     if connector is None:
         raise NotFoundError("connector not found")
     if project is None:

@@ -23,7 +23,11 @@ BASE_DELAY = timedelta(seconds=2)  # POLYSMS_RETRY_BASE_DELAY's default
 @pytest.fixture
 def emulated(make_emulated_sms):
     """(harness, emulator): the twilio gateway pointed at a fresh emulator, manual callbacks."""
-    return make_emulated_sms(numbers=(AGENT, OTHER_AGENT), POLYSMS_TWILIO_TIMEOUT=0.5)
+    return make_emulated_sms(
+        numbers=(AGENT, OTHER_AGENT),
+        POLYSMS_TWILIO_TIMEOUT=0.5,
+        POLYSMS_PUBLIC_URL="http://localhost",
+    )
 
 
 def greeting(sms, conversation_id: str) -> dict:
@@ -57,40 +61,61 @@ def test_a_send_reaches_twilio_with_a_status_callback(emulated):
     assert sms.metrics()["sent"] == 1
 
 
-def test_jobs_outside_requests_call_back_the_host_last_called(make_sms):
+def test_no_request_host_ever_becomes_a_status_callback(make_sms):
+    """Requests with forged Host headers (unsigned webhooks included) leave the callback URL of
+    every later send, in a request or in a job, to configuration alone."""
     from flask_polysms.sending import status_callback_url
 
-    sms = make_sms(numbers=(AGENT,))
-    conversation = f"/v1/conversations/conv_{'0' * 32}"  # any API route will do (a 404 here)
-    for base, expected in [
-        ("http://first.example", "http://first.example"),
-        ("https://second.example:8443", "https://second.example:8443"),
-        ("https://second.example:8443", "https://second.example:8443"),
-        ("http://first.example", "http://first.example"),
-    ]:
+    sms = make_sms(numbers=(AGENT,), POLYSMS_PUBLIC_URL="https://sms.example.com")
+    conversation = f"/v1/conversations/conv_{'0' * 32}"
+    for base in ("http://attacker.example", "https://evil.example:8443"):
         sms.client.get(conversation, headers=sms.tenant.headers, base_url=base)
-        assert status_callback_url(sms.state) == expected + "/v1/twilio/status"
-    sms.client.get(
-        conversation,
+        forged = sms.client.post("/v1/twilio/sms", data={"To": AGENT}, base_url=base)
+        assert forged.status_code == 403
+        assert status_callback_url(sms.state) == "https://sms.example.com/v1/twilio/status"
+    sms.client.post(
+        "/v1/outbound-sms",
+        json={"user_number": USER, "message": "Hello"},
         headers=sms.tenant.headers,
-        base_url="http://first.example",
-        environ_overrides={"SCRIPT_NAME": "/shop"},
+        base_url="http://attacker.example",
     )
-    assert status_callback_url(sms.state) == "http://first.example/shop/v1/twilio/status"
+    [sent] = sms.outbox
+    assert sent["status_callback"] == "https://sms.example.com/v1/twilio/status"
 
 
-def test_a_mounted_app_is_called_back_under_its_mount_point(make_sms):
+def test_without_a_configured_url_a_testing_app_sends_no_status_callback(make_sms):
+    """Debug and testing may start without a public URL; then no send (not even one inside a
+    request) hands Twilio a URL made from that request's Host."""
     sms = make_sms(numbers=(AGENT,))
     response = sms.client.post(
         "/v1/outbound-sms",
         json={"user_number": USER, "message": "Hello"},
         headers=sms.tenant.headers,
-        environ_overrides={"SCRIPT_NAME": "/shop"},  # the app served under /shop
+        base_url="http://attacker.example",
+    )
+    assert response.status_code == 202
+    [sent] = sms.outbox
+    assert sent["status_callback"] is None
+
+
+def test_a_mounted_app_is_called_back_under_its_mount_point(make_sms):
+    """SERVER_NAME with APPLICATION_ROOT (Flask's own settings) give the public URL too."""
+    sms = make_sms(
+        numbers=(AGENT,),
+        SERVER_NAME="sms.example.com",
+        PREFERRED_URL_SCHEME="https",
+        APPLICATION_ROOT="/shop",
+    )
+    response = sms.client.post(
+        "/v1/outbound-sms",
+        json={"user_number": USER, "message": "Hello"},
+        headers=sms.tenant.headers,
+        base_url="https://sms.example.com/shop",
     )
 
     assert response.status_code == 202
     [sent] = sms.outbox
-    assert sent["status_callback"] == "http://localhost/shop/v1/twilio/status"
+    assert sent["status_callback"] == "https://sms.example.com/shop/v1/twilio/status"
 
 
 def test_the_status_callback_uses_the_public_url(make_emulated_sms):

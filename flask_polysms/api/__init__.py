@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING
 
 import marshmallow as ma
 from apispec import BasePlugin
-from flask import g, jsonify, request
+from flask import jsonify, request
 from flask_smorest import Api
 from flask_smorest import Blueprint as SmorestBlueprint
 from webargs.flaskparser import FlaskParser
 from werkzeug.exceptions import HTTPException, InternalServerError, MethodNotAllowed, NotFound
 
-from ..errors import PolySMSError
+from ..errors import InvalidInput, PolySMSError
 from ..extension import get_state
 from ..phone import is_e164_shaped
 from ..rate_limits import ProjectRateLimit
@@ -49,6 +49,19 @@ class Parser(FlaskParser):
     """webargs parser answering 400 (the product's API reference), not webargs' 422."""
 
     DEFAULT_VALIDATION_STATUS = 400
+
+    def load_json(self, req, schema):
+        """The JSON body; a body sent as anything but JSON is a 400 that says so.
+
+        webargs reads a non-JSON body as "no body", which would answer a form-encoded request
+        with "field missing" for every required field.
+        """
+        if not req.is_json and req.get_data(cache=True):
+            raise InvalidInput(
+                f"the request body must be JSON, sent with Content-Type: application/json "
+                f"(got {req.mimetype or 'no Content-Type'})"
+            )
+        return super().load_json(req, schema)
 
 
 class Blueprint(SmorestBlueprint):
@@ -128,29 +141,8 @@ def handle_http_error(error: HTTPException):
 def _check_request() -> None:
     """Every API request, before its view: one hook (Flask pays a dispatch per hook)."""
     state = get_state()
-    _remember_base_url(state)
     _limit_body_size(state)
     _refuse_unstorable_input()
-
-
-def _remember_base_url(state: PolySMSState) -> None:
-    """Keep the URL our routes are called on (the app's mount point included), for status
-    callbacks of jobs run outside requests.
-
-    Worked out again only when the request's scheme, host or mount point changes: ``url_root``
-    (which also checks ``TRUSTED_HOSTS``) cost more than the rest of the request checks.
-    """
-    environ = request.environ
-    key = (
-        environ.get("wsgi.url_scheme"),
-        environ.get("HTTP_HOST"),
-        environ.get("SERVER_NAME"),
-        environ.get("SERVER_PORT"),
-        environ.get("SCRIPT_NAME"),
-    )
-    seen = state.seen_request_base
-    if seen is None or seen[0] != key:
-        state.seen_request_base = (key, request.url_root.rstrip("/"))
 
 
 def _limit_body_size(state: PolySMSState) -> None:
@@ -214,22 +206,21 @@ def _refuse_unstorable_input() -> None:
 
 
 def current_tenant(senders_for_user: str | None = None) -> Tenant:
-    """The authenticated caller of this request (authenticated once, then cached on ``g``).
+    """The authenticated caller of this request, resolved from this request's own headers.
+
+    Never cached: an app context (and its ``g``) can outlive a request — pytest-flask pushes one
+    per test, some hosts one for the whole process — and a cached tenant would answer the next
+    request, whatever its headers, as the first caller.
 
     ``senders_for_user``: a user number whose senders the view will read, fetched with the
     credentials (see :func:`flask_polysms.tenancy.authenticate`).
     """
-    tenant = g.get("polysms_tenant")
-    if tenant is None:
-        state = get_state()
-        tenant = authenticate(
-            state.store,
-            request.headers.get(AUTH_HEADER),
-            request.headers.get(CONNECTOR_HEADER),
-            senders_for_user,
-        )
-        g.polysms_tenant = tenant
-    return tenant
+    return authenticate(
+        get_state().store,
+        request.headers.get(AUTH_HEADER),
+        request.headers.get(CONNECTOR_HEADER),
+        senders_for_user,
+    )
 
 
 def _body_number(field: str) -> str | None:

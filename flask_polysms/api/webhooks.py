@@ -60,7 +60,10 @@ STATUS_CALLBACK = StatusCallbackSchema()
 
 
 def public_url() -> str:
-    """The URL Twilio called: POLYSMS_PUBLIC_URL (behind a proxy) or the request's own URL."""
+    """The URL Twilio called, from configuration (``POLYSMS_PUBLIC_URL`` or ``SERVER_NAME``).
+
+    Only in debug and testing, where start-up allows neither, is it the request's own URL.
+    """
     settings = get_state().settings
     if settings.public_url:
         path = request.full_path if request.query_string else request.path

@@ -12,7 +12,7 @@ with the app's key in the form) under our own session key, without turning on fl
 
 from __future__ import annotations
 
-from flask import g, session
+from flask import g, request, session
 from flask_wtf.csrf import generate_csrf, validate_csrf
 from wtforms import ValidationError
 
@@ -28,7 +28,9 @@ CSRF_SESSION_KEY = "polysms_dashboard_csrf"
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "X-CSRF-Token"
 
-_G_TENANT = "polysms_dashboard_tenant"
+#: Where this request's tenant is kept once loaded: the WSGI environ lives exactly as long as the
+#: request, unlike ``g``, which belongs to an app context that may serve many requests.
+_REQUEST_TENANT = "polysms.dashboard_tenant"
 
 
 def sign_in(store: Store, api_key: str, connector_id: str) -> Tenant:
@@ -47,20 +49,27 @@ def sign_out() -> None:
     """Forget the dashboard's sign-in; the host app's own session keys stay."""
     for key in (SESSION_KEY_ID, SESSION_CONNECTOR_ID, CSRF_SESSION_KEY):
         session.pop(key, None)
-    g.pop(_G_TENANT, None)
-    g.pop(CSRF_SESSION_KEY, None)  # generate_csrf caches the signed token under its session key
+    request.environ.pop(_REQUEST_TENANT, None)
+    forget_cached_csrf()
 
 
 def signed_in_tenant(store: Store) -> Tenant | None:
     """The tenant of this request's sign-in, checked against the store now; None when there is
     none or it is no longer valid (key revoked or gone, connector gone or of another account)."""
-    if _G_TENANT in g:
-        return g.get(_G_TENANT)
+    if _REQUEST_TENANT in request.environ:
+        return request.environ[_REQUEST_TENANT]
     tenant = _load_tenant(store, session.get(SESSION_KEY_ID), session.get(SESSION_CONNECTOR_ID))
     if tenant is None and (SESSION_KEY_ID in session or SESSION_CONNECTOR_ID in session):
         sign_out()
-    setattr(g, _G_TENANT, tenant)
+    request.environ[_REQUEST_TENANT] = tenant
     return tenant
+
+
+def forget_cached_csrf() -> None:
+    """Drop the signed CSRF token flask-wtf caches on ``g``: ``g`` can outlive the request (an app
+    context pushed around several requests), and the token must come from this request's
+    session, never from an earlier caller's."""
+    g.pop(CSRF_SESSION_KEY, None)
 
 
 def _load_tenant(store: Store, key_id: object, connector_id: object) -> Tenant | None:

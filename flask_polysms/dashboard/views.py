@@ -77,6 +77,7 @@ def _tenant() -> Tenant:
 
 @bp.before_request
 def _guard() -> Response | None:
+    access.forget_cached_csrf()
     if request.method not in SAFE_METHODS:
         access.check_csrf(
             request.form.get(access.CSRF_FIELD) or request.headers.get(access.CSRF_HEADER)
