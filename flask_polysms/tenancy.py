@@ -46,8 +46,8 @@ def authenticate(
     senders_for_user: str | None = None,
 ) -> Tenant:
     """Resolve the two auth headers, with the product's rules: 401 for a missing or invalid key
-    (revoked included), 400 for a missing connector header, 404 for an unknown connector, 403 when the key's account is not the
-    connector's account.
+    (revoked included), 400 for a missing connector header, 404 for an unknown connector, 403
+    when the key's account is not the connector's account.
 
     ``senders_for_user``: a user number whose senders the request will read (an outbound
     request's ``user_number``); they come with the credentials, in ``Tenant.senders_for``.
