@@ -13,6 +13,7 @@ import itertools
 
 import pytest
 
+from .extension import get_state
 from .testing import Provisioned, TwilioEmulator, provision, sign_twilio_request
 
 DEFAULT_USER_NUMBER = "+14155552672"
@@ -57,10 +58,26 @@ def twilio_emulator():
         emulator.stop()
 
 
+#: Numbers ``polysms_tenant`` provisions from: valid US numbers of the fictional 555-01xx range.
+TENANT_NUMBERS = tuple(f"+1415555{n:04d}" for n in range(100, 200))
+
+
 @pytest.fixture
 def polysms_tenant(app) -> Provisioned:
-    """An account, project, number, connector and API key on the host suite's ``app``."""
-    return provision(app)
+    """An account, project, number, connector and API key on the host suite's ``app``.
+
+    The number is the first of :data:`TENANT_NUMBERS` not provisioned yet, so a suite whose
+    ``app`` (and store) lives across tests gets a fresh tenant in each test.
+    """
+    with app.app_context():
+        store = get_state(app).store
+        number = next((n for n in TENANT_NUMBERS if store.get_sender(n) is None), None)
+    if number is None:
+        raise RuntimeError(
+            f"every polysms_tenant number is provisioned ({len(TENANT_NUMBERS)} tenants on one "
+            "store): give each test a fresh app or store"
+        )
+    return provision(app, numbers=(number,))
 
 
 @pytest.fixture

@@ -110,9 +110,19 @@ class Tenants:
         )
 
 
-@pytest.fixture
-def tenants(make_sms, storage) -> Tenants:
-    return Tenants(make_sms, storage)
+@pytest.fixture(params=["context per request", "one app context pushed"])
+def tenants(request, make_sms, storage) -> Tenants:
+    """The three projects; the matrix runs twice: with a context per request, and inside one app
+    context pushed for the whole test (pytest-flask and some hosts do that), where a caller cached
+    on ``g`` would answer every later request."""
+    built = Tenants(make_sms, storage)
+    if request.param == "context per request":
+        yield built
+        return
+    with built.sms.app.app_context():
+        # A successful request first: what it authenticated must not outlive it.
+        assert built.sms.client.get("/v1/senders", headers=built.a.headers).status_code == 200
+        yield built
 
 
 # Every authenticated route, with B's ids where it takes one: (endpoint, method, path, body).
@@ -196,7 +206,7 @@ def test_another_projects_ids_answer_404_or_own_data_never_theirs(tenants):
     assert tenants.b_view() == before
 
 
-def test_another_accounts_connector_is_403_and_an_unknown_one_404(tenants):
+def test_bad_or_missing_credentials_never_reach_anothers_data(tenants):
     before = tenants.b_view()
     for endpoint, method, path, body in routes(tenants):
         crossed = [
@@ -205,8 +215,12 @@ def test_another_accounts_connector_is_403_and_an_unknown_one_404(tenants):
             ({**tenants.a.headers, "X-TOKEN-ID": "con_" + "0" * 32}, 404),
             ({**tenants.a.headers, "X-PolyAi-Auth-Token": "pk_" + "x" * 43}, 401),
             ({"X-TOKEN-ID": tenants.b.connector_id}, 401),
+            ({"X-PolyAi-Auth-Token": tenants.a.api_key}, 400),  # no X-TOKEN-ID
+            ({}, 401),
         ]
         for headers, expected in crossed:
+            # A's valid request just before: nothing it authenticated may answer the next one.
+            assert _call(tenants, "GET", "/v1/senders", None, tenants.a.headers).status_code == 200
             response = _call(tenants, method, path, body, headers)
             assert response.status_code == expected, (endpoint, headers, response.get_json())
             assert set(response.get_json()) == {"detail"}

@@ -56,7 +56,8 @@ class Parser(FlaskParser):
         webargs reads a non-JSON body as "no body", which would answer a form-encoded request
         with "field missing" for every required field.
         """
-        if not req.is_json and req.get_data(cache=True):
+        # content_length first: a form body may have been read (and its stream consumed) already.
+        if not req.is_json and (req.content_length or req.get_data(cache=True)):
             raise InvalidInput(
                 f"the request body must be JSON, sent with Content-Type: application/json "
                 f"(got {req.mimetype or 'no Content-Type'})"
