@@ -1,4 +1,10 @@
-"""The outbound API's service: choose the sender, open the session, queue the greeting."""
+"""The outbound service: count the project's limit, choose the sender, open the session, queue
+the greeting.
+
+Every caller that starts a message for a project (the API, the dashboard, operator routes) goes
+through :func:`count_outbound`, so ``POLYSMS_RATE_LIMIT`` holds whoever starts it, and the API
+counts once.
+"""
 
 from __future__ import annotations
 
@@ -52,6 +58,15 @@ def choose_agent_number(
     return senders[numbers[zlib.crc32(user_number.encode()) % len(numbers)]]
 
 
+def count_outbound(state: PolySMSState, project_id: str) -> None:
+    """Count one message started by the project against ``POLYSMS_RATE_LIMIT``.
+
+    Raises :class:`~flask_polysms.rate_limits.RateLimited` (429, ``Retry-After``) when the project
+    is over its limit; nothing is written then.
+    """
+    state.limiter.hit(project_id)
+
+
 def start_outbound(
     state: PolySMSState,
     tenant: Tenant,
@@ -59,7 +74,12 @@ def start_outbound(
     text: str,
     agent_number: str | None = None,
 ) -> tuple[Session, Message]:
-    """Open a session whose greeting is ``text`` and queue it for sending."""
+    """Open a session whose greeting is ``text`` and queue it for sending.
+
+    Counts against the project's ``POLYSMS_RATE_LIMIT`` first (RateLimited, 429, when over it),
+    whoever the caller is.
+    """
+    count_outbound(state, tenant.project_id)
     sender = choose_agent_number(state, tenant, user_number, agent_number)
     chosen = sender.address
     if guard_enabled(state, tenant.project):

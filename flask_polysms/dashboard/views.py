@@ -32,6 +32,7 @@ from ..extension import PolySMSState, get_state
 from ..metrics import summarise
 from ..outbound import start_outbound
 from ..phone import validate_e164
+from ..rate_limits import RateLimited
 from ..records import ENVIRONMENTS, Sender
 from ..tenancy import Tenant
 from . import access, forms, simulator
@@ -403,6 +404,11 @@ def conversation_send():
         session, sent = start_outbound(state, tenant, user_number, message, agent_number)
     except ValueError as exc:
         flash(str(exc), "error")
+        return redirect(url_for(".conversations"))
+    except RateLimited as exc:
+        # The API would answer 429: the same limit, counted by start_outbound for every caller.
+        wait = exc.headers.get("Retry-After", "a few")
+        flash(f"Not sent: {exc.detail} (try again in {wait} s).", "error")
         return redirect(url_for(".conversations"))
     except PolySMSError as exc:
         flash(exc.detail, "error")
