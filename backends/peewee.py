@@ -21,6 +21,7 @@ import dataclasses
 import functools
 import itertools
 import json
+import logging
 import re
 import time
 import weakref
@@ -31,9 +32,8 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import peewee as pw
-from playhouse.db_url import connect as connect_url
 from playhouse.db_url import parse as parse_url
-from playhouse.pool import PooledDatabase, PooledPostgresqlDatabase
+from playhouse.pool import PooledDatabase, PooledMySQLDatabase, PooledPostgresqlDatabase
 
 from flask_polysms.clock import as_utc, utcnow
 from flask_polysms.records import (
@@ -451,7 +451,73 @@ def _build_models(database: pw.Database, prefix: str) -> SimpleNamespace:
     )
 
 
-class _PipelinedPostgres(pw.PostgresqlDatabase):
+# Peewee logs each statement with its values at DEBUG on this logger; this store's statements are
+# logged there without them (see _ValuesNotLogged).
+_PEEWEE_LOG = logging.getLogger("peewee")
+_DEALLOCATE = "DEALLOCATE ALL"
+# Errors of a PREPARE that the same statement, sent with its values written in, would not meet:
+# no type can be inferred for a parameter. Such statements run unprepared from then on.
+_UNPREPARABLE_PG_CODES = frozenset({"42P18", "42P08", "42725"})
+
+
+class _ValuesNotLogged(pw.Database):
+    """A Peewee database whose statements reach the ``peewee`` logger without their values.
+
+    Peewee logs each statement with its bound values at DEBUG: for this store, the API-key digest
+    of every request, encrypted Auth Tokens, message bodies and phone numbers. Here the SQL text
+    is logged, with one ``"?"`` per value. Only this store's own database classes do this: a host
+    app's Peewee databases log as they always did. Query hooks (code, not logs) still get every
+    statement as sent.
+    """
+
+    def execute_sql(self, sql: str, params: Any = None) -> Any:
+        self._log_statement(sql, params)
+        return self._execute_unlogged(sql, params)
+
+    @staticmethod
+    def _log_statement(sql: str, params: Any) -> None:
+        if _PEEWEE_LOG.isEnabledFor(logging.DEBUG):
+            _PEEWEE_LOG.debug((sql, ["?"] * len(params or ())))
+
+    def _execute_unlogged(self, sql: str, params: Any) -> Any:
+        """Run ``sql`` as Peewee's ``execute_sql`` does (errors wrapped, hooks told), unlogged."""
+        hooks = self.query_hooks
+        start = time.perf_counter()
+        try:
+            with pw.__exception_wrapper__:
+                cursor = self.cursor()
+                cursor.execute(sql, params or ())
+        except Exception as exc:
+            for hook in hooks:
+                hook(pw.QueryEvent(sql, params, time.perf_counter() - start, exc))
+            raise
+        for hook in hooks:
+            hook(pw.QueryEvent(sql, params, time.perf_counter() - start, None))
+        return cursor
+
+
+class _SqliteDatabase(_ValuesNotLogged, pw.SqliteDatabase):
+    """SQLite, its statements logged without their values."""
+
+
+class _MySQLDatabase(_ValuesNotLogged, pw.MySQLDatabase):
+    """MySQL/MariaDB, its statements logged without their values."""
+
+
+class _PooledMySQLDatabase(_ValuesNotLogged, PooledMySQLDatabase):
+    """Pooled MySQL/MariaDB, its statements logged without their values."""
+
+
+def _prepare_parts(parts: list[str]) -> list[str]:
+    """The names a message's ``PREPARE`` parts prepare, and ``DEALLOCATE ALL`` if it is there."""
+    return [
+        part if part == _DEALLOCATE else part.split(" ", 2)[1]
+        for part in parts
+        if part.startswith(("PREPARE ", _DEALLOCATE))
+    ]
+
+
+class _PipelinedPostgres(_ValuesNotLogged, pw.PostgresqlDatabase):
     """PostgreSQL with transactions in as few round trips, and statements at as little server
     work, as the work allows.
 
@@ -465,6 +531,13 @@ class _PipelinedPostgres(pw.PostgresqlDatabase):
     connection the first time they run there (``PREPARE``, in the same message), then run with
     ``EXECUTE``: the server parses them once per connection instead of once per call, and plans
     them once too when one plan fits every value (PostgreSQL's own choice, after five runs).
+
+    A statement counts as prepared on a connection only once a message holding its ``PREPARE``
+    ran there without error (``PREPARE`` outlives a rollback). A ``PREPARE`` waiting in an unsent
+    message is pending only: a rollback, or any exception before the message leaves (a value
+    that cannot be encoded, say), drops it with the message, and the statement is prepared again
+    next time. A message that fails leaves the connection's prepared statements unknown: its next
+    message starts with ``DEALLOCATE ALL`` and prepares what it runs again.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -476,10 +549,16 @@ class _PipelinedPostgres(pw.PostgresqlDatabase):
         self._names = itertools.count(1)
         # Statements whose PREPARE failed (run as plain statements from then on).
         self._unpreparable: set[str] = set()
-        # Per connection: the names prepared there (None: unknown after an error, deallocate).
+        # Per connection: the names the server has (None: unknown after an error, deallocate).
         self._prepared_on: weakref.WeakKeyDictionary[Any, set[str] | None] = (
             weakref.WeakKeyDictionary()
         )
+
+    # The thread's unsent message: ``unsent`` (None outside a transaction), ``begun`` (the server
+    # saw BEGIN), ``pending`` (the names, and DEALLOCATE ALL, that its PREPAREs will prepare).
+    def _hold(self, unsent: list[str] | None, begun: bool) -> None:
+        state = self._state
+        state.unsent, state.begun, state.pending = unsent, begun, set()
 
     def begin(self, isolation_level: Any = None) -> None:
         # Connect now, as sending BEGIN would: connecting later, inside the transaction, would
@@ -487,49 +566,70 @@ class _PipelinedPostgres(pw.PostgresqlDatabase):
         self.connection()
         if isolation_level is not None or self._isolation_level:
             super().begin(isolation_level)
-            self._state.unsent, self._state.begun = [], True
+            self._hold([], True)
             return
-        self._state.unsent, self._state.begun = ["BEGIN"], False
+        self._hold(["BEGIN"], False)
 
     def _take_unsent(self) -> list[str]:
         unsent = getattr(self._state, "unsent", None) or []
         if unsent:
-            self._state.unsent = []
-            self._state.begun = True
+            self._hold([], True)
         return unsent
+
+    def _run_message(self, sql: str, params: Any, parts: list[str]) -> Any:
+        """Send one message (``parts``: its statements, to account for its PREPAREs)."""
+        conn = self.connection()
+        try:
+            cursor = self._execute_unlogged(sql, params)
+        except BaseException as exc:
+            # Which statements ran is unknown, and the server's prepared statements with them
+            # (a failed EXECUTE may even say one is missing): prepare afresh on this connection.
+            self._prepared_on[conn] = None
+            code = getattr(getattr(exc, "orig", None), "pgcode", None)
+            if code in _UNPREPARABLE_PG_CODES:
+                # Maybe a statement PostgreSQL cannot prepare. Those run unprepared from now on;
+                # the caller's request fails once, not always.
+                for name in _prepare_parts(parts):
+                    if name != _DEALLOCATE:
+                        self._unpreparable.add(self._statement_sql[name])
+            raise
+        prepared = _prepare_parts(parts)
+        if prepared:
+            done = self._prepared_on.get(conn, set())
+            for name in prepared:
+                if name == _DEALLOCATE:
+                    done = set()
+                elif done is not None:
+                    done.add(name)
+            self._prepared_on[conn] = done
+        return cursor
 
     def _send(self, parts: list[str]) -> Any:
         """One message of several interpolated statements; the cursor holds the last's result."""
         # Interpolated already, so a literal % must reach psycopg2 doubled.
-        conn = self.connection()
-        try:
-            return super().execute_sql("; ".join(parts).replace("%", "%%"))
-        except Exception as exc:
-            prepared = [part.split(" ", 2)[1] for part in parts if part.startswith("PREPARE ")]
-            if prepared:
-                # Which of them ran is unknown: start this connection's set afresh.
-                self._prepared_on[conn] = None
-                if not isinstance(exc, (pw.OperationalError, pw.InterfaceError)):
-                    # Not a lost connection: maybe a statement PostgreSQL cannot prepare. Those
-                    # run unprepared from now on; the caller's request fails once, not always.
-                    self._unpreparable.update(self._statement_sql[name] for name in prepared)
-            raise
+        return self._run_message("; ".join(parts).replace("%", "%%"), None, parts)
 
     def execute_sql(self, sql: str, params: Any = None) -> Any:
-        unsent = self._take_unsent()
-        if unsent:
-            return self._send([*unsent, self._interpolated(sql, params)])
-        return super().execute_sql(sql, params)
+        self._log_statement(sql, params)
+        if getattr(self._state, "unsent", None):
+            text = self._interpolated(sql, params)  # before taking the message: it may raise
+            return self._send([*self._take_unsent(), text])
+        return self._execute_unlogged(sql, params)
 
     def execute_statement(self, sql: str, params: Any) -> Any:
         """Run one of the store's statements (prepared on this connection when it can be)."""
+        self._log_statement(sql, params)
         prepare, execute = self._prepared(sql)
         if execute is None:
-            return self.execute_sql(sql, params)
-        unsent = self._take_unsent()
-        if not prepare and not unsent:
-            return super().execute_sql(execute, params)
-        return self._send([*prepare, *unsent, self._interpolated(execute, params)])
+            if getattr(self._state, "unsent", None):
+                text = self._interpolated(sql, params)
+                return self._send([*self._take_unsent(), text])
+            return self._execute_unlogged(sql, params)
+        if not prepare and not getattr(self._state, "unsent", None):
+            return self._run_message(execute, params, [])
+        # Everything that can raise before the message leaves runs before it is taken.
+        text = self._interpolated(execute, params)
+        return self._send([*self._take_unsent(), *prepare, text])
 
     def defer_sql(self, sql: str, params: Any) -> None:
         """Run a write whose result is not needed: later, with the next statement, inside a
@@ -538,17 +638,18 @@ class _PipelinedPostgres(pw.PostgresqlDatabase):
         if unsent is None or not self.in_transaction():
             self.execute_statement(sql, params)
             return
+        self._log_statement(sql, params)
         prepare, execute = self._prepared(sql)
-        if execute is None:
-            unsent.append(self._interpolated(sql, params))
-            return
-        # PREPAREs go first in the message: they do not depend on the statements before them.
-        position = 1 if unsent and unsent[0] == "BEGIN" else 0
-        unsent[position:position] = prepare
-        unsent.append(self._interpolated(execute, params))
+        text = self._interpolated(sql if execute is None else execute, params)
+        # Nothing was changed before this point: a value that cannot be sent left no trace.
+        unsent.extend(prepare)
+        unsent.append(text)
+        self._state.pending.update(_prepare_parts(prepare))
 
     def _prepared(self, sql: str) -> tuple[list[str], str | None]:
-        """(the PREPARE still to send on this connection, the EXECUTE form with %s markers)."""
+        """(what to send before ``sql``'s EXECUTE on this connection: its PREPARE, after
+        DEALLOCATE ALL when the connection's prepared statements are unknown; the EXECUTE form
+        with %s markers). Changes nothing: a PREPARE counts once the server ran it."""
         if sql in self._unpreparable:
             return [], None
         name = self._statement_names.get(sql)
@@ -558,19 +659,18 @@ class _PipelinedPostgres(pw.PostgresqlDatabase):
             name = self._statement_names.setdefault(sql, name)
         count = sql.count("%s")
         execute = f"EXECUTE {name}({', '.join(['%s'] * count)})" if count else f"EXECUTE {name}"
-        conn = self.connection()
-        done = self._prepared_on.get(conn, set())
-        prepare = []
-        if done is None:  # after an error we cannot tell what was prepared: start again
-            prepare.append("DEALLOCATE ALL")
-            done = set()
-        self._prepared_on[conn] = done
-        if name not in done:
-            numbered = iter(range(1, count + 1))
-            body = re.sub(r"%s", lambda _: f"${next(numbered)}", sql).replace("%%", "%")
-            prepare.append(f"PREPARE {name} AS {body}")
-            done.add(name)
-        return prepare, execute
+        done = self._prepared_on.get(self.connection(), ())
+        pending = getattr(self._state, "pending", None) or ()
+        if (done is not None and name in done) or name in pending:
+            return [], execute
+        numbered = iter(range(1, count + 1))
+        body = re.sub(r"%s", lambda _: f"${next(numbered)}", sql).replace("%%", "%")
+        prepare = f"PREPARE {name} AS {body}"
+        if done is None and _DEALLOCATE not in pending:
+            # After an error we cannot tell what was prepared: start again. Queued PREPAREs of
+            # this message, if any, come after it.
+            return [_DEALLOCATE, prepare], execute
+        return [prepare], execute
 
     def _interpolated(self, sql: str, params: Any) -> str:
         if not params:
@@ -587,7 +687,7 @@ class _PipelinedPostgres(pw.PostgresqlDatabase):
     def commit(self) -> None:
         begun = getattr(self._state, "begun", True)
         unsent = self._take_unsent()
-        self._state.unsent = None
+        self._state.unsent, self._state.pending = None, set()
         if not begun and unsent == ["BEGIN"]:
             return  # nothing was sent, nothing to commit
         if unsent:
@@ -597,7 +697,8 @@ class _PipelinedPostgres(pw.PostgresqlDatabase):
 
     def rollback(self) -> None:
         begun = getattr(self._state, "begun", True)
-        self._state.unsent = None
+        # The unsent message goes, its PREPAREs with it: they were never counted as prepared.
+        self._state.unsent, self._state.pending = None, set()
         if not begun:
             return  # the server never saw this transaction
         super().rollback()
@@ -678,7 +779,17 @@ def _open_database(url: str, sqlite_busy_timeout_ms: int, pool: bool = True) -> 
         # run instead cost more server time than the execution of the outbound request's
         # statements. Range scans (due sessions, lists) are not prepared.
         return database_class(**{**connect, **params})
-    return connect_url(url, **params)
+    # Our own classes, not playhouse.db_url's: they log statements without their values.
+    connect = parse_url(url)
+    if not connect.get("database"):
+        # The URL itself stays out of the message: it may hold a password.
+        raise ValueError(f"the {scheme} storage URL names no database")
+    database_class = {
+        "sqlite": _SqliteDatabase,
+        "mysql": _MySQLDatabase,
+        "mysql+pool": _PooledMySQLDatabase,
+    }[scheme]
+    return database_class(**{**connect, **params})
 
 
 def _literal_limits(sql: str, slots: list) -> tuple[str, list]:
@@ -804,7 +915,7 @@ class PeeweeStore(Store):
         **options: Any,
     ) -> None:
         super().__init__(url)
-        if not _PREFIX_PATTERN.match(table_prefix):
+        if not _PREFIX_PATTERN.fullmatch(table_prefix):  # match() takes a trailing newline
             raise ValueError(f"table_prefix {table_prefix!r}: letters, digits, _ (up to 40)")
         self.table_prefix = table_prefix
         self._db = _open_database(url, sqlite_busy_timeout_ms, pool)

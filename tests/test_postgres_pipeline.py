@@ -14,6 +14,7 @@ import pytest
 from flask_polysms import backends
 from flask_polysms.clock import utcnow
 from flask_polysms.records import Message, Session, new_id
+from flask_polysms.store import Conflict
 
 pytestmark = pytest.mark.services
 
@@ -263,3 +264,102 @@ def test_an_outbound_request_is_two_messages(make_sms, fresh_postgres_url):
     stored = sms.state.store.get_session(again["conversation_id"])
     assert stored.agent_number == AGENT_NUMBERS[1]
     assert [m.body for m in sms.state.store.list_messages(stored.id)] == ["second"]
+
+
+# -- prepared statements after failures -----------------------------------------------------------
+@pytest.fixture
+def pooled(fresh_postgres_url):
+    """A pooled store whose schema exists, with no connection opened yet (a fresh process)."""
+    schema = backends.create_store(fresh_postgres_url)
+    schema.create_schema()
+    schema.disconnect()
+    store = backends.create_store(fresh_postgres_url)
+    yield store
+    store.disconnect()
+
+
+def _write_a_conversation(store) -> Session:
+    session = a_session()
+
+    def write():
+        store.create_session(session)
+        store.add_message(a_message(session.id))
+
+    store.atomic(write)
+    return session
+
+
+def _same_pooled_connection(store, conn) -> None:
+    """Give the connection back to the pool and take it again: the pool hands out the same one."""
+    store.close()
+    store.connect()
+    assert store.database.connection() is conn
+
+
+def _unencodable_message(store, session: Session) -> None:
+    store.add_message(a_message(session.id, body="\ud800"))  # a lone surrogate
+
+
+def _python_error(store, session: Session) -> None:
+    raise RuntimeError("the caller failed before the transaction's next statement")
+
+
+@pytest.mark.parametrize("failure", [_unencodable_message, _python_error])
+def test_a_write_that_never_left_does_not_break_the_connections_prepared_statements(
+    pooled, failure
+):
+    """The first write on a fresh pooled connection fails before its message is sent (a value
+    psycopg2 cannot encode, any Python exception in the transaction): its PREPAREs went with the
+    rolled-back message, so they were never prepared. The next writes on that same connection
+    prepare again and succeed (they failed with 'prepared statement "polysms_1" does not exist',
+    for every request the connection served until the pool renewed it)."""
+    pooled.connect()
+    conn = pooled.database.connection()
+    broken = a_session()
+
+    def write():
+        pooled.create_session(broken)  # waits for the next statement, its PREPARE with it
+        failure(pooled, broken)
+
+    with pytest.raises((UnicodeEncodeError, RuntimeError)):
+        pooled.atomic(write)
+    assert pooled.get_session(broken.id) is None
+
+    for _ in range(3):
+        _same_pooled_connection(pooled, conn)
+        session = _write_a_conversation(pooled)
+        assert pooled.get_session(session.id) == session
+        assert [m.body for m in pooled.list_messages(session.id)] == ["Hi 100% ✓"]
+
+
+def test_a_connection_that_lost_a_prepared_statement_recovers_after_one_failure(pooled):
+    """Whatever the cause (here: deallocated behind the store's back), a statement that fails on
+    a connection makes it prepare afresh: one request fails, not every request until the pool
+    renews the connection."""
+    pooled.connect()
+    session = _write_a_conversation(pooled)
+    assert pooled.get_session(session.id) == session
+    pooled.database.execute_sql("DEALLOCATE ALL")
+    with pytest.raises(Exception, match="does not exist"):
+        pooled.get_session(session.id)
+    for _ in range(3):
+        assert pooled.get_session(session.id) == session
+        assert _write_a_conversation(pooled)
+
+
+def test_a_failed_insert_leaves_its_statements_prepared(pooled):
+    """A duplicate key is the data's fault, not the statement's: an insert that fails in the
+    message preparing it is prepared again next time and runs as EXECUTE, not as a plain
+    statement for the rest of the process."""
+    pooled.connect()
+    session = _write_a_conversation(pooled)
+    (taken,) = pooled.list_messages(session.id)
+    pooled.disconnect()  # a fresh connection: the next insert carries its PREPARE
+    pooled.connect()
+    with pytest.raises(Conflict):
+        pooled.add_message(dataclasses.replace(a_message(session.id), id=taken.id))
+    messages = Messages(pooled)
+    pooled.add_message(a_message(session.id))
+    pooled.add_message(a_message(session.id))
+    assert messages.sent[-1].startswith("EXECUTE "), messages.sent
+    assert len(pooled.list_messages(session.id)) == 3
