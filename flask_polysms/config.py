@@ -27,6 +27,7 @@ class ConfigVars:
     URL_PREFIX = "POLYSMS_URL_PREFIX"
     RATE_LIMIT = "POLYSMS_RATE_LIMIT"
     RATE_LIMIT_STORAGE_URL = "POLYSMS_RATE_LIMIT_STORAGE_URL"
+    READ_RATE_LIMIT = "POLYSMS_READ_RATE_LIMIT"
     IDLE_TIMEOUT = "POLYSMS_IDLE_TIMEOUT"
     GRACE_PERIOD = "POLYSMS_GRACE_PERIOD"
     WARNING_MESSAGE = "POLYSMS_WARNING_MESSAGE"
@@ -67,6 +68,7 @@ DEFAULTS: dict[str, Any] = {
     ConfigVars.URL_PREFIX: "",
     ConfigVars.RATE_LIMIT: "20 per second",
     ConfigVars.RATE_LIMIT_STORAGE_URL: "memory://",
+    ConfigVars.READ_RATE_LIMIT: "100 per second",
     ConfigVars.IDLE_TIMEOUT: timedelta(hours=24),
     ConfigVars.GRACE_PERIOD: timedelta(minutes=10),
     ConfigVars.WARNING_MESSAGE: DEFAULT_WARNING_MESSAGE,
@@ -108,6 +110,8 @@ class Settings:
     url_prefix: str
     rate_limit: str
     rate_limit_storage_url: str
+    #: The request budget of every authenticated route, per project (same storage).
+    read_rate_limit: str
     idle_timeout: timedelta
     grace_period: timedelta
     warning_message: str
@@ -234,6 +238,7 @@ def load_settings(config: dict, *, testing: bool) -> Settings:
         url_prefix=prefix,
         rate_limit=_limit(config, ConfigVars.RATE_LIMIT),
         rate_limit_storage_url=_text(config, ConfigVars.RATE_LIMIT_STORAGE_URL),
+        read_rate_limit=_limit(config, ConfigVars.READ_RATE_LIMIT),
         idle_timeout=_duration(config, ConfigVars.IDLE_TIMEOUT),
         grace_period=_duration(config, ConfigVars.GRACE_PERIOD),
         warning_message=_text(config, ConfigVars.WARNING_MESSAGE),

@@ -38,6 +38,7 @@ class PolySMSState:
     scheduler: Scheduler
     cipher: TokenCipher
     limiter: Any = None
+    read_limiter: Any = None  # POLYSMS_READ_RATE_LIMIT, counted by every authenticated route
     emulator: Any = None  # a TwilioEmulator the app started in-process (the embedded demo)
     inbound_limits: Any = None  # built on first inbound message (inbound.inbound_limits)
 

@@ -233,7 +233,9 @@ def _body_number(field: str) -> str | None:
 
 
 def authenticated(view=None, *, senders_for_body_field: str | None = None):
-    """Authenticate before the view (401/403/404 per DESIGN §3.1) and pass the Tenant.
+    """Authenticate before the view (401/403/404 per DESIGN §3.1), count the request against
+    the project's ``POLYSMS_READ_RATE_LIMIT`` (429 with ``Retry-After`` when over it), and pass
+    the Tenant.
 
     ``@authenticated(senders_for_body_field="user_number")``: the view will choose a sender for
     the number in that JSON body field; the senders are read with the credentials, in the same
@@ -245,7 +247,10 @@ def authenticated(view=None, *, senders_for_body_field: str | None = None):
     @wraps(view)
     def wrapper(*args, **kwargs):
         user = _body_number(senders_for_body_field) if senders_for_body_field else None
-        return view(*args, tenant=current_tenant(user), **kwargs)
+        tenant = current_tenant(user)
+        # Counted after authentication, on the project: nobody else can spend its budget.
+        get_state().read_limiter.hit(tenant.project_id)
+        return view(*args, tenant=tenant, **kwargs)
 
     wrapper._apidoc = getattr(view, "_apidoc", {})  # keep flask-smorest's docs on the wrapper
     return wrapper
@@ -275,7 +280,8 @@ class CommonErrorResponses(BasePlugin):
     decorators did not: so a client (or a fuzzer) finds each status it can get in the document.
 
     Every route: 400 (e.g. NUL characters), 413 (body cap), 503 (database unavailable).
-    Authenticated routes: 401, 403 and 404 (the API key and connector rules of DESIGN section 3.1).
+    Authenticated routes: 401, 403 and 404 (the API key and connector rules of DESIGN section 3.1)
+    and 429 (the project's request budget).
     """
 
     EVERY_ROUTE = {
@@ -287,6 +293,7 @@ class CommonErrorResponses(BasePlugin):
         "401": "missing or invalid API key",
         "403": "the API key's account is not the connector's",
         "404": "unknown connector, or no such resource in this project",
+        "429": "the project's request budget is spent (POLYSMS_READ_RATE_LIMIT); see Retry-After",
     }
 
     _path_parameters: frozenset = frozenset()
@@ -345,6 +352,13 @@ def register_api(app: Flask, state: PolySMSState) -> None:
     )
     state.limiter = ProjectRateLimit(
         state.settings.rate_limit, state.settings.rate_limit_storage_url
+    )
+    state.read_limiter = ProjectRateLimit(
+        state.settings.read_rate_limit,
+        storage=state.limiter.storage,
+        namespace="requests",
+        what="request budget",
+        fail_open=True,
     )
     for module in (outbound, conversations, metrics, senders, templates, webhooks):
         api.register_blueprint(module.blp, url_prefix=prefix + module.URL_PREFIX)
