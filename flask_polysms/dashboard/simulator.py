@@ -2,20 +2,22 @@
 
 What the phone received is what the emulator was asked to send, limited to messages the project
 itself recorded (found by their Twilio SID), so one project never sees another's traffic on a shared
-emulator. What the phone sent are the project's inbound messages from that number. A reply is posted
-to the app's own ``/v1/twilio/sms`` over HTTP as a signed webhook, exactly as Twilio would post it,
-so it goes through signature checking, keywords, limits and the agent like any real SMS.
+emulator. What the phone sent are the project's inbound messages from that number. A reply is a
+signed webhook to the app's own ``/v1/twilio/sms``, exactly as Twilio would post it, so it goes
+through signature checking, keywords, limits and the agent like any real SMS. It is handed to the
+app in-process (a WSGI call), never sent over the network: no Host header, forged or not, can
+point it at another server, and no connection error can tell what answers where.
 """
 
 from __future__ import annotations
 
 import secrets
-import urllib.error
-import urllib.parse
-import urllib.request
+import threading
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
+
+from werkzeug.test import Client
 
 from ..clock import as_utc
 from ..records import INBOUND
@@ -23,12 +25,12 @@ from ..tenancy import Tenant
 from ..testing import sign_twilio_request
 
 if TYPE_CHECKING:
+    from flask import Flask
+
     from ..extension import PolySMSState
 
 #: Seconds to wait for our own webhook; it answers well under Twilio's 15 s budget.
 WEBHOOK_TIMEOUT = 15.0
-# Straight to the app, never through HTTP_PROXY: the target is this very server.
-_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 @dataclass(frozen=True)
@@ -118,10 +120,22 @@ def recent_numbers(state: PolySMSState, tenant: Tenant, limit: int = 10) -> list
 
 
 def webhook_url(state: PolySMSState, url_root: str) -> str:
-    """The inbound webhook's URL as Twilio would call it: POLYSMS_PUBLIC_URL, else where this
-    app is served (``url_root``: its host and mount point)."""
-    base = state.settings.public_url or url_root.rstrip("/")
-    return f"{base}{state.settings.url_prefix}/v1/twilio/sms"
+    """The inbound webhook's URL as Twilio would call it, which the reply is signed over: the
+    configured public URL (``POLYSMS_PUBLIC_URL``, else ``SERVER_NAME``); without one, which only
+    debug and testing allow, where this request was served (``url_root``, mount point included).
+
+    The URL is signed and given to the in-process request; nothing ever connects to it.
+    """
+    base = state.settings.public_url
+    if base is None:
+        if not (state.app.debug or state.app.testing):
+            raise ReplyFailed("set POLYSMS_PUBLIC_URL: the webhook is signed over the public URL")
+        base = url_root.rstrip("/")
+    return f"{base}{_webhook_path(state)}"
+
+
+def _webhook_path(state: PolySMSState) -> str:
+    return f"{state.settings.url_prefix}/v1/twilio/sms"
 
 
 class ReplyFailed(Exception):
@@ -131,13 +145,17 @@ class ReplyFailed(Exception):
 def post_reply(
     state: PolySMSState, tenant: Tenant, url: str, user_number: str, to: str, body: str
 ) -> str:
-    """Post ``body`` from ``user_number`` to our number ``to`` as Twilio's signed inbound webhook.
+    """Hand ``body`` from ``user_number`` to our number ``to`` to the app as Twilio's signed inbound
+    webhook, as if Twilio had called ``url`` (from :func:`webhook_url`).
 
     Returns the new MessageSid; raises ReplyFailed when the webhook does not answer 200.
     """
     project = tenant.project
     if not project.twilio_account_sid or not project.twilio_auth_token_encrypted:
         raise ReplyFailed("the project has no Twilio connection to sign the webhook with")
+    path = _webhook_path(state)
+    if not url.endswith(path):
+        raise ReplyFailed("the reply can only go to this app's own webhook")
     message_sid = "SM" + secrets.token_hex(16)
     params = {
         "MessageSid": message_sid,
@@ -152,24 +170,39 @@ def post_reply(
         "ApiVersion": "2010-04-01",
     }
     token = state.cipher.decrypt(project.twilio_auth_token_encrypted)
-    request = urllib.request.Request(
-        url,
-        data=urllib.parse.urlencode(params).encode(),
-        method="POST",
-        headers={
-            "Content-Type": "application/x-www-form-urlencoded",
-            "X-Twilio-Signature": sign_twilio_request(url, params, token),
-            "User-Agent": "TwilioProxy/1.1",
-        },
-    )
-    try:
-        with _opener.open(request, timeout=WEBHOOK_TIMEOUT) as answer:
-            status = answer.status
-    except urllib.error.HTTPError as exc:
-        exc.close()
-        raise ReplyFailed(f"{url} answered HTTP {exc.code}") from exc
-    except (OSError, ValueError) as exc:  # refused, timed out, or not a URL we can call
-        raise ReplyFailed(f"could not reach {url}: {exc}") from exc
+    headers = {
+        "X-Twilio-Signature": sign_twilio_request(url, params, token),
+        "User-Agent": "TwilioProxy/1.1",
+    }
+    status = _call_app(state.app, url[: -len(path)], path, params, headers)
     if status != 200:
-        raise ReplyFailed(f"{url} answered HTTP {status}")
+        raise ReplyFailed(f"the webhook answered HTTP {status}")
     return message_sid
+
+
+def _call_app(app: Flask, base_url: str, path: str, form: dict, headers: dict) -> int:
+    """POST ``form`` to ``path`` of ``app`` in-process, as a request to ``base_url`` (scheme, host
+    and mount point), and return the status code.
+
+    In a thread of its own, as a server would run it: the request gets its own app context and
+    database connection, not the dashboard request's that is waiting for it.
+    """
+    outcome: dict[str, int] = {}
+
+    def run() -> None:
+        try:
+            client = Client(app)
+            response = client.post(path, base_url=base_url, data=form, headers=headers)
+            outcome["status"] = response.status_code
+            response.close()
+        except Exception:  # the app raised (testing propagates exceptions): logged, not shown
+            app.logger.exception("the phone simulator's webhook failed")
+
+    worker = threading.Thread(target=run, name="polysms-simulator-reply", daemon=True)
+    worker.start()
+    worker.join(WEBHOOK_TIMEOUT)
+    if worker.is_alive():
+        raise ReplyFailed(f"the webhook did not answer within {WEBHOOK_TIMEOUT:.0f} s")
+    if "status" not in outcome:
+        raise ReplyFailed("the webhook failed; the app's log says why")
+    return outcome["status"]
