@@ -245,3 +245,29 @@ def test_a_bad_key_is_refused_in_the_browser(page, served):
     expect(page).to_have_url(re.compile(r"/dashboard/sign-in"))
     # The refused sign-in answers 401, which Chromium logs; nothing else may go wrong.
     assert [p for p in page.problems if "status of 401" not in p] == []
+
+
+def test_the_api_docs_render_offline_from_installed_files(page, served):
+    """/v1/docs draws the whole reference with every request kept on this server: anything
+    aimed at another host is refused and recorded, and would fail the test."""
+    from playwright.sync_api import expect
+
+    base_url, _sms, _emulator = served
+    elsewhere: list[str] = []
+
+    def only_this_server(route) -> None:
+        if route.request.url.startswith(base_url + "/"):
+            route.continue_()
+        else:
+            elsewhere.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", only_this_server)
+    page.goto(base_url + "/v1/docs")
+    expect(page.locator(".swagger-ui .info .title")).to_contain_text("flask-polysms")
+    expect(page.locator(".opblock-summary-path", has_text="/v1/outbound-sms").first).to_be_visible()
+    icon = page.locator("link[rel=icon]").get_attribute("href")
+    assert page.request.get(base_url + icon).status == 200
+    shot(page, "20-api-docs")
+    assert elsewhere == []
+    assert page.problems == []

@@ -62,7 +62,10 @@ class Parser(FlaskParser):
                 f"the request body must be JSON, sent with Content-Type: application/json "
                 f"(got {req.mimetype or 'no Content-Type'})"
             )
-        return super().load_json(req, schema)
+        try:
+            return super().load_json(req, schema)
+        except RecursionError as exc:  # parsed again here, deeper in the stack than at the edge
+            raise InvalidInput("invalid JSON body: nested too deeply") from exc
 
 
 class Blueprint(SmorestBlueprint):
@@ -154,56 +157,75 @@ def _limit_body_size(state: PolySMSState) -> None:
 
 
 NUL_MESSAGE = "must not contain NUL (0x00) characters"
+SURROGATE_MESSAGE = "must be valid Unicode text (no lone surrogates)"
+# Deeper JSON is refused at the edge: webargs parses the body again, further down the stack, and
+# no field of the API nests more than a few levels.
+MAX_JSON_DEPTH = 100
 
 
-def _nul_fields(value, name: str, found: list[str]) -> None:
-    """Add to ``found`` the name of every string in ``value`` (JSON-like) holding a NUL.
+def _unstorable_fields(value, name: str, found: dict[str, str]) -> None:
+    """Add to ``found`` the name of every string in ``value`` (JSON-like) that no backend can
+    store, with why: a NUL character, or a lone surrogate (text that is not Unicode scalar
+    values: it cannot be encoded as UTF-8). Raises for containers nested over MAX_JSON_DEPTH.
 
     Iterative: a JSON body nested a few hundred levels deep must not exhaust Python's stack.
     """
-    stack = [(value, name)]
+    stack = [(value, name, 0)]
     while stack:
-        item, where = stack.pop()
+        item, where, depth = stack.pop()
         if isinstance(item, str):
-            if "\x00" in item and where not in found:
-                found.append(where)
-        elif isinstance(item, dict):
-            for key, sub in item.items():
-                stack.append((key, where or str(key)))
-                stack.append((sub, f"{where}.{key}" if where else str(key)))
-        elif isinstance(item, list):
-            stack.extend((sub, where or "_body") for sub in item)
+            if where in found:
+                continue
+            if "\x00" in item:
+                found[where] = NUL_MESSAGE
+            elif not item.isascii():
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    found[where] = SURROGATE_MESSAGE
+        elif isinstance(item, dict | list):
+            if depth >= MAX_JSON_DEPTH:
+                raise PolySMSError("invalid JSON body: nested too deeply", status=400)
+            if isinstance(item, dict):
+                for key, sub in item.items():
+                    stack.append((key, where or str(key), depth + 1))
+                    stack.append((sub, f"{where}.{key}" if where else str(key), depth + 1))
+            else:
+                stack.extend((sub, where or "_body", depth + 1) for sub in item)
 
 
 def _refuse_unstorable_input() -> None:
     """A 400 for input no backend can store or parse safely, before any view reads it.
 
-    NUL characters (PostgreSQL refuses them in text, so a lookup or an insert would fail with a
-    500) in the path, the query, the form, the JSON body or the auth headers; JSON nested so deep
-    that decoding it exhausts the stack.
+    Text holding NUL characters (PostgreSQL refuses them, so a lookup or an insert would fail with
+    a 500) or lone surrogates (no database driver can encode them) in the path, the query, the
+    form, the JSON body or the auth headers; JSON nested so deep that decoding it exhausts the
+    stack, or deeper than MAX_JSON_DEPTH.
     """
-    found: list[str] = []
-    _nul_fields(request.view_args or {}, "", found)
+    found: dict[str, str] = {}
+    _unstorable_fields(request.view_args or {}, "", found)
     for key, value in request.args.items(multi=True):
-        _nul_fields([key, value], key, found)
+        _unstorable_fields([key, value], key, found)
     for header in (AUTH_HEADER, CONNECTOR_HEADER):
-        _nul_fields(request.headers.get(header), header, found)
+        _unstorable_fields(request.headers.get(header), header, found)
     if request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
         for key, value in request.form.items(multi=True):
-            _nul_fields([key, value], key, found)
+            _unstorable_fields([key, value], key, found)
     elif request.is_json:
         try:
             body = request.get_json(silent=True)
         except RecursionError as exc:
             raise PolySMSError("invalid JSON body: nested too deeply", status=400) from exc
-        _nul_fields(body, "", found)
+        _unstorable_fields(body, "", found)
     if found:
-        names = [name.replace("\x00", "\\0") or "_body" for name in found]
-        raise PolySMSError(
-            f"invalid request: text {NUL_MESSAGE}",
-            status=400,
-            errors={name: [NUL_MESSAGE] for name in names},
-        )
+        errors = {}
+        for name, message in found.items():
+            # The name may hold the bad character itself: escaped, so that any client reads it.
+            shown = name.replace("\x00", "\\0").encode("utf-8", "backslashreplace").decode()
+            errors[shown or "_body"] = [message]
+        reasons = set(found.values())
+        detail = reasons.pop() if len(reasons) == 1 else "that cannot be stored: see errors"
+        raise PolySMSError(f"invalid request: text {detail}", status=400, errors=errors)
 
 
 def current_tenant(senders_for_user: str | None = None) -> Tenant:
@@ -324,7 +346,7 @@ class CommonErrorResponses(BasePlugin):
 
 def register_api(app: Flask, state: PolySMSState) -> None:
     """Mount every blueprint on ``app`` and serve the OpenAPI document and its browsable view."""
-    from . import conversations, metrics, outbound, senders, templates, webhooks
+    from . import conversations, docs, metrics, outbound, senders, templates, webhooks
 
     prefix = state.settings.url_prefix
     config = app.config
@@ -333,10 +355,6 @@ def register_api(app: Flask, state: PolySMSState) -> None:
     config.setdefault("POLYSMS_OPENAPI_VERSION", "3.0.3")
     config.setdefault("POLYSMS_OPENAPI_URL_PREFIX", f"{prefix}/v1")
     config.setdefault("POLYSMS_OPENAPI_JSON_PATH", "openapi.json")
-    config.setdefault("POLYSMS_OPENAPI_SWAGGER_UI_PATH", "docs")
-    config.setdefault(
-        "POLYSMS_OPENAPI_SWAGGER_UI_URL", "https://cdn.jsdelivr.net/npm/swagger-ui-dist/"
-    )
     api = PolySMSApi(
         app,
         config_prefix=API_CONFIG_PREFIX,
@@ -362,6 +380,8 @@ def register_api(app: Flask, state: PolySMSState) -> None:
     )
     for module in (outbound, conversations, metrics, senders, templates, webhooks):
         api.register_blueprint(module.blp, url_prefix=prefix + module.URL_PREFIX)
+    # The browsable reference, from installed packages only (flask-smorest's loads a CDN).
+    app.register_blueprint(docs.bp, url_prefix=f"{prefix}/v1")
     _register_routing_errors(app, prefix + "/v1")
     _register_store_errors(app, state, prefix + "/v1")
 
