@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from flask import Flask
 
@@ -13,8 +15,9 @@ AUTH_TOKEN = "f" * 32
 
 
 @pytest.fixture
-def app():
-    app = Flask(__name__)
+def app(tmp_path):
+    # The demo records its tenant in the instance folder: one of the test's own.
+    app = Flask(__name__, instance_path=str(tmp_path / "instance"))
     app.testing = True
     app.config.update(SECRET_KEY="test", POLYSMS_GATEWAY="outbox")
     PolySMS(app)
@@ -162,3 +165,147 @@ def test_demo_provisions_and_prints_a_working_curl(app, cli):
 def test_demo_refuses_a_bad_number(cli):
     result = cli("demo", "--number", "12345")
     assert result.exit_code != 0 and "E.164" in result.output
+
+
+def curl_request(output: str) -> tuple[str, dict, str]:
+    """(url, headers, body) of the curl command on the output's last line."""
+    import shlex
+
+    curl = shlex.split(output.splitlines()[-1])
+    headers = dict(curl[i + 1].split(": ", 1) for i, word in enumerate(curl) if word == "-H")
+    return curl[curl.index("POST") + 1], headers, curl[curl.index("-d") + 1]
+
+
+def send_with(app, output: str):
+    _, headers, body = curl_request(output)
+    return app.test_client().post("/v1/outbound-sms", data=body, headers=headers)
+
+
+def test_demo_runs_again_with_the_same_tenant_and_reset_starts_over(app, cli):
+    first = ok(cli("demo", "--number", "+14155552671"))
+    assert first.startswith("new demo project")
+    again = ok(cli("demo", "--number", "+14155552671"))
+    assert again.startswith("demo project") and "--reset starts over" in again
+    assert curl_request(again) == curl_request(first)
+    assert send_with(app, again).status_code == 202
+
+    reset = ok(cli("demo", "--reset", "--number", "+14155552671"))
+    assert reset.startswith("new demo project")
+    assert curl_request(reset)[1] != curl_request(first)[1]
+    assert send_with(app, first).status_code == 401  # the old key is revoked
+    answer = send_with(app, reset)
+    assert answer.status_code == 202
+    assert answer.json["agent_number"] == "+14155552671"  # the number moved over
+    project_id = reset.split()[3].rstrip(":")
+    with app.app_context():
+        assert get_state(app).store.get_sender("+14155552671").project_id == project_id
+
+
+def test_demo_starts_over_when_its_key_was_revoked(app, cli):
+    import json
+
+    first = ok(cli("demo"))
+    record = json.loads((Path(app.instance_path) / "demo.json").read_text())
+    with app.app_context():
+        key = get_state(app).store.get_api_key_by_hash(hash_api_key(record["api_key"]))
+    ok(cli("revoke-api-key", key.id))
+    again = ok(cli("demo"))
+    assert again.startswith("new demo project")
+    assert send_with(app, again).status_code == 202
+    assert send_with(app, first).status_code == 401
+
+
+def test_demo_never_takes_a_number_of_another_project(app, cli):
+    account = ok(cli("create-account", "Acme"))
+    project = ok(cli("create-project", account, "P"))
+    ok(cli("add-number", project, "+14155552671"))
+    result = cli("demo", "--number", "+14155552671")
+    assert result.exit_code != 0 and "not the demo's" in result.output
+    assert not (Path(app.instance_path) / "demo.json").exists()
+    with app.app_context():
+        assert get_state(app).store.get_sender("+14155552671").project_id == project
+
+
+def test_demo_curl_points_at_the_configured_url(app, cli):
+    assert curl_request(ok(cli("demo")))[0] == "http://127.0.0.1:5000/v1/outbound-sms"
+    # A second app, configured with its public URL and a prefix.
+    other = Flask("other", instance_path=app.instance_path)
+    other.testing = True
+    other.config.update(
+        SECRET_KEY="test",
+        POLYSMS_GATEWAY="outbox",
+        POLYSMS_PUBLIC_URL="https://sms.example.test/shop",
+        POLYSMS_URL_PREFIX="/sms",
+    )
+    PolySMS(other)
+    runner = other.test_cli_runner()
+    with other.app_context():  # the commands run in the current app context: this app's
+        url = curl_request(ok(runner.invoke(args=["polysms", "demo"])))[0]
+        assert url == "https://sms.example.test/shop/sms/v1/outbound-sms"
+        url = curl_request(
+            ok(runner.invoke(args=["polysms", "demo", "--url", "http://127.0.0.1:5001/"]))
+        )[0]
+        assert url == "http://127.0.0.1:5001/sms/v1/outbound-sms"
+
+
+def test_demo_record_is_private_from_its_first_moment(app, cli, monkeypatch):
+    import os
+    import stat
+
+    # Any file created with the default mode would be world-readable now, and a chmod after the
+    # write (a moment too late) fails the test.
+    old_umask = os.umask(0)
+    try:
+
+        def no_chmod(*args, **kwargs):
+            raise AssertionError("made private after it was written")
+
+        monkeypatch.setattr(os, "chmod", no_chmod)
+        monkeypatch.setattr(Path, "chmod", no_chmod)
+        ok(cli("demo"))
+    finally:
+        os.umask(old_umask)
+    record = Path(app.instance_path) / "demo.json"
+    assert stat.S_IMODE(record.stat().st_mode) == 0o600
+    assert [p.name for p in record.parent.iterdir()] == ["demo.json"]  # no temporary file left
+
+
+def test_write_private_file_can_keep_what_another_process_wrote(tmp_path):
+    import stat
+
+    from flask_polysms.cli import write_private_file
+
+    secret = tmp_path / "secret_key"
+    assert write_private_file(secret, "first", replace=False) is True
+    assert write_private_file(secret, "second", replace=False) is False
+    assert secret.read_text() == "first"
+    assert write_private_file(secret, "third") is True
+    assert secret.read_text() == "third"
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == ["secret_key"]
+
+
+def test_demo_with_real_twilio_credentials_writes_no_auth_token(app, cli):
+    import json
+
+    ok(cli("demo", "--account-sid", ACCOUNT_SID, "--auth-token", AUTH_TOKEN))
+    text = (Path(app.instance_path) / "demo.json").read_text()
+    assert AUTH_TOKEN not in text and json.loads(text)["twilio_account_sid"] == ACCOUNT_SID
+
+
+def test_demo_setup_of_the_host_app_runs_once_per_new_tenant(app, cli):
+    from flask_polysms.cli import DEMO_SETUP
+
+    made = []
+
+    def setup(state, record):
+        made.append(record["project_id"])
+        record["message"] = "Your table is ready"
+
+    app.extensions[DEMO_SETUP] = setup
+    first = ok(cli("demo"))
+    ok(cli("demo"))
+    assert len(made) == 1 and made[0] in first
+    assert '"Your table is ready"' in curl_request(first)[2]
+    ok(cli("demo", "--reset"))
+    assert len(made) == 2
