@@ -1,26 +1,35 @@
 """An appointment-reminder app on flask-polysms.
 
-Run it with ``flask --app example_app run``. With no environment set it is self-contained: a SQLite
-file in ``instance/``, the in-process ``thread`` scheduler, a local Twilio emulator as the gateway,
-a demo project provisioned on first start, the dashboard, and a ``curl`` command printed at start.
+Run it with ``flask --app example_app run`` (any ``--host``/``--port``). With no environment set it
+is self-contained: a SQLite file in ``instance/``, the in-process ``thread`` scheduler, a local
+Twilio emulator as the gateway (it accepts every tenant the app has, CLI-made ones too), a demo
+project provisioned on first start, the dashboard with its phone simulator, and a banner with a
+``curl`` command printed when the server starts (not by other ``flask`` commands;
+``EXAMPLE_APP_QUIET=1`` silences it; ``flask --app example_app polysms demo`` prints the curl again,
+``--reset`` starts over). ``EXAMPLE_APP_INSTANCE`` moves the instance folder.
 
 Environment for a real deployment:
 
 - ``POLYSMS_STORAGE_URL`` (e.g. ``postgresql://…``), ``POLYSMS_REDIS_URL`` (turns on the ``rq``
   scheduler and Redis-backed rate limits), ``POLYSMS_PUBLIC_URL``;
 - ``TWILIO_ACCOUNT_SID`` / ``TWILIO_AUTH_TOKEN``: send through Twilio itself (no emulator);
-- ``SECRET_KEY``: required outside the demo (it encrypts the stored Twilio Auth Tokens).
+- ``POLYSMS_ENCRYPTION_KEYS`` (Fernet keys, comma-separated; the first encrypts the stored Twilio
+  Auth Tokens) and ``SECRET_KEY`` (the dashboard's session cookie): required outside the demo,
+  which keeps its own in ``instance/`` (mode 0600).
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 
+from cryptography.fernet import Fernet
 from flask import Flask
 
 from flask_polysms import PolySMS
+from flask_polysms.cli import read_private_file, write_private_file
 
 from .agent import register_agent
 from .demo import start_demo
@@ -37,13 +46,19 @@ def _embedded() -> bool:
     )
 
 
-def _secret_key(instance: Path) -> str:
-    # The demo keeps its key in instance/ so the encrypted Auth Token still opens after a restart.
-    key_file = instance / "secret_key"
+def _instance_secret(key_file: Path, make: Callable[[], str]) -> str:
+    """A secret the demo keeps in instance/, so what it encrypted still opens after a restart.
+
+    Created private (0600) and only once: a second process starting at the same time reads the
+    first one's secret instead of writing its own.
+    """
     if not key_file.exists():
-        key_file.write_text(secrets.token_urlsafe(32))
-        key_file.chmod(0o600)
-    return key_file.read_text().strip()
+        write_private_file(key_file, make(), replace=False)
+    return read_private_file(key_file).strip()
+
+
+def _new_fernet_key() -> str:
+    return Fernet.generate_key().decode()
 
 
 def create_app(config: dict | None = None) -> Flask:
@@ -55,11 +70,12 @@ def create_app(config: dict | None = None) -> Flask:
     embedded = _embedded() and not config.get("TESTING")
     secret = os.environ.get("SECRET_KEY") or config.get("SECRET_KEY")
     if not secret and not embedded and not config.get("TESTING"):
-        # Every web and worker process must share one key, or they cannot read each other's
-        # encrypted Auth Tokens: a key file per machine would not do.
-        raise RuntimeError("set SECRET_KEY: it encrypts the stored Twilio Auth Tokens")
+        # Every web process must share one key, or a dashboard sign-in made on one would not be
+        # read by another: a key file per machine would not do.
+        raise RuntimeError("set SECRET_KEY: it signs the dashboard's session cookie")
     app.config.update(
-        SECRET_KEY=secret or _secret_key(instance),
+        SECRET_KEY=secret
+        or _instance_secret(instance / "secret_key", lambda: secrets.token_urlsafe(32)),
         POLYSMS_STORAGE_URL=os.environ.get(
             "POLYSMS_STORAGE_URL", f"sqlite:///{instance / 'polysms-demo.db'}"
         ),
@@ -67,6 +83,13 @@ def create_app(config: dict | None = None) -> Flask:
     )
     if os.environ.get("POLYSMS_PUBLIC_URL"):
         app.config["POLYSMS_PUBLIC_URL"] = os.environ["POLYSMS_PUBLIC_URL"]
+    if os.environ.get("POLYSMS_ENCRYPTION_KEYS"):
+        app.config["POLYSMS_ENCRYPTION_KEYS"] = os.environ["POLYSMS_ENCRYPTION_KEYS"]
+    elif embedded:
+        # Outside debug the Auth Tokens need a real Fernet key; the demo keeps one in instance/.
+        app.config["POLYSMS_ENCRYPTION_KEYS"] = [
+            _instance_secret(instance / "encryption_key", _new_fernet_key)
+        ]
     if os.environ.get("POLYSMS_REDIS_URL"):
         redis_url = os.environ["POLYSMS_REDIS_URL"]
         app.config.update(
@@ -76,7 +99,7 @@ def create_app(config: dict | None = None) -> Flask:
         )
     demo = None
     if embedded:
-        demo = start_demo(app, instance)
+        demo = start_demo(app)
     app.config.update(config)
     polysms.init_app(app)
     if demo is not None:

@@ -1,28 +1,36 @@
 """The embedded demo: a local Twilio emulator, a demo tenant provisioned once, a working curl.
 
-Everything the demo creates is remembered in ``instance/demo.json`` so a restart keeps the same
-API key, connector and Twilio credentials (the demo's key is kept on disk on purpose: it exists so
-the printed curl works every time; a real deployment never stores a key, only its hash).
+The demo tenant is the one ``flask polysms demo`` manages, recorded in ``instance/demo.json`` (mode
+0600) so a restart keeps the same API key, connector and Twilio credentials; this app adds its
+templates and clinic name when the tenant is created (``flask polysms demo --reset`` starts over).
+The demo's key is kept on disk on purpose: it exists so the printed curl works every time; a real
+deployment never stores a key, only its hash.
+
+Where the app is served — the URL in the banner's curl, the status callbacks the emulator posts
+and the phone simulator's webhook — comes from ``POLYSMS_PUBLIC_URL`` when it is exported (a
+proxy), else from the arguments the development server was started with (``flask run --host
+--port --cert``, ``FLASK_RUN_PORT``): never from a request.
 """
 
 from __future__ import annotations
 
-import json
+import ipaddress
 import os
-import secrets
-import shlex
 import sys
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
 import click
 from flask import Flask
+from flask.helpers import get_debug_flag
+from werkzeug.serving import is_running_from_reloader
 
-from flask_polysms import get_state, provisioning, templates
+from flask_polysms import get_state, templates
+from flask_polysms.cli import DEMO_NUMBER, DEMO_SETUP, demo_curl, demo_tenant
 from flask_polysms.testing import TwilioEmulator
 
-DEMO_NUMBER = "+14155550100"
-DEMO_USER = "+14155552672"
+#: Set to 1 to start without the banner (it shows the demo's API key).
+QUIET_ENV = "EXAMPLE_APP_QUIET"
 REMINDER = (
     "Hi! This is Sunrise Clinic: you have an appointment tomorrow at 10:00. "
     "Reply 1 to confirm, 2 to reschedule or 3 to cancel."
@@ -38,91 +46,155 @@ TEMPLATES = {
 }
 
 
+def _run_command() -> click.Context | None:
+    """The click context of ``flask run`` when that command is loading the app, else None."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and ctx.command.name == "run" and "port" in ctx.params:
+        return ctx
+    return None
+
+
+def _url_host(host: str) -> str:
+    """``host`` as it goes in a URL the local curl and emulator can call."""
+    if host in ("", "0.0.0.0"):
+        return "127.0.0.1"  # listening everywhere: this machine answers on its loopback
+    if host == "::":
+        return "[::1]"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host  # a name, such as localhost
+    return f"[{address}]" if address.version == 6 else host
+
+
+def served_url() -> str:
+    """The app's base URL in this process: the exported ``POLYSMS_PUBLIC_URL``, else where the
+    development server starting now listens (its ``--host``, ``--port``, ``--cert``), else
+    ``FLASK_RUN_HOST``/``FLASK_RUN_PORT``, else http://127.0.0.1:5000."""
+    exported = os.environ.get("POLYSMS_PUBLIC_URL")
+    if exported:
+        return exported.rstrip("/")
+    scheme, host, port = "http", None, None
+    run = _run_command()
+    if run is not None:
+        # click has already merged --port with FLASK_RUN_PORT and the default.
+        host, port = run.params.get("host"), run.params.get("port")
+        if run.params.get("cert") is not None:
+            scheme = "https"
+    host = host or os.environ.get("FLASK_RUN_HOST") or "127.0.0.1"
+    port = port or os.environ.get("FLASK_RUN_PORT") or 5000
+    return f"{scheme}://{_url_host(host)}:{port}"
+
+
+def announcing() -> bool:
+    """Whether this process starts a server and should print the banner.
+
+    ``flask run`` prints it (in the reloader's serving child only, with ``--debug``); any other
+    ``flask`` command (``flask polysms ...``, ``flask shell``) does not. Outside the flask command
+    (a WSGI server importing ``create_app()``) it is printed too. ``EXAMPLE_APP_QUIET=1`` never.
+    """
+    if os.environ.get(QUIET_ENV, "") not in ("", "0"):
+        return False
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return True
+    if _run_command() is None:
+        return False
+    reload = ctx.params.get("reload")
+    if reload is None:
+        reload = get_debug_flag()
+    # With the reloader the first process only watches files; its child serves.
+    return not reload or is_running_from_reloader()
+
+
+class EmulatedTwilio:
+    """The demo's gateway: the real twilio client talking to the in-process emulator, which first
+    learns the credentials of the project that sends.
+
+    Twilio knows every account that can sign in to it; the emulator knows only the accounts it is
+    told about. Telling it at each send makes every tenant work — the demo's and those made with
+    ``flask polysms create-account … connect-twilio …``, in this process or another. Everything
+    else is the wrapped gateway's.
+    """
+
+    def __init__(self, gateway: Any, emulator: TwilioEmulator) -> None:
+        self._gateway = gateway
+        self._emulator = emulator
+
+    def send(self, account_sid: str, auth_token: str, message: Any) -> Any:
+        """Register the credentials with the emulator, then send through the wrapped gateway."""
+        self._emulator.add_account(account_sid, auth_token)
+        return self._gateway.send(account_sid, auth_token, message)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._gateway, name)
+
+
+def add_demo_data(state, record: dict) -> None:
+    """The example's part of a new demo tenant: clinic name, templates, the reminder to send."""
+    project_id, number = record["project_id"], record["number"]
+    state.store.update_project(
+        project_id,
+        name="Appointment reminders",
+        settings={"variants": {record["environment"]: {"clinic_name": "Sunrise Clinic"}}},
+    )
+    for title, body in TEMPLATES.items():
+        templates.create_template(
+            state,
+            project_id,
+            title=title,
+            body=body,
+            env_phone_numbers={"live": number, record["environment"]: number},
+        )
+    record["message"] = REMINDER
+
+
 @dataclass
 class Demo:
     emulator: TwilioEmulator
-    credentials_file: Path
     public_url: str
 
-    def finish(self, app: Flask) -> None:
-        """After init_app: provision the demo tenant once, then print how to use it."""
+    def finish(self, app: Flask) -> dict:
+        """After init_app: the demo tenant (provisioned on first start), the emulator as the
+        gateway's Twilio, and the banner when this process serves."""
         state = get_state(app)
         state.emulator = self.emulator
+        state.gateway = EmulatedTwilio(state.gateway, self.emulator)
+        app.extensions[DEMO_SETUP] = add_demo_data
         with app.app_context():
-            saved = self._load()
-            if not saved.get("project_id") or state.store.get_project(saved["project_id"]) is None:
-                saved = self._provision(app, saved)
-        self.emulator.add_account(saved["twilio_account_sid"], saved["twilio_auth_token"])
-        if os.environ.get("EXAMPLE_APP_QUIET") != "1":
-            click.echo(self.instructions(saved), err=True)
+            state.store.create_schema()
+            record, _ = demo_tenant(state, number=DEMO_NUMBER)
+        if record.get("twilio_auth_token"):
+            # Known before the first send, so the emulator's message list answers at once.
+            self.emulator.add_account(record["twilio_account_sid"], record["twilio_auth_token"])
+        if announcing():
+            click.echo(self.instructions(record, state.settings.url_prefix), err=True)
+        return record
 
-    def _load(self) -> dict:
-        if self.credentials_file.exists():
-            return json.loads(self.credentials_file.read_text())
-        return {}
-
-    def _provision(self, app: Flask, saved: dict) -> dict:
-        state = get_state(app)
-        state.store.create_schema()
-        account_sid = saved.get("twilio_account_sid") or "AC" + secrets.token_hex(16)
-        auth_token = saved.get("twilio_auth_token") or secrets.token_hex(16)
-        account = provisioning.create_account(state, "Demo clinic")
-        project = provisioning.create_project(state, account.id, "Appointment reminders")
-        provisioning.connect_twilio(state, project.id, account_sid, auth_token)
-        provisioning.add_sender(state, project.id, DEMO_NUMBER, "live")
-        state.store.update_project(
-            project.id, settings={"variants": {"live": {"clinic_name": "Sunrise Clinic"}}}
-        )
-        for title, body in TEMPLATES.items():
-            templates.create_template(
-                state, project.id, title=title, body=body, env_phone_numbers={"live": DEMO_NUMBER}
-            )
-        connector = provisioning.create_connector(state, project.id, "live")
-        _, api_key = provisioning.create_api_key(state, account.id)
-        saved = {
-            "account_id": account.id,
-            "project_id": project.id,
-            "connector_id": connector.id,
-            "api_key": api_key,
-            "twilio_account_sid": account_sid,
-            "twilio_auth_token": auth_token,
-        }
-        self.credentials_file.write_text(json.dumps(saved, indent=2))
-        self.credentials_file.chmod(0o600)
-        return saved
-
-    def instructions(self, saved: dict) -> str:
-        body = json.dumps({"user_number": DEMO_USER, "message": REMINDER})
-        curl = (
-            f"curl -X POST {self.public_url}/v1/outbound-sms "
-            f"-H 'X-PolyAi-Auth-Token: {saved['api_key']}' "
-            f"-H 'X-TOKEN-ID: {saved['connector_id']}' "
-            f"-H 'Content-Type: application/json' -d {shlex.quote(body)}"
-        )
+    def instructions(self, record: dict, url_prefix: str = "") -> str:
+        """The banner: where things are, the demo's credentials and a working curl."""
         return "\n".join(
             [
                 "",
                 "flask-polysms demo (embedded: SQLite, thread scheduler, local Twilio emulator)",
                 f"  Twilio emulator: {self.emulator.base_url}",
-                f"  Dashboard:       {self.public_url}/dashboard  "
+                f"  Dashboard:       {self.public_url}{url_prefix}/dashboard  "
                 f"(API key and connector below; the phone simulator is there)",
-                f"  API key:         {saved['api_key']}",
-                f"  Connector:       {saved['connector_id']}",
+                f"  API key:         {record['api_key']}",
+                f"  Connector:       {record['connector_id']}",
                 "Send a reminder:",
-                f"  {curl}",
+                f"  {demo_curl(record, self.public_url, url_prefix)}",
+                f"(set {QUIET_ENV}=1 to start without this banner; "
+                "`flask --app example_app polysms demo` prints the curl again)",
                 "",
             ]
         )
 
 
-def start_demo(app: Flask, instance: Path) -> Demo:
+def start_demo(app: Flask) -> Demo:
     """Start the emulator and point the app's gateway and public URL at it (before init_app)."""
     emulator = TwilioEmulator().start()
-    port = os.environ.get("FLASK_RUN_PORT", "5000")
-    host = os.environ.get("FLASK_RUN_HOST", "127.0.0.1")
-    if host in ("0.0.0.0", "::"):
-        host = "127.0.0.1"
-    public_url = os.environ.get("POLYSMS_PUBLIC_URL", f"http://{host}:{port}")
+    public_url = served_url()
     app.config.update(
         POLYSMS_GATEWAY="twilio",
         POLYSMS_TWILIO_BASE_URL=emulator.base_url,
@@ -130,4 +202,4 @@ def start_demo(app: Flask, instance: Path) -> Demo:
     )
     if "pytest" not in sys.modules:
         app.logger.info("demo Twilio emulator on %s", emulator.base_url)
-    return Demo(emulator=emulator, credentials_file=instance / "demo.json", public_url=public_url)
+    return Demo(emulator=emulator, public_url=public_url)
