@@ -9,7 +9,8 @@ deployment never stores a key, only its hash.
 Where the app is served — the URL in the banner's curl, the status callbacks the emulator posts
 and the phone simulator's webhook — comes from ``POLYSMS_PUBLIC_URL`` when it is exported (a
 proxy), else from the arguments the development server was started with (``flask run --host
---port --cert``, ``FLASK_RUN_PORT``): never from a request.
+--port --cert``, ``FLASK_RUN_PORT``), which it records in the instance folder for the other
+``flask`` commands (``flask polysms demo`` prints a curl for that server): never from a request.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import ipaddress
 import os
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import click
@@ -26,11 +28,13 @@ from flask.helpers import get_debug_flag
 from werkzeug.serving import is_running_from_reloader
 
 from flask_polysms import get_state, templates
-from flask_polysms.cli import DEMO_NUMBER, DEMO_SETUP, demo_curl, demo_tenant
+from flask_polysms.cli import DEMO_NUMBER, DEMO_SETUP, demo_curl, demo_tenant, write_private_file
 from flask_polysms.testing import TwilioEmulator
 
 #: Set to 1 to start without the banner (it shows the demo's API key).
 QUIET_ENV = "EXAMPLE_APP_QUIET"
+#: In the instance folder: where ``flask run`` last listened, for the other ``flask`` commands.
+SERVED_URL_FILE = "served_url"
 REMINDER = (
     "Hi! This is Sunrise Clinic: you have an appointment tomorrow at 10:00. "
     "Reply 1 to confirm, 2 to reschedule or 3 to cancel."
@@ -67,10 +71,11 @@ def _url_host(host: str) -> str:
     return f"[{address}]" if address.version == 6 else host
 
 
-def served_url() -> str:
+def served_url(instance: Path | None = None) -> str:
     """The app's base URL in this process: the exported ``POLYSMS_PUBLIC_URL``, else where the
     development server starting now listens (its ``--host``, ``--port``, ``--cert``), else
-    ``FLASK_RUN_HOST``/``FLASK_RUN_PORT``, else http://127.0.0.1:5000."""
+    ``FLASK_RUN_HOST``/``FLASK_RUN_PORT``, else where ``flask run`` last listened with this
+    ``instance`` folder (for the other ``flask`` commands), else http://127.0.0.1:5000."""
     exported = os.environ.get("POLYSMS_PUBLIC_URL")
     if exported:
         return exported.rstrip("/")
@@ -81,9 +86,23 @@ def served_url() -> str:
         host, port = run.params.get("host"), run.params.get("port")
         if run.params.get("cert") is not None:
             scheme = "https"
+    elif not (os.environ.get("FLASK_RUN_HOST") or os.environ.get("FLASK_RUN_PORT")):
+        last = _last_served(instance)
+        if last:
+            return last
     host = host or os.environ.get("FLASK_RUN_HOST") or "127.0.0.1"
     port = port or os.environ.get("FLASK_RUN_PORT") or 5000
     return f"{scheme}://{_url_host(host)}:{port}"
+
+
+def _last_served(instance: Path | None) -> str | None:
+    if instance is None:
+        return None
+    try:
+        url = (instance / SERVED_URL_FILE).read_text().strip()
+    except OSError:
+        return None
+    return url if url.startswith(("http://", "https://")) else None
 
 
 def announcing() -> bool:
@@ -167,6 +186,9 @@ class Demo:
         if record.get("twilio_auth_token"):
             # Known before the first send, so the emulator's message list answers at once.
             self.emulator.add_account(record["twilio_account_sid"], record["twilio_auth_token"])
+        if _run_command() is not None and announcing():
+            # `flask polysms demo` then prints a curl for this server, not for port 5000.
+            write_private_file(Path(app.instance_path) / SERVED_URL_FILE, self.public_url + "\n")
         if announcing():
             click.echo(self.instructions(record, state.settings.url_prefix), err=True)
         return record
@@ -194,7 +216,7 @@ class Demo:
 def start_demo(app: Flask) -> Demo:
     """Start the emulator and point the app's gateway and public URL at it (before init_app)."""
     emulator = TwilioEmulator().start()
-    public_url = served_url()
+    public_url = served_url(Path(app.instance_path))
     app.config.update(
         POLYSMS_GATEWAY="twilio",
         POLYSMS_TWILIO_BASE_URL=emulator.base_url,

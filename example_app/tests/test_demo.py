@@ -121,6 +121,17 @@ def test_the_banners_curl_status_callbacks_and_simulator_use_the_servers_port(em
     assert record["api_key"]
 
 
+def test_other_flask_commands_use_where_flask_run_last_listened(embedded, monkeypatch):
+    with run_context("--port", "5155"):
+        embedded()
+    later = embedded()  # e.g. `flask --app example_app polysms demo`, while the server runs
+    assert later.config["POLYSMS_PUBLIC_URL"] == "http://127.0.0.1:5155"
+    demo = flask_cli(embedded, "polysms", "demo")
+    assert "curl -X POST http://127.0.0.1:5155/v1/outbound-sms " in demo.output
+    monkeypatch.setenv("FLASK_RUN_PORT", "5156")  # said outright: that wins
+    assert embedded().config["POLYSMS_PUBLIC_URL"] == "http://127.0.0.1:5156"
+
+
 # -- the banner -----------------------------------------------------------------------------------
 def test_banner_only_when_a_server_starts(environment, monkeypatch):
     with run_context("--port", "5160"):
