@@ -1,5 +1,6 @@
 """The README's quick start, followed as written in a fresh venv: run the example app, run the
-printed curl, see 202 and the message arrive at the (embedded) Twilio emulator."""
+printed curl, see 202 and the message arrive at the (embedded) Twilio emulator. Then the example
+app on a port of its own, with the CLI beside it."""
 
 from __future__ import annotations
 
@@ -106,4 +107,115 @@ def test_quick_start_runs_and_the_printed_curl_works(tmp_path):
     finally:
         os.killpg(app.pid, signal.SIGTERM)
         app.wait(timeout=30)
+        log.close()
+
+
+def newcomer_env(tmp_path: Path) -> dict:
+    """A shell with nothing configured but a temporary instance folder."""
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("POLYSMS_", "TWILIO_", "FLASK_", "WERKZEUG_", "EXAMPLE_APP_"))
+    }
+    env["EXAMPLE_APP_INSTANCE"] = str(tmp_path / "instance")
+    return env
+
+
+def api(base_url: str, path: str, headers: dict, body: dict | None = None) -> tuple[int, dict]:
+    request = urllib.request.Request(
+        base_url + path,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={**headers, "Content-Type": "application/json"},
+        method="GET" if body is None else "POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.status, json.load(response)
+
+
+def wait_for_status(base_url: str, headers: dict, conversation_id: str, status: str) -> dict:
+    deadline = time.monotonic() + 30
+    while True:
+        _, conversation = api(base_url, f"/v1/conversations/{conversation_id}", headers)
+        message = conversation["messages"][0]
+        if message["status"] == status or time.monotonic() > deadline:
+            return message
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_example_app_on_its_own_port_with_the_cli_beside_it(tmp_path):
+    """`flask run --port N` (no FLASK_RUN_PORT): the banner, the callbacks and `flask polysms demo`
+    all use port N; other commands print no banner; a tenant made with the CLI sends."""
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    env = newcomer_env(tmp_path)
+    flask = str(Path(sys.executable).with_name("flask"))
+
+    def flask_command(*args: str) -> str:
+        done = subprocess.run(
+            [flask, "--app", "example_app", *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "flask-polysms demo (embedded" not in done.stdout + done.stderr  # no banner
+        return done.stdout.strip()
+
+    log_path = tmp_path / "app.log"
+    log = log_path.open("w")
+    server = subprocess.Popen(
+        [flask, "--app", "example_app", "run", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        output = ""
+        deadline = time.monotonic() + 120
+        while "Running on" not in output:
+            assert server.poll() is None, output
+            assert time.monotonic() < deadline, output
+            time.sleep(0.2)
+            output = log_path.read_text()
+        assert output.count("flask-polysms demo (embedded") == 1
+        curl = next(
+            line.strip() for line in output.splitlines() if line.strip().startswith("curl ")
+        )
+        assert curl.startswith(f"curl -X POST {base_url}/v1/outbound-sms "), output
+
+        # The same curl again, from the CLI, while the server runs.
+        demo = flask_command("polysms", "demo")
+        assert demo.splitlines()[-1] == curl
+        words = shlex.split(curl)
+        headers = dict(words[i + 1].split(": ", 1) for i, w in enumerate(words) if w == "-H")
+        status, accepted = api(base_url, "/v1/outbound-sms", headers, json.loads(words[-1]))
+        assert status == 202
+        # Delivered: the emulator's status callback found the server on port N.
+        message = wait_for_status(base_url, headers, accepted["conversation_id"], "delivered")
+        assert message["status"] == "delivered", message
+
+        # A tenant made with the CLI, in other processes, sends through the running server.
+        account = flask_command("polysms", "create-account", "Acme")
+        assert re.fullmatch(r"acc_\w+", account)
+        project = flask_command("polysms", "create-project", account, "Reminders")
+        flask_command(
+            "polysms", "connect-twilio", project, "AC" + "7c" * 16, "--auth-token", "t" * 32
+        )
+        flask_command("polysms", "add-number", project, "+14155550123")
+        connector = flask_command("polysms", "create-connector", project)
+        _, key = flask_command("polysms", "create-api-key", account).split()
+        headers = {"X-PolyAi-Auth-Token": key, "X-TOKEN-ID": connector}
+        body = {"user_number": "+14155552672", "message": "Your table is ready"}
+        status, accepted = api(base_url, "/v1/outbound-sms", headers, body)
+        assert status == 202
+        message = wait_for_status(base_url, headers, accepted["conversation_id"], "delivered")
+        assert message["status"] == "delivered", message
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
         log.close()
