@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from flask import Flask, current_app, has_app_context
 
 from .config import ConfigError, Settings, load_settings
-from .crypto import TokenCipher
+from .crypto import TokenCipher, build_cipher
 from .errors import NotConfigured
 from .gateways import Gateway, create_gateway
 from .schedulers import Scheduler, create_scheduler
@@ -83,7 +83,7 @@ class PolySMS:
             )
         from .backends import create_store
 
-        settings = load_settings(app.config, testing=app.testing)
+        settings = load_settings(app.config, testing=app.testing, debug=app.debug)
         if settings.public_url is None and not (app.debug or app.testing):
             # Without it, status callbacks and signature checks would have to trust the Host
             # header of whoever calls, and a forged one would receive the users' delivery data.
@@ -106,16 +106,25 @@ class PolySMS:
                 timeout=settings.twilio_timeout,
             ),
             scheduler=create_scheduler(app, settings),
-            cipher=TokenCipher(settings.secret_key),
+            cipher=build_cipher(
+                settings.encryption_keys,
+                settings.secret_key,
+                decrypt_with_secret=settings.decrypt_with_secret_key,
+            ),
         )
         app.extensions[EXTENSION_KEY] = state
         self._apps.add(app)
         self._warn_unsafe_defaults(app, settings)
 
+        from . import hosting
         from .api import register_api
         from .cli import polysms_cli
 
+        # flask-smorest adds its own `flask openapi` command: a host's own stays the host's.
+        host_openapi_command = app.cli.commands.get("openapi")
         register_api(app, state)
+        if host_openapi_command is not None:
+            app.cli.add_command(host_openapi_command)
         app.cli.add_command(polysms_cli)
 
         @app.teardown_appcontext
@@ -134,6 +143,8 @@ class PolySMS:
             from .dashboard import register_dashboard
 
             register_dashboard(app, state)
+        hosting.refuse_url_clashes(app, settings.url_prefix)
+        hosting.install(app)
 
     @staticmethod
     def _warn_unsafe_defaults(app: Flask, settings: Settings) -> None:

@@ -10,19 +10,18 @@ import logging
 from functools import wraps
 from typing import TYPE_CHECKING
 
-import marshmallow as ma
 from apispec import BasePlugin
-from flask import jsonify, request
+from flask import request
 from flask_smorest import Api
 from flask_smorest import Blueprint as SmorestBlueprint
 from webargs.flaskparser import FlaskParser
-from werkzeug.exceptions import HTTPException, InternalServerError, MethodNotAllowed, NotFound
 
 from ..errors import InvalidInput, PolySMSError
 from ..extension import get_state
 from ..phone import is_e164_shaped
 from ..rate_limits import ProjectRateLimit
 from ..tenancy import AUTH_HEADER, CONNECTOR_HEADER, Tenant, authenticate
+from .errors import ErrorSchema, register_handlers, register_routing_errors
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -32,17 +31,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("flask_polysms.api")
 
 API_CONFIG_PREFIX = "POLYSMS_"
-
-
-class ErrorSchema(ma.Schema):
-    """The one error body of every route."""
-
-    detail = ma.fields.String(required=True, metadata={"description": "What went wrong"})
-    errors = ma.fields.Dict(
-        keys=ma.fields.String(),
-        values=ma.fields.List(ma.fields.String()),
-        metadata={"description": "Messages per field at fault"},
-    )
 
 
 class Parser(FlaskParser):
@@ -75,8 +63,7 @@ class Blueprint(SmorestBlueprint):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.register_error_handler(HTTPException, handle_http_error)
-        self.register_error_handler(PolySMSError, handle_polysms_error)
+        register_handlers(self)
         self.before_request(_check_request)
 
 
@@ -88,58 +75,6 @@ class PolySMSApi(Api):
 
     def _register_error_handlers(self) -> None:
         return None
-
-
-def _flatten(messages) -> dict[str, list[str]]:
-    """webargs' {location: {field: [msgs]}} as {field: [msgs]}."""
-    errors: dict[str, list[str]] = {}
-    if isinstance(messages, dict):
-        for location, fields in messages.items():
-            if isinstance(fields, dict):
-                for name, msgs in fields.items():
-                    if isinstance(msgs, dict):  # nested fields: name.sub
-                        for sub, sub_msgs in _flatten({location: msgs}).items():
-                            errors[f"{name}.{sub}"] = sub_msgs
-                    else:
-                        errors[str(name)] = [
-                            str(m) for m in (msgs if isinstance(msgs, list) else [msgs])
-                        ]
-            elif isinstance(fields, list):
-                errors.setdefault("_body", []).extend(str(m) for m in fields)
-    return errors
-
-
-def error_response(status: int, detail: str, errors=None, headers=None):
-    body = {"detail": detail}
-    if errors:
-        body["errors"] = errors
-    response = jsonify(body)
-    response.status_code = status
-    for name, value in (headers or {}).items():
-        response.headers[name] = value
-    return response
-
-
-def handle_polysms_error(error: PolySMSError):
-    return error_response(error.status, error.detail, error.errors, error.headers)
-
-
-def handle_http_error(error: HTTPException):
-    data = getattr(error, "data", None) or {}
-    status = error.code or 500
-    messages = data.get("messages")
-    if messages is not None:
-        errors = _flatten(messages)
-        if "_body" in errors and not any(k != "_body" for k in errors):
-            return error_response(400, "; ".join(errors["_body"]) or "invalid request body")
-        return error_response(400, "invalid request: see errors", errors)
-    if status == 413:
-        limit = get_state().settings.max_content_length
-        if request.content_length is not None and request.content_length <= limit:
-            # Werkzeug's cap on multipart parts (1000) answers 413 for a body within the size cap.
-            return error_response(413, "request body with too many form parts")
-        return error_response(413, f"request body over {limit} bytes")
-    return error_response(status, error.description or error.name, headers=data.get("headers"))
 
 
 def _check_request() -> None:
@@ -382,77 +317,4 @@ def register_api(app: Flask, state: PolySMSState) -> None:
         api.register_blueprint(module.blp, url_prefix=prefix + module.URL_PREFIX)
     # The browsable reference, from installed packages only (flask-smorest's loads a CDN).
     app.register_blueprint(docs.bp, url_prefix=f"{prefix}/v1")
-    _register_routing_errors(app, prefix + "/v1")
-    _register_store_errors(app, state, prefix + "/v1")
-
-
-def _register_store_errors(app: Flask, state: PolySMSState, api_root: str) -> None:
-    """A storage outage under the API's root (a dropped database connection) answers 503 with a
-    detail instead of a 500; the next request connects again (the store is closed at teardown).
-
-    The Store names the exceptions that mean an outage (``Store.unavailable_errors``), so no
-    blueprint knows the backend. Elsewhere the host app's handler, if any, or Flask's 500 applies.
-    """
-    for exc_class in state.store.unavailable_errors:
-        previous = app.error_handler_spec.get(None, {}).get(None, {}).get(exc_class)
-
-        def handler(error, _previous=previous):
-            if request.path == api_root or request.path.startswith(api_root + "/"):
-                # The class and first line only: a driver's message never carries bound values.
-                first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
-                log.warning(
-                    "storage unavailable during %s %s: %s: %s",
-                    request.method,
-                    request.path,
-                    type(error).__name__,
-                    first_line,
-                )
-                return error_response(
-                    503,
-                    "the database is unavailable (connection lost); retry the request",
-                    headers={"Retry-After": "1"},
-                )
-            if _previous is not None:
-                return _previous(error)
-            raise error
-
-        app.register_error_handler(exc_class, handler)
-
-
-def _register_routing_errors(app: Flask, api_root: str) -> None:
-    """An unknown path, a wrong method or an unexpected failure under the API's root answers in
-    the API's error shape.
-
-    Routing errors and unhandled exceptions never reach a blueprint's handlers (Flask looks them up
-    on the app), so these are app-wide; any other path keeps the host app's own handler
-    (registered before us) or Werkzeug's page.
-    """
-    for exc_class in (NotFound, MethodNotAllowed, InternalServerError):
-        # A host handler registered before us for this exact code sits in the slot we take.
-        previous = app.error_handler_spec.get(None, {}).get(exc_class.code, {}).get(exc_class)
-
-        def handler(error, _previous=previous):
-            if request.path == api_root or request.path.startswith(api_root + "/"):
-                response = handle_http_error(error)
-                if isinstance(error, MethodNotAllowed) and error.valid_methods:
-                    response.headers["Allow"] = ", ".join(error.valid_methods)
-                return response
-            if _previous is not None:
-                return _previous(error)
-            return _host_handler(app, error)
-
-        handler._polysms_routing = True  # type: ignore[attr-defined]
-        app.register_error_handler(exc_class, handler)
-
-
-def _host_handler(app: Flask, error: HTTPException):
-    """What Flask would answer without our handlers: the host's own handler (its blueprints',
-    then the app's; by code, then by class, most specific first), else Werkzeug's page."""
-    for code in (error.code, None):
-        for name in (*request.blueprints, None):
-            handlers = app.error_handler_spec.get(name, {}).get(code) or {}
-            for cls in type(error).__mro__:
-                found = handlers.get(cls)
-                if found is not None and not getattr(found, "_polysms_routing", False):
-                    return found(error)
-    return error
+    register_routing_errors(app, prefix + "/v1")

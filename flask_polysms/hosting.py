@@ -1,0 +1,95 @@
+"""Living in a host app: the host's CSRF protection and rate limiter leave our routes alone, and
+our routes never silently take a URL the host serves.
+
+A host may turn on flask-wtf's ``CSRFProtect`` or Flask-Limiter's default limits for its whole
+app, before or after ``init_app``. Our API authenticates with an API key and our webhooks with
+Twilio's signature (neither uses a cookie, so CSRF does not apply), and Twilio must never be
+rate limited by IP; the dashboard has CSRF protection of its own. So each of our blueprints is
+exempted from the host's extensions, at ``init_app`` for those already there and, for those set
+up later, before the first request they could see.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from .config import ConfigError
+
+if TYPE_CHECKING:
+    from flask import Blueprint, Flask
+
+log = logging.getLogger("flask_polysms")
+
+#: Our blueprints' names all start with this (flask-smorest's document blueprint included).
+BLUEPRINT_PREFIX = "polysms"
+#: The dashboard keeps the host's rate limits (its sign-in form benefits from them).
+RATE_LIMITED_BLUEPRINTS = frozenset({"polysms_dashboard"})
+
+
+def our_blueprints(app: Flask) -> list[Blueprint]:
+    """The blueprints flask-polysms registered on ``app``."""
+    return [bp for name, bp in app.blueprints.items() if name.startswith(BLUEPRINT_PREFIX)]
+
+
+def is_our_endpoint(endpoint: str | None) -> bool:
+    """True for an endpoint of one of our blueprints."""
+    return bool(endpoint) and endpoint.startswith(BLUEPRINT_PREFIX)
+
+
+class HostExtensions:
+    """Exempts our blueprints from the host's ``CSRFProtect`` and Flask-Limiter instances."""
+
+    def __init__(self, app: Flask) -> None:
+        self.app = app
+        self._done: set[int] = set()  # id() of every host extension object already handled
+
+    def exempt_all(self) -> None:
+        """Exempt our blueprints from every host extension not handled yet (cheap when none)."""
+        app = self.app
+        csrf = app.extensions.get("csrf")
+        limiters = app.extensions.get("limiter") or ()
+        if csrf is not None and id(csrf) not in self._done and hasattr(csrf, "exempt"):
+            for bp in our_blueprints(app):
+                csrf.exempt(bp)
+            self._done.add(id(csrf))
+        for limiter in list(limiters):
+            if id(limiter) in self._done or not hasattr(limiter, "exempt"):
+                continue
+            for bp in our_blueprints(app):
+                if bp.name not in RATE_LIMITED_BLUEPRINTS:
+                    limiter.exempt(bp)
+            self._done.add(id(limiter))
+
+
+def install(app: Flask) -> None:
+    """Exempt our blueprints now and, through a hook that runs before any extension set up
+    later can check a request, from host extensions added after ``init_app``."""
+    host = HostExtensions(app)
+    host.exempt_all()
+    # Registered now, so it runs before the request hooks of extensions initialised later.
+    app.before_request(host.exempt_all)
+
+
+def refuse_url_clashes(app: Flask, url_prefix: str) -> None:
+    """Raise ConfigError when one of our URLs (rule and method) is served by a host endpoint too.
+
+    Werkzeug would route the URL to whichever rule it meets first and never say so.
+    """
+    served: dict[tuple[str, str], str] = {}
+    for rule in app.url_map.iter_rules():
+        for method in rule.methods or ():
+            if method in ("HEAD", "OPTIONS"):
+                continue
+            served.setdefault((rule.rule, method), rule.endpoint)
+            other = served[(rule.rule, method)]
+            if other == rule.endpoint or is_our_endpoint(other) == is_our_endpoint(rule.endpoint):
+                continue
+            ours, theirs = (
+                (other, rule.endpoint) if is_our_endpoint(other) else (rule.endpoint, other)
+            )
+            raise ConfigError(
+                f"{method} {rule.rule} is served by the host's endpoint {theirs!r} and by "
+                f"flask-polysms's {ours!r}: set POLYSMS_URL_PREFIX (now {url_prefix!r}) to mount "
+                "flask-polysms elsewhere, or move the host's route"
+            )
