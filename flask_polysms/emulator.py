@@ -53,7 +53,8 @@ from flask_polysms.clock import utcnow
 from flask_polysms.segments import count_segments
 
 API_VERSION = "2010-04-01"
-E164 = re.compile(r"^\+[1-9]\d{1,14}$")
+# Used with fullmatch ($ alone also matches before a trailing newline); ASCII digits only.
+E164 = re.compile(r"^\+[1-9]\d{1,14}$", re.ASCII)
 MESSAGING_SERVICE_SID = re.compile(r"^MG[0-9a-fA-F]{32}$")
 MAX_BODY_CHARACTERS = 1600
 
@@ -642,12 +643,12 @@ class TwilioEmulator:
     def _validate(self, fields: dict[str, Any], *, has_media: bool) -> Response | None:
         if not fields["to"]:
             return self._error(21604)
-        if not E164.match(fields["to"]):
+        if not E164.fullmatch(fields["to"]):
             return self._error(21211, **fields)
         if not fields["from"] and not fields["messaging_service_sid"]:
             return self._error(21603)
         service = fields["messaging_service_sid"]
-        if service and not MESSAGING_SERVICE_SID.match(service):
+        if service and not MESSAGING_SERVICE_SID.fullmatch(service):
             return self._error(21701, **fields)
         if not fields["body"] and not has_media:
             return self._error(21602)

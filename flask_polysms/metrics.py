@@ -42,15 +42,15 @@ def summarise(
     per_day = state.store.get_metrics(project_id, environment, start, end)
     totals = dict.fromkeys(COUNTERS, 0)
     by_day = []
-    day = start
-    while day <= end:
+    # Offsets from start, not day += 1: the day after 9999-12-31 does not exist.
+    for offset in range((end - start).days + 1):
+        day = start + timedelta(days=offset)
         counters = {name: per_day.get(day, {}).get(name, 0) for name in COUNTERS}
         for name, value in counters.items():
             totals[name] += value
         by_day.append(
             {"date": day.isoformat(), **counters, "delivery_rate": delivery_rate(counters)}
         )
-        day += timedelta(days=1)
     return {
         "start": start.isoformat(),
         "end": end.isoformat(),

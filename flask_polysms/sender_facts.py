@@ -94,9 +94,11 @@ TOLL_FREE_VERIFICATION_REGIONS = frozenset({"US", "CA"})
 # Twilio queues a US/CA long code at 1 MPS until a 10DLC campaign raises it (DESIGN.md §4.5).
 UNREGISTERED_LONG_CODE_MPS = 1
 
+# Used with fullmatch ($ alone also matches before a trailing newline); ASCII: \d would take
+# any script's digits.
 _MESSAGING_SERVICE_SID = re.compile(r"^MG[0-9a-fA-F]{32}$")
-_E164 = re.compile(r"^\+[1-9]\d{1,14}$")
-_SHORT_CODE = re.compile(r"^\d{5,6}$")
+_E164 = re.compile(r"^\+[1-9]\d{1,14}$", re.ASCII)
+_SHORT_CODE = re.compile(r"^\d{5,6}$", re.ASCII)
 
 # Number types that Twilio calls long codes: full-length numbers that are not toll-free. VoIP,
 # personal and UAN numbers are included because Twilio sells SMS-capable numbers in such ranges in
@@ -138,11 +140,11 @@ def describe_address(address: str) -> dict[str, Any]:
 
     Raises ValueError for anything else.
     """
-    if _MESSAGING_SERVICE_SID.match(address):
+    if _MESSAGING_SERVICE_SID.fullmatch(address):
         return {"kind": KIND_MESSAGING_SERVICE, "country": None, "number_type": MESSAGING_SERVICE}
-    if _SHORT_CODE.match(address):
+    if _SHORT_CODE.fullmatch(address):
         return {"kind": KIND_NUMBER, "country": None, "number_type": SHORT_CODE}
-    if not _E164.match(address):
+    if not _E164.fullmatch(address):
         raise ValueError(
             f"{address!r} is not an E.164 number, a short code or a Messaging Service SID"
         )

@@ -150,7 +150,7 @@ def check_registration(sender: Sender, registration: str, campaign_id: str | Non
             errors={"registration": [f"one of {', '.join(REGISTRATION_STATES)}"]},
         )
     if campaign_id is not None:
-        if not isinstance(campaign_id, str) or not _CAMPAIGN_ID.match(campaign_id):
+        if not isinstance(campaign_id, str) or not _CAMPAIGN_ID.fullmatch(campaign_id):
             raise InvalidInput(
                 "campaign_id must be 1 to 64 characters without spaces",
                 errors={"campaign_id": ["1 to 64 characters without spaces"]},

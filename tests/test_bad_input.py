@@ -1,12 +1,13 @@
 """Bad input: every malformed request answers a clear 4xx (``{"detail": ...}``) and changes nothing.
 
-Oversize bodies, wrong content types, invalid UTF-8, invalid or absurd JSON, NUL characters,
-over-long ids and keys, thousands of form fields on a webhook. "Changes nothing" is checked through
-the public API: the tenant's conversations (with every message and status), templates, senders,
-metrics and what reached the gateway are the same before and after the request.
+Oversize bodies, wrong content types, invalid UTF-8, invalid or absurd JSON, NUL characters, lone
+surrogates, over-long ids and keys, thousands of form fields on a webhook. "Changes nothing" is
+checked through the public API: the tenant's conversations (with every message and status),
+templates, senders, metrics and what reached the gateway are the same before and after the request.
 
 Run against the memory store and PostgreSQL, which refuses NUL characters in text and values longer
-than its key columns: both must answer the same 4xx.
+than its key columns: both must answer the same 4xx. ``tests/test_input_edge.py`` runs the text,
+nesting and pattern checks on SQLite and MariaDB as well.
 
 The property-based tests of the validators live with them: ``tests/test_phone.py`` (E.164),
 ``tests/test_keywords.py`` (keyword normaliser), ``tests/test_tokens.py`` (token renderer) and
@@ -154,6 +155,11 @@ CASES: list[tuple[str, Callable, int]] = [
     ("a JSON string", lambda h: _json(h, OUT, '"hello"'), 400),
     ("JSON nested 20,000 levels", lambda h: _json(h, OUT, "[" * 20_000 + "]" * 20_000), 400),
     (
+        "JSON nested 101 levels in a field",
+        lambda h: _json(h, OUT, '{"message": "hi", "x": ' + "[" * 101 + "]" * 101 + "}"),
+        400,
+    ),
+    (
         "JSON object nested 5,000 levels",
         lambda h: _json(h, OUT, '{"a":' * 5000 + "1" + "}" * 5000),
         400,
@@ -204,6 +210,22 @@ CASES: list[tuple[str, Callable, int]] = [
         400,
     ),
     ("NUL in a path id", lambda h: _get(h, CONVERSATIONS + "/conv%00x"), 400),
+    # -- lone surrogates (no database driver can encode them)
+    (
+        "a lone surrogate in a JSON value",
+        lambda h: _json(h, OUT, '{"user_number": "+14155552674", "message": "hi \\ud800"}'),
+        400,
+    ),
+    (
+        "a lone surrogate in a JSON key",
+        lambda h: _json(h, OUT, '{"user_number": "+14155552674", "message": "hi", "\\udc00": 1}'),
+        400,
+    ),
+    (
+        "a lone surrogate in X-TOKEN-ID",
+        lambda h: _get(h, CONVERSATIONS, headers={"X-TOKEN-ID": "con\udfff"}),
+        400,
+    ),
     ("NUL in a query value", lambda h: _get(h, CONVERSATIONS + "?cursor=%00"), 400),
     ("NUL in X-TOKEN-ID", lambda h: _get(h, CONVERSATIONS, headers={"X-TOKEN-ID": "con\x00"}), 400),
     (
@@ -257,6 +279,13 @@ CASES: list[tuple[str, Callable, int]] = [
         "signed status with a 200-character MessageSid",
         lambda h: h.post_signed(
             STATUS_HOOK, {"MessageSid": "SM" + LONG, "MessageStatus": "delivered", "From": AGENT}
+        ),
+        400,
+    ),
+    (
+        "signed status with a trailing newline",
+        lambda h: h.post_signed(
+            STATUS_HOOK, {"MessageSid": h.sid, "MessageStatus": "delivered\n", "From": AGENT}
         ),
         400,
     ),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import date
 
 import marshmallow as ma
 
@@ -55,7 +55,8 @@ def get_metrics(query, tenant):
     """Sent, delivered, undelivered, failed, suppressed, API failures and delivery rate."""
     today = utcnow().date()
     end = query.get("end") or today
-    start = query.get("start") or end - timedelta(days=29)
+    # Not before 0001-01-01, the first day a date can be.
+    start = query.get("start") or date.fromordinal(max(1, end.toordinal() - 29))
     if start > end:
         raise InvalidInput("start is after end", errors={"start": ["must be on or before end"]})
     if (end - start).days >= MAX_DAYS:

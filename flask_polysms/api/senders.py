@@ -84,7 +84,8 @@ class SenderUpdateSchema(ma.Schema):
 class ComplianceQuerySchema(ma.Schema):
     destinations = DelimitedList(
         ma.fields.String(
-            validate=ma.validate.Regexp(r"^[A-Za-z]{2}$", error="an ISO 3166 alpha-2 code")
+            # \Z, not $: Regexp uses re.match, and $ also matches before a trailing newline.
+            validate=ma.validate.Regexp(r"\A[A-Za-z]{2}\Z", error="an ISO 3166 alpha-2 code")
         ),
         metadata={
             "description": "comma-separated countries to check (GB,US) instead of those of the "

@@ -46,8 +46,9 @@ class StatusCallbackSchema(ma.Schema):
 
     MessageSid = ma.fields.String(required=True, validate=_KEY_LENGTH)
     # Twilio's statuses are short lower-case words; lower() of other letters can grow ("İ").
+    # \Z, not $: Regexp uses re.match, and $ also matches before a trailing newline.
     MessageStatus = ma.fields.String(
-        required=True, validate=ma.validate.Regexp(r"^[A-Za-z_-]{1,32}$", error="not a status")
+        required=True, validate=ma.validate.Regexp(r"\A[A-Za-z_-]{1,32}\Z", error="not a status")
     )
     ErrorCode = ma.fields.String()
     From = ma.fields.String()
