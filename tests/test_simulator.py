@@ -116,12 +116,19 @@ def test_a_failing_webhook_shows_no_detail(make_emulated_sms, caplog):
     )
     get_state(sms.app).emulator = emulator
     failure = {"mode": "raise"}
+    wsgi_app = sms.app.wsgi_app
+
+    def breaking_middleware(environ, start_response):
+        # Outside Flask, so no error handler of the app can turn it into a response.
+        if environ["PATH_INFO"].endswith("/v1/twilio/sms") and failure["mode"] == "raise":
+            raise ConnectionRefusedError("db at 10.1.2.3:5432 refused the connection")
+        return wsgi_app(environ, start_response)
+
+    sms.app.wsgi_app = breaking_middleware
 
     @sms.app.before_request
-    def break_the_webhook():
-        if request.path.endswith("/v1/twilio/sms"):
-            if failure["mode"] == "raise":
-                raise ConnectionRefusedError("db at 10.1.2.3:5432 refused the connection")
+    def refuse_the_webhook():
+        if request.path.endswith("/v1/twilio/sms") and failure["mode"] == "403":
             abort(403)
 
     dashboard = Dashboard(sms)
