@@ -508,5 +508,16 @@ def demo(number, environment, account_sid, auth_token, url, reset) -> None:
         f"{', '.join(numbers)} ({connector.environment}), recorded in "
         f"{demo_record_path(state.app)} (--reset starts over)"
     )
+    if not created:
+        ctx = click.get_current_context()
+        given = [
+            "--" + name.replace("_", "-")
+            for name in ("number", "environment", "account_sid", "auth_token")
+            if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
+        ]
+        if given:
+            click.echo(
+                f"{', '.join(given)}: used for a new demo tenant only (add --reset)", err=True
+            )
     base_url = url or state.settings.public_url or "http://127.0.0.1:5000"
     click.echo(demo_curl(record, base_url, state.settings.url_prefix))

@@ -184,8 +184,9 @@ def send_with(app, output: str):
 def test_demo_runs_again_with_the_same_tenant_and_reset_starts_over(app, cli):
     first = ok(cli("demo", "--number", "+14155552671"))
     assert first.startswith("new demo project")
-    again = ok(cli("demo", "--number", "+14155552671"))
+    again = ok(cli("demo"))
     assert again.startswith("demo project") and "--reset starts over" in again
+    assert "used for a new demo tenant only" in ok(cli("demo", "--number", "+14155552673"))
     assert curl_request(again) == curl_request(first)
     assert send_with(app, again).status_code == 202
 
