@@ -12,6 +12,8 @@ from typing import Any
 
 from limits import parse_many
 
+from .crypto import KeyProblem, check_fernet_key, parse_keys
+
 
 class ConfigVars:
     """Names of the configuration keys (all start with ``POLYSMS_``)."""
@@ -34,6 +36,8 @@ class ConfigVars:
     CLOSING_MESSAGE = "POLYSMS_CLOSING_MESSAGE"
     VALIDATE_SIGNATURES = "POLYSMS_VALIDATE_SIGNATURES"
     SECRET_KEY = "POLYSMS_SECRET_KEY"
+    ENCRYPTION_KEYS = "POLYSMS_ENCRYPTION_KEYS"
+    DECRYPT_WITH_SECRET_KEY = "POLYSMS_DECRYPT_WITH_SECRET_KEY"
     SEND_MAX_ATTEMPTS = "POLYSMS_SEND_MAX_ATTEMPTS"
     RETRY_BASE_DELAY = "POLYSMS_RETRY_BASE_DELAY"
     INBOUND_SENDER_LIMIT = "POLYSMS_INBOUND_SENDER_LIMIT"
@@ -44,6 +48,8 @@ class ConfigVars:
     STUCK_AFTER = "POLYSMS_STUCK_AFTER"
     SENDER_GUARD = "POLYSMS_SENDER_GUARD"
     DASHBOARD = "POLYSMS_DASHBOARD"
+    DASHBOARD_IDLE_TIMEOUT = "POLYSMS_DASHBOARD_IDLE_TIMEOUT"
+    DASHBOARD_ABSOLUTE_TIMEOUT = "POLYSMS_DASHBOARD_ABSOLUTE_TIMEOUT"
     MAX_CONTENT_LENGTH = "POLYSMS_MAX_CONTENT_LENGTH"
 
 
@@ -75,6 +81,10 @@ DEFAULTS: dict[str, Any] = {
     ConfigVars.CLOSING_MESSAGE: DEFAULT_CLOSING_MESSAGE,
     ConfigVars.VALIDATE_SIGNATURES: True,
     ConfigVars.SECRET_KEY: None,  # the app's SECRET_KEY
+    # Fernet keys, the first encrypts; required outside debug and testing.
+    ConfigVars.ENCRYPTION_KEYS: None,
+    # With ENCRYPTION_KEYS: the SECRET_KEY derivation still decrypts (tokens stored by 0.1).
+    ConfigVars.DECRYPT_WITH_SECRET_KEY: True,
     ConfigVars.SEND_MAX_ATTEMPTS: 5,
     ConfigVars.RETRY_BASE_DELAY: timedelta(seconds=2),
     ConfigVars.INBOUND_SENDER_LIMIT: "10 per 60 seconds",
@@ -85,6 +95,8 @@ DEFAULTS: dict[str, Any] = {
     ConfigVars.STUCK_AFTER: timedelta(minutes=5),
     ConfigVars.SENDER_GUARD: True,
     ConfigVars.DASHBOARD: False,
+    ConfigVars.DASHBOARD_IDLE_TIMEOUT: timedelta(minutes=30),
+    ConfigVars.DASHBOARD_ABSOLUTE_TIMEOUT: timedelta(hours=12),
     ConfigVars.MAX_CONTENT_LENGTH: 64 * 1024,
 }
 
@@ -117,7 +129,12 @@ class Settings:
     warning_message: str
     closing_message: str
     validate_signatures: bool
-    secret_key: str
+    #: ``POLYSMS_SECRET_KEY`` as given (else the app's ``SECRET_KEY``), None when neither is set.
+    secret_key: str | bytes | None
+    #: ``POLYSMS_ENCRYPTION_KEYS``, checked; empty only in debug and testing (then the key is
+    #: derived from ``secret_key``).
+    encryption_keys: tuple[bytes, ...]
+    decrypt_with_secret_key: bool
     send_max_attempts: int
     retry_base_delay: timedelta
     inbound_sender_limit: str
@@ -128,6 +145,8 @@ class Settings:
     stuck_after: timedelta
     sender_guard: bool
     dashboard: bool
+    dashboard_idle_timeout: timedelta
+    dashboard_absolute_timeout: timedelta
     max_content_length: int
 
 
@@ -192,19 +211,62 @@ def _server_name_url(config: Any) -> str | None:
     return f"{scheme}://{server_name}{root}"
 
 
-def load_settings(config: dict, *, testing: bool) -> Settings:
-    """Apply the defaults to ``config`` and validate every key (ConfigError names the key)."""
+GENERATE_KEY_HINT = (
+    'make one with `python -c "from cryptography.fernet import Fernet; '
+    'print(Fernet.generate_key().decode())"`'
+)
+
+
+def _encryption_keys(config: dict, *, lenient: bool) -> tuple[bytes, ...]:
+    """``POLYSMS_ENCRYPTION_KEYS``, each key checked. A malformed key is refused everywhere; a
+    missing setting or a weak key only outside debug and testing (``lenient``)."""
+    name = ConfigVars.ENCRYPTION_KEYS
+    try:
+        given = parse_keys(config[name])
+    except TypeError as exc:
+        raise ConfigError(f"{name} must be {exc}") from None
+    keys = []
+    for position, key in enumerate(given):
+        try:
+            keys.append(check_fernet_key(key, allow_weak=lenient))
+        except KeyProblem as problem:
+            # The position, never the key: this message ends up in logs.
+            raise ConfigError(f"{name}[{position}] {problem}; {GENERATE_KEY_HINT}") from None
+    if not keys and not lenient:
+        raise ConfigError(
+            f"{name} must be set outside debug and testing: a list of Fernet keys (or one "
+            "comma-separated string), the first encrypts the stored Twilio Auth Tokens; "
+            f"{GENERATE_KEY_HINT}. Deriving the key from {ConfigVars.SECRET_KEY} (or SECRET_KEY) "
+            "is for debug and testing only"
+        )
+    return tuple(keys)
+
+
+def load_settings(config: dict, *, testing: bool, debug: bool = False) -> Settings:
+    """Apply the defaults to ``config`` and validate every key (ConfigError names the key).
+
+    Outside ``debug`` and ``testing`` the checks are stricter: ``POLYSMS_ENCRYPTION_KEYS`` is
+    required and a weak key is refused."""
+    if testing and ConfigVars.GATEWAY not in config:
+        # A testing app records what it would send (as Flask-Mail suppresses mail when testing)
+        # unless it names a gateway: a test suite never texts real people by accident.
+        config[ConfigVars.GATEWAY] = "outbox"
     for key, value in DEFAULTS.items():
         config.setdefault(key, value)
     if config[ConfigVars.SCHEDULER] is None:
         config[ConfigVars.SCHEDULER] = "manual" if testing else "thread"
-    if config[ConfigVars.SECRET_KEY] is None:
-        config[ConfigVars.SECRET_KEY] = config.get("SECRET_KEY")
+    encryption_keys = _encryption_keys(config, lenient=testing or debug)
+    # Read, not copied into the config: the host's secret stays in one place.
     secret = config[ConfigVars.SECRET_KEY]
-    if not secret or not isinstance(secret, (str, bytes)):
+    if secret is None:
+        secret = config.get("SECRET_KEY")
+    if secret is not None and not isinstance(secret, (str, bytes)):
+        raise ConfigError(f"{ConfigVars.SECRET_KEY} must be a string, not {type(secret).__name__}")
+    if not secret and not encryption_keys:
         raise ConfigError(
-            f"{ConfigVars.SECRET_KEY} (or the app's SECRET_KEY) must be set: Twilio Auth Tokens "
-            "are encrypted with a key derived from it"
+            f"{ConfigVars.SECRET_KEY} (or the app's SECRET_KEY) must be set: without "
+            f"{ConfigVars.ENCRYPTION_KEYS} (debug and testing only), Twilio Auth Tokens are "
+            "encrypted with a key derived from it"
         )
     scheduler = _choice(config, ConfigVars.SCHEDULER, SCHEDULERS)
     redis_url = _text(config, ConfigVars.REDIS_URL, optional=True)
@@ -244,7 +306,9 @@ def load_settings(config: dict, *, testing: bool) -> Settings:
         warning_message=_text(config, ConfigVars.WARNING_MESSAGE),
         closing_message=_text(config, ConfigVars.CLOSING_MESSAGE),
         validate_signatures=_flag(config, ConfigVars.VALIDATE_SIGNATURES),
-        secret_key=secret if isinstance(secret, str) else secret.decode("utf-8", "replace"),
+        secret_key=secret or None,
+        encryption_keys=encryption_keys,
+        decrypt_with_secret_key=_flag(config, ConfigVars.DECRYPT_WITH_SECRET_KEY),
         send_max_attempts=attempts,
         retry_base_delay=_duration(config, ConfigVars.RETRY_BASE_DELAY),
         inbound_sender_limit=_limit(config, ConfigVars.INBOUND_SENDER_LIMIT),
@@ -255,5 +319,7 @@ def load_settings(config: dict, *, testing: bool) -> Settings:
         stuck_after=_duration(config, ConfigVars.STUCK_AFTER),
         sender_guard=_flag(config, ConfigVars.SENDER_GUARD),
         dashboard=_flag(config, ConfigVars.DASHBOARD),
+        dashboard_idle_timeout=_duration(config, ConfigVars.DASHBOARD_IDLE_TIMEOUT),
+        dashboard_absolute_timeout=_duration(config, ConfigVars.DASHBOARD_ABSOLUTE_TIMEOUT),
         max_content_length=max_length,
     )

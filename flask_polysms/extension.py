@@ -131,12 +131,13 @@ class PolySMS:
         def _close_store(exc: BaseException | None) -> None:
             state.store.close()
 
-        if type(state.scheduler).start is not Scheduler.start:  # a hook per request costs
+        if type(state.scheduler).start is not Scheduler.start and not app.testing:
 
             @app.before_request
             def _start_background_work() -> None:
                 # The thread scheduler's loop (and its periodic sweep) runs in the serving process
-                # only, started by its first request (after a fork, in the child).
+                # only, started by its first request (after a fork, in the child); a testing app's
+                # requests never start one.
                 state.scheduler.start()
 
         if settings.dashboard:

@@ -13,6 +13,8 @@ def create_app() -> Flask:
     app = Flask(__name__)
     app.config.update(
         SECRET_KEY="test",
+        POLYSMS_PUBLIC_URL="http://localhost",
+        POLYSMS_ENCRYPTION_KEYS=["dMNOlYNhCuKwH-ZYn7106kPfZ9WPjhBc5U2KtgI0sXw="],
         POLYSMS_GATEWAY="outbox",
         POLYSMS_SCHEDULER="manual",
         POLYSMS_STORAGE_URL=os.environ["RL_TEST_STORAGE_URL"],

@@ -290,6 +290,8 @@ def make_rig(tmp_path, fresh_postgres_url, redis_url, unique) -> Iterator[Callab
         emulators.append(twilio)
         settings = {
             "SECRET_KEY": "fault-tests-secret",
+            "POLYSMS_PUBLIC_URL": "http://localhost",
+            "POLYSMS_ENCRYPTION_KEYS": ["dMNOlYNhCuKwH-ZYn7106kPfZ9WPjhBc5U2KtgI0sXw="],
             "POLYSMS_STORAGE_URL": fresh_postgres_url,
             "POLYSMS_SCHEDULER": "rq",
             "POLYSMS_REDIS_URL": redis_db_url,
@@ -639,6 +641,8 @@ def db_app(fresh_postgres_url):
         app = Flask(f"polysms_dbdrop_{uuid.uuid4().hex[:6]}")
         app.config.update(
             SECRET_KEY="db-drop",
+            POLYSMS_PUBLIC_URL="http://localhost",
+            POLYSMS_ENCRYPTION_KEYS=["dMNOlYNhCuKwH-ZYn7106kPfZ9WPjhBc5U2KtgI0sXw="],
             POLYSMS_STORAGE_URL=url,
             POLYSMS_GATEWAY="outbox",
             POLYSMS_SCHEDULER="manual",

@@ -210,3 +210,24 @@ def test_the_hosts_own_openapi_command_is_kept():
     PolySMS(app)
     result = app.test_cli_runner().invoke(args=["openapi"])
     assert result.output.strip() == "the host's openapi"
+
+
+def test_a_testing_app_records_sends_in_the_outbox_unless_it_names_a_gateway():
+    testing = Flask("testing_default")
+    testing.config.update(TESTING=True, SECRET_KEY="k")
+    PolySMS(testing)
+    named = Flask("testing_named")
+    named.config.update(TESTING=True, SECRET_KEY="k", POLYSMS_GATEWAY="twilio")
+    PolySMS(named)
+    from flask_polysms.extension import get_state
+
+    assert get_state(testing).settings.gateway == "outbox"
+    assert get_state(named).settings.gateway == "twilio"
+
+
+def test_the_hosts_secret_key_is_not_copied_into_our_config():
+    app = Flask("secret_once")
+    app.config.update(TESTING=True, SECRET_KEY="the host's secret")
+    PolySMS(app)
+    assert app.config["POLYSMS_SECRET_KEY"] is None
+    assert "the host's secret" not in [v for k, v in app.config.items() if k.startswith("POLYSMS_")]

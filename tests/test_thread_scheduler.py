@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import threading
 import time
 
 import pytest
@@ -25,6 +27,10 @@ def wait_for(predicate, timeout: float = 10.0):
     raise AssertionError("condition not met in time")
 
 
+#: A fixed Fernet key: the app runs outside testing, where a real encryption key is required.
+ENCRYPTION_KEY = "dMNOlYNhCuKwH-ZYn7106kPfZ9WPjhBc5U2KtgI0sXw="
+
+
 @pytest.fixture
 def setup():
     polysms = PolySMS()
@@ -36,6 +42,8 @@ def setup():
     app = Flask(__name__)
     app.config.update(
         SECRET_KEY="test",
+        POLYSMS_PUBLIC_URL="http://localhost",
+        POLYSMS_ENCRYPTION_KEYS=[ENCRYPTION_KEY],
         POLYSMS_GATEWAY="outbox",
         POLYSMS_SCHEDULER="thread",
         POLYSMS_IDLE_TIMEOUT=0.6,
@@ -85,3 +93,45 @@ def test_stop_ends_the_background_thread(setup):
     assert scheduler._thread.is_alive()
     scheduler.stop()
     assert scheduler._thread is None
+
+
+def _polysms_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "polysms-scheduler" and t.is_alive()]
+
+
+def _thread_app(testing: bool) -> Flask:
+    app = Flask("thread_owner")
+    app.testing = testing
+    app.config.update(
+        SECRET_KEY="test",
+        POLYSMS_PUBLIC_URL="http://localhost",
+        POLYSMS_ENCRYPTION_KEYS=[ENCRYPTION_KEY],
+        POLYSMS_GATEWAY="outbox",
+        POLYSMS_SCHEDULER="thread",
+    )
+    PolySMS(app)
+    return app
+
+
+def test_no_scheduler_thread_survives_its_app():
+    before = set(_polysms_threads())
+    app = _thread_app(testing=False)
+    assert app.test_client().get("/v1/senders").status_code == 401  # any request starts it
+    started = set(_polysms_threads()) - before
+    assert len(started) == 1
+    del app
+    gc.collect()
+    wait_for(lambda: not (set(_polysms_threads()) & started))
+
+
+def test_a_testing_app_or_a_job_outside_a_request_starts_no_thread():
+    before = set(_polysms_threads())
+    app = _thread_app(testing=True)
+    tenant = provision(app, numbers=(AGENT,))
+    response = app.test_client().post(
+        "/v1/outbound-sms", json={"user_number": USER, "message": "Hi!"}, headers=tenant.headers
+    )
+    assert response.status_code == 202
+    other = _thread_app(testing=False)
+    get_state(other).scheduler.enqueue("sweep")  # as a CLI command or a host's own code would
+    assert set(_polysms_threads()) == before
