@@ -2,8 +2,30 @@
 
 from __future__ import annotations
 
-from .conversation import Conversation
-from .extension import PolySMS, get_state
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .conversation import Conversation
+    from .extension import PolySMS, get_state
 
 __all__ = ["Conversation", "PolySMS", "get_state"]
 __version__ = "0.1.0"
+
+# Imported when first used: the pytest plugin (an entry point loaded by every pytest run that has
+# the package installed) imports this package, and must not cost every test run the whole of it.
+_LAZY = {
+    "Conversation": ".conversation",
+    "PolySMS": ".extension",
+    "get_state": ".extension",
+}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(module, __name__), name)
+    globals()[name] = value
+    return value

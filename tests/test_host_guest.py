@@ -231,3 +231,36 @@ def test_the_hosts_secret_key_is_not_copied_into_our_config():
     PolySMS(app)
     assert app.config["POLYSMS_SECRET_KEY"] is None
     assert "the host's secret" not in [v for k, v in app.config.items() if k.startswith("POLYSMS_")]
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"PREFERRED_URL_SCHEME": "https"},
+        {"SERVER_NAME": "sms.example.test", "PREFERRED_URL_SCHEME": "https"},
+        {"SERVER_NAME": "sms.example.test", "APPLICATION_ROOT": "/shop"},
+        {"POLYSMS_PUBLIC_URL": "https://public.example.test", "POLYSMS_URL_PREFIX": "/sms"},
+    ],
+)
+def test_the_plugins_phone_signs_the_url_the_app_checks(config):
+    from flask_polysms.pytest_plugin import Phone
+
+    app = Flask("phone_host")
+    app.config.update(TESTING=True, SECRET_KEY="k", **config)
+    PolySMS(app)
+    tenant = provision(app, numbers=(AGENT,))
+    assert Phone(app, tenant).send("hello").status_code == 200
+
+
+def test_loading_the_pytest_plugin_imports_nothing_heavy():
+    """Every pytest run loads the plugin: it must not import the package's modules or twilio."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, flask_polysms.pytest_plugin\n"
+        "heavy = [m for m in ('flask', 'twilio', 'flask_polysms.extension') if m in sys.modules]\n"
+        "print(heavy)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "[]", result.stderr
