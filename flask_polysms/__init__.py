@@ -7,8 +7,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .conversation import Conversation
     from .extension import PolySMS, get_state
+    from .hosting import alembic_include_name
 
-__all__ = ["Conversation", "PolySMS", "get_state"]
+__all__ = ["Conversation", "PolySMS", "alembic_include_name", "get_state"]
 __version__ = "0.1.0"
 
 # Imported when first used: the pytest plugin (an entry point loaded by every pytest run that has
@@ -17,6 +18,7 @@ _LAZY = {
     "Conversation": ".conversation",
     "PolySMS": ".extension",
     "get_state": ".extension",
+    "alembic_include_name": ".hosting",
 }
 
 

@@ -6,6 +6,7 @@ in a request.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -51,6 +52,8 @@ class ConfigVars:
     DASHBOARD_IDLE_TIMEOUT = "POLYSMS_DASHBOARD_IDLE_TIMEOUT"
     DASHBOARD_ABSOLUTE_TIMEOUT = "POLYSMS_DASHBOARD_ABSOLUTE_TIMEOUT"
     MAX_CONTENT_LENGTH = "POLYSMS_MAX_CONTENT_LENGTH"
+    TABLE_PREFIX = "POLYSMS_TABLE_PREFIX"
+    DASHBOARD_URL = "POLYSMS_DASHBOARD_URL"
 
 
 DEFAULT_WARNING_MESSAGE = (
@@ -98,6 +101,8 @@ DEFAULTS: dict[str, Any] = {
     ConfigVars.DASHBOARD_IDLE_TIMEOUT: timedelta(minutes=30),
     ConfigVars.DASHBOARD_ABSOLUTE_TIMEOUT: timedelta(hours=12),
     ConfigVars.MAX_CONTENT_LENGTH: 64 * 1024,
+    ConfigVars.TABLE_PREFIX: "polysms_",
+    ConfigVars.DASHBOARD_URL: "/dashboard",
 }
 
 
@@ -148,6 +153,10 @@ class Settings:
     dashboard_idle_timeout: timedelta
     dashboard_absolute_timeout: timedelta
     max_content_length: int
+    #: Names our database tables (``polysms_`` + name): a host sharing the database keeps its own.
+    table_prefix: str
+    #: Where the dashboard is mounted, under ``url_prefix``.
+    dashboard_url: str
 
 
 def _duration(config: dict, key: str) -> timedelta:
@@ -288,6 +297,14 @@ def load_settings(config: dict, *, testing: bool, debug: bool = False) -> Settin
     if public_url and not public_url.startswith(("http://", "https://")):
         raise ConfigError(f"{ConfigVars.PUBLIC_URL} must be an http(s) URL, not {public_url!r}")
     public_url = public_url or _server_name_url(config)
+    dashboard_url = _text(config, ConfigVars.DASHBOARD_URL)
+    if not dashboard_url.startswith("/") or dashboard_url.endswith("/"):
+        raise ConfigError(f"{ConfigVars.DASHBOARD_URL} must start with '/' and not end with it")
+    table_prefix = _text(config, ConfigVars.TABLE_PREFIX)
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]{0,39}", table_prefix):
+        raise ConfigError(
+            f"{ConfigVars.TABLE_PREFIX} must be a letter then letters, digits or _ (up to 40)"
+        )
     return Settings(
         storage_url=_text(config, ConfigVars.STORAGE_URL),
         scheduler=scheduler,
@@ -322,4 +339,6 @@ def load_settings(config: dict, *, testing: bool, debug: bool = False) -> Settin
         dashboard_idle_timeout=_duration(config, ConfigVars.DASHBOARD_IDLE_TIMEOUT),
         dashboard_absolute_timeout=_duration(config, ConfigVars.DASHBOARD_ABSOLUTE_TIMEOUT),
         max_content_length=max_length,
+        table_prefix=table_prefix,
+        dashboard_url=dashboard_url,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,6 +46,20 @@ class PolySMSState:
     @property
     def agent(self) -> AgentFunc | None:
         return self.extension.agent_func
+
+
+def _in_instance_folder(app: Flask, url: str) -> str:
+    """A relative SQLite path is taken inside the app's instance folder (created if needed), as
+    Flask-SQLAlchemy does, rather than in whatever the working directory happens to be."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix):
+        return url
+    path, _, query = url[len(prefix) :].partition("?")
+    if not path or path == ":memory:" or os.path.isabs(path):
+        return url
+    os.makedirs(app.instance_path, exist_ok=True)
+    absolute = os.path.join(app.instance_path, path)
+    return prefix + absolute + (f"?{query}" if query else "")
 
 
 def get_state(app: Flask | None = None) -> PolySMSState:
@@ -92,7 +107,9 @@ class PolySMS:
                 "https://sms.example.com) or Flask's SERVER_NAME: flask-polysms never builds "
                 "status-callback or signature URLs from a request's Host header"
             )
-        store = create_store(settings.storage_url)
+        store = create_store(
+            _in_instance_folder(app, settings.storage_url), table_prefix=settings.table_prefix
+        )
         if store.creates_schema_on_start:
             store.create_schema()
         state = PolySMSState(

@@ -81,8 +81,10 @@ def refuse_url_clashes(app: Flask, url_prefix: str) -> None:
         for method in rule.methods or ():
             if method in ("HEAD", "OPTIONS"):
                 continue
-            served.setdefault((rule.rule, method), rule.endpoint)
-            other = served[(rule.rule, method)]
+            # "/dashboard" and "/dashboard/" are one URL to a person typing it.
+            url = rule.rule.rstrip("/") or "/"
+            served.setdefault((url, method), rule.endpoint)
+            other = served[(url, method)]
             if other == rule.endpoint or is_our_endpoint(other) == is_our_endpoint(rule.endpoint):
                 continue
             ours, theirs = (
@@ -93,3 +95,33 @@ def refuse_url_clashes(app: Flask, url_prefix: str) -> None:
                 f"flask-polysms's {ours!r}: set POLYSMS_URL_PREFIX (now {url_prefix!r}) to mount "
                 "flask-polysms elsewhere, or move the host's route"
             )
+
+
+def alembic_include_name(name: str | None, type_: str, parent_names: dict) -> bool:
+    """An Alembic ``include_name`` hook that keeps autogenerate away from our tables.
+
+    A host app on the same database (Flask-Migrate, Alembic) would otherwise see our tables as
+    absent from its models and generate ``drop_table`` for each. Pass it as
+    ``Migrate(app, db, include_name=alembic_include_name)`` (or to ``context.configure``); it
+    combines with a host's own filter by calling both. Our tables are those named with
+    ``POLYSMS_TABLE_PREFIX`` (of the current app, else the default ``polysms_``).
+    """
+    prefix = _table_prefix()
+    if type_ == "table":
+        return not (name or "").startswith(prefix)
+    table = (parent_names or {}).get("table_name")
+    if table is not None:
+        return not table.startswith(prefix)
+    return True
+
+
+def _table_prefix() -> str:
+    from flask import current_app, has_app_context
+
+    from .config import DEFAULTS, ConfigVars
+
+    if has_app_context():
+        state = current_app.extensions.get("polysms")
+        if state is not None:
+            return state.settings.table_prefix
+    return DEFAULTS[ConfigVars.TABLE_PREFIX]

@@ -264,3 +264,76 @@ def test_loading_the_pytest_plugin_imports_nothing_heavy():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "[]", result.stderr
+
+
+def test_a_relative_sqlite_url_lands_in_the_instance_folder(tmp_path):
+    app = Flask("instance_host", instance_path=str(tmp_path / "instance"))
+    app.config.update(TESTING=True, SECRET_KEY="k", POLYSMS_STORAGE_URL="sqlite:///sms.db")
+    PolySMS(app)
+    provision(app, numbers=(AGENT,))
+    assert (tmp_path / "instance" / "sms.db").exists()
+
+
+def test_the_table_prefix_names_every_table(tmp_path):
+    import sqlite3
+
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    app = Flask("prefixed")
+    app.config.update(
+        TESTING=True, SECRET_KEY="k", POLYSMS_STORAGE_URL=url, POLYSMS_TABLE_PREFIX="sms_"
+    )
+    PolySMS(app)
+    provision(app, numbers=(AGENT,))
+    with sqlite3.connect(tmp_path / "shared.db") as db:
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert tables and all(name.startswith("sms_") for name in tables), tables
+    with pytest.raises(ConfigError, match="POLYSMS_TABLE_PREFIX"):
+        PolySMS(_configured(POLYSMS_TABLE_PREFIX="sms-; drop"))
+
+
+def _configured(**config) -> Flask:
+    app = Flask("configured")
+    app.config.update(TESTING=True, SECRET_KEY="k", **config)
+    return app
+
+
+def test_the_dashboard_path_is_configurable_and_a_host_path_is_never_taken():
+    app = _configured(POLYSMS_DASHBOARD=True, POLYSMS_DASHBOARD_URL="/sms-admin")
+    PolySMS(app)
+    assert app.test_client().get("/sms-admin/sign-in").status_code == 200
+
+    host = _configured(POLYSMS_DASHBOARD=True)
+    host.add_url_rule("/dashboard", "host_dashboard", lambda: "the host's dashboard")
+    with pytest.raises(ConfigError, match="host_dashboard"):
+        PolySMS(host)
+
+
+def test_alembic_autogenerate_leaves_our_tables_alone(tmp_path):
+    """A host's Alembic autogenerate on the shared database, with and without the filter."""
+    alembic = pytest.importorskip("alembic")
+    sqlalchemy = pytest.importorskip("sqlalchemy")
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from flask_polysms import alembic_include_name
+
+    del alembic
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    app = _configured(POLYSMS_STORAGE_URL=url)
+    PolySMS(app)
+    provision(app, numbers=(AGENT,))
+
+    host_metadata = sqlalchemy.MetaData()
+    sqlalchemy.Table(
+        "users", host_metadata, sqlalchemy.Column("id", sqlalchemy.Integer, primary_key=True)
+    )
+    engine = sqlalchemy.create_engine(url)
+    with engine.connect() as connection, app.app_context():
+        unfiltered = compare_metadata(MigrationContext.configure(connection), host_metadata)
+        filtered = compare_metadata(
+            MigrationContext.configure(connection, opts={"include_name": alembic_include_name}),
+            host_metadata,
+        )
+    engine.dispose()
+    assert any(diff[0] == "remove_table" for diff in unfiltered)  # what hurt before
+    assert [diff[0] for diff in filtered] == ["add_table"]  # only the host's own model
