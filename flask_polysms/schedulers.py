@@ -119,6 +119,10 @@ class Scheduler(ABC):
     def stop(self) -> None:  # noqa: B027
         """Stop background work, if any."""
 
+    def broker_available(self) -> bool | None:
+        """Whether the broker this scheduler needs answers now; None when it needs none."""
+        return None
+
     def _run(self, job: str, args: tuple) -> Any:
         from .jobs import run_job_in_app
 
@@ -335,6 +339,13 @@ class RQScheduler(Scheduler):
                 self._scheduled.move_to_end(job_id)
             while len(self._scheduled) > self.SCHEDULED_MEMORY:
                 self._scheduled.popitem(last=False)
+
+    def broker_available(self) -> bool:
+        """Whether Redis answers a PING now."""
+        try:
+            return bool(self.connection.ping())
+        except self._outages:
+            return False
 
     @contextmanager
     def _outage_tolerated(self, what: str) -> Iterator[None]:

@@ -8,10 +8,10 @@ across processes.
 
 from __future__ import annotations
 
-import base64
-import binascii
+import logging
+import re
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, TypeVar
@@ -35,6 +35,9 @@ from .records import (
 T = TypeVar("T")
 
 
+log = logging.getLogger("flask_polysms.store")
+
+
 @dataclass(frozen=True)
 class SendClaim:
     """What a send job needs once it holds a message (see :meth:`Store.claim_send`)."""
@@ -43,6 +46,24 @@ class SendClaim:
     opted_out: bool  # whether its recipient opted out from its sender
     project: Project | None
     sender: Sender | None  # the sender's record (number or Messaging Service), if provisioned
+
+
+@dataclass
+class DashboardSignIn:
+    """One sign-in to the dashboard, kept server-side so that ending it ends it everywhere.
+
+    The browser holds only a random secret; ``id`` is its SHA-256 (hex), so the stored rows
+    cannot be replayed as cookies and a lookup compares no secret in Python.
+    """
+
+    id: str
+    api_key_id: str
+    connector_id: str
+    created_at: datetime
+    last_seen_at: datetime
+    ended_at: datetime | None = None
+    #: Why it ended: ``signed_out``, ``idle``, ``expired`` (absolute timeout), ``revoked``.
+    end_reason: str | None = None
 
 
 class StoreError(Exception):
@@ -61,20 +82,22 @@ class StaleVersion(StoreError):
     """A compare-and-set update lost: the record changed since it was read."""
 
 
-def encode_cursor(position: int) -> str:
-    """An opaque pagination cursor for a position in a backend's ordering."""
-    return base64.urlsafe_b64encode(str(position).encode()).decode().rstrip("=")
+# A store cursor is the id of the last row of the previous page (ids are letters, digits, "_").
+_CURSOR = re.compile(r"[A-Za-z0-9_-]{1,100}")
 
 
-def decode_cursor(cursor: str | None) -> int | None:
-    """The position a cursor stands for; None for no cursor. Raises ValueError when malformed."""
+def check_cursor(cursor: str | None) -> str | None:
+    """A store cursor as given, None for none; ValueError when it cannot be one (not a row id).
+
+    A store cursor is the id of the last row of the previous page, never a position in an
+    ordering that other projects share. The API does not show it as it is: it hands out an
+    encrypted cursor bound to the project (:mod:`flask_polysms.cursors`).
+    """
     if not cursor:
         return None
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        return int(base64.urlsafe_b64decode(padded.encode()).decode())
-    except (binascii.Error, ValueError, UnicodeDecodeError) as exc:
-        raise ValueError("invalid cursor") from exc
+    if not isinstance(cursor, str) or not _CURSOR.fullmatch(cursor):
+        raise ValueError("invalid cursor")
+    return cursor
 
 
 def authorises(key: ApiKey | None, connector: Connector | None, project: Project | None) -> bool:
@@ -119,6 +142,16 @@ class Store(ABC):
     def disconnect(self) -> None:
         """Close every connection this store keeps, idle pooled ones too (before a fork)."""
         self.close()
+
+    def available(self) -> bool:
+        """Whether the storage answers a read of its tables now; False, never an exception, when
+        it cannot (an outage, or a schema not created yet)."""
+        try:
+            self.get_project("prj_readiness_probe")
+        except Exception as exc:  # a readiness probe reports; the request path raises
+            log.warning("storage not available: %s", type(exc).__name__)
+            return False
+        return True
 
     def atomic(self, work: Callable[[], T]) -> T:
         """Run ``work()`` with every Store call it makes in one transaction, and return its result.
@@ -192,6 +225,22 @@ class Store(ABC):
     @abstractmethod
     def update_project(self, project_id: str, **fields: Any) -> Project:
         """Set the named fields (name, settings, Twilio SID, encrypted Auth Token)."""
+
+    def list_encrypted_auth_tokens(self) -> list[tuple[str, str]]:
+        """``(project id, encrypted Auth Token)`` of every project that has a token, in any
+        account: what ``flask polysms rotate-keys`` re-encrypts. Backends that cannot list
+        projects raise NotImplementedError (rotation is then not available)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot list the stored Auth Tokens")
+
+    def replace_auth_token(self, project_id: str, old: str, new: str) -> bool:
+        """Compare-and-set the project's encrypted Auth Token: ``new`` only if it is still
+        ``old``; False (nothing changed) otherwise. This default reads then writes; the
+        built-in backends do it in one atomic step."""
+        project = self.get_project(project_id)
+        if project is None or project.twilio_auth_token_encrypted != old:
+            return False
+        self.update_project(project_id, twilio_auth_token_encrypted=new)
+        return True
 
     # -- senders and connectors -------------------------------------------------------------------
     @abstractmethod
@@ -274,7 +323,13 @@ class Store(ABC):
         cursor: str | None = None,
         limit: int = 50,
     ) -> tuple[list[Session], str | None]:
-        """A page of a project's sessions, newest first, and the cursor of the next page."""
+        """A page of a project's sessions, newest first (the order they were created in), and
+        the cursor of the next page: the id of the page's last session, None on the last page.
+
+        ``cursor`` is such an id: the page starts after that session. Raises ValueError when it
+        cannot be an id (see :func:`check_cursor`) or for a limit below 1; an id that names no
+        session of the project gives an empty page.
+        """
 
     @abstractmethod
     def waking_sessions(self, now: datetime, limit: int = 500) -> list[Session]:
@@ -301,6 +356,27 @@ class Store(ABC):
             self.last_agent_number(project_id, environment, user_number),
         )
 
+    def sender_user_numbers(
+        self, project_id: str, agent_number: str, newest: int
+    ) -> tuple[list[str], bool]:
+        """The user numbers (distinct, sorted) of the sessions whose agent number is
+        ``agent_number`` among the project's ``newest`` most recent sessions, and whether the
+        project has older sessions, left unread: what a sender's compliance report reads for its
+        destination countries. The built-in backends answer in one bounded query; this default
+        pages through :meth:`list_sessions`."""
+        numbers: set[str] = set()
+        cursor: str | None = None
+        scanned = 0
+        while scanned < newest:
+            sessions, cursor = self.list_sessions(
+                project_id, cursor=cursor, limit=min(200, newest - scanned)
+            )
+            numbers.update(s.user_number for s in sessions if s.agent_number == agent_number)
+            scanned += len(sessions)
+            if cursor is None:
+                return sorted(numbers), False
+        return sorted(numbers), True
+
     # -- messages ---------------------------------------------------------------------------------
     @abstractmethod
     def add_message(self, message: Message) -> Message: ...
@@ -314,6 +390,12 @@ class Store(ABC):
     @abstractmethod
     def list_messages(self, session_id: str) -> list[Message]:
         """A session's messages in the order they were recorded."""
+
+    def list_messages_of_sessions(self, session_ids: Sequence[str]) -> dict[str, list[Message]]:
+        """Each session's messages (as :meth:`list_messages`), keyed by session id, every id
+        given a key (``[]`` without messages): what a page of conversations reads. The built-in
+        backends answer in one query; this default asks per session."""
+        return {session_id: self.list_messages(session_id) for session_id in session_ids}
 
     @abstractmethod
     def update_message(
@@ -450,3 +532,23 @@ class Store(ABC):
 
     @abstractmethod
     def blocked_until(self, project_id: str, number: str) -> datetime | None: ...
+
+    # -- dashboard sign-ins -----------------------------------------------------------------------
+    # Not abstract: a third-party backend written for 0.1 keeps working without the dashboard.
+    def add_dashboard_sign_in(self, sign_in: DashboardSignIn) -> DashboardSignIn:
+        """Record a new sign-in (its ``id`` is fresh: a digest of a random secret)."""
+        raise NotImplementedError(f"{type(self).__name__} does not keep dashboard sign-ins")
+
+    def get_dashboard_sign_in(self, sign_in_id: str) -> DashboardSignIn | None:
+        """The sign-in with this id (ended ones too), None when unknown."""
+        raise NotImplementedError(f"{type(self).__name__} does not keep dashboard sign-ins")
+
+    def touch_dashboard_sign_in(self, sign_in_id: str, at: datetime) -> bool:
+        """Set ``last_seen_at`` of a sign-in that has not ended; False (nothing changed) when it
+        is unknown or ended."""
+        raise NotImplementedError(f"{type(self).__name__} does not keep dashboard sign-ins")
+
+    def end_dashboard_sign_in(self, sign_in_id: str, at: datetime, reason: str) -> bool:
+        """End a sign-in, atomically: True for the one caller that ended it, False when it is
+        unknown or ended already (its first end time and reason stay)."""
+        raise NotImplementedError(f"{type(self).__name__} does not keep dashboard sign-ins")

@@ -281,7 +281,7 @@ class CommonErrorResponses(BasePlugin):
 
 def register_api(app: Flask, state: PolySMSState) -> None:
     """Mount every blueprint on ``app`` and serve the OpenAPI document and its browsable view."""
-    from . import conversations, docs, metrics, outbound, senders, templates, webhooks
+    from . import conversations, docs, health, metrics, outbound, senders, templates, webhooks
 
     prefix = state.settings.url_prefix
     config = app.config
@@ -317,4 +317,5 @@ def register_api(app: Flask, state: PolySMSState) -> None:
         api.register_blueprint(module.blp, url_prefix=prefix + module.URL_PREFIX)
     # The browsable reference, from installed packages only (flask-smorest's loads a CDN).
     app.register_blueprint(docs.bp, url_prefix=f"{prefix}/v1")
+    app.register_blueprint(health.bp, url_prefix=prefix or None)
     register_routing_errors(app, prefix + "/v1")
