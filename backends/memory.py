@@ -30,6 +30,7 @@ from flask_polysms.records import (
 )
 from flask_polysms.store import (
     Conflict,
+    DashboardSignIn,
     NotFound,
     StaleVersion,
     Store,
@@ -82,6 +83,7 @@ class MemoryStore(Store):
             self._opt_out_history: list[OptOutEvent] = []
             self._metrics: dict[tuple[str, str, date, str], int] = {}
             self._blocks: dict[tuple[str, str], datetime] = {}
+            self._sign_ins: dict[str, DashboardSignIn] = {}
             self._seq = 0
 
     def _next_seq(self) -> int:
@@ -153,6 +155,22 @@ class MemoryStore(Store):
                 raise NotFound(f"no project {project_id}")
             _apply(project, fields)
             return _copy(project)
+
+    def list_encrypted_auth_tokens(self) -> list[tuple[str, str]]:
+        with self._lock:
+            return [
+                (p.id, p.twilio_auth_token_encrypted)
+                for p in self._projects.values()
+                if p.twilio_auth_token_encrypted
+            ]
+
+    def replace_auth_token(self, project_id: str, old: str, new: str) -> bool:
+        with self._lock:
+            project = self._projects.get(project_id)
+            if project is None or project.twilio_auth_token_encrypted != old:
+                return False
+            project.twilio_auth_token_encrypted = new
+            return True
 
     # -- senders and connectors -------------------------------------------------------------------
     def add_sender(self, sender: Sender) -> Sender:
@@ -512,3 +530,31 @@ class MemoryStore(Store):
     def blocked_until(self, project_id: str, number: str) -> datetime | None:
         with self._lock:
             return self._blocks.get((project_id, number))
+
+    # -- dashboard sign-ins -----------------------------------------------------------------------
+    def add_dashboard_sign_in(self, sign_in: DashboardSignIn) -> DashboardSignIn:
+        with self._lock:
+            if sign_in.id in self._sign_ins:
+                raise Conflict("a dashboard sign-in with this id exists")
+            self._sign_ins[sign_in.id] = _copy(sign_in)
+            return _copy(sign_in)
+
+    def get_dashboard_sign_in(self, sign_in_id: str) -> DashboardSignIn | None:
+        with self._lock:
+            return _copy(self._sign_ins.get(sign_in_id))
+
+    def touch_dashboard_sign_in(self, sign_in_id: str, at: datetime) -> bool:
+        with self._lock:
+            sign_in = self._sign_ins.get(sign_in_id)
+            if sign_in is None or sign_in.ended_at is not None:
+                return False
+            sign_in.last_seen_at = at
+            return True
+
+    def end_dashboard_sign_in(self, sign_in_id: str, at: datetime, reason: str) -> bool:
+        with self._lock:
+            sign_in = self._sign_ins.get(sign_in_id)
+            if sign_in is None or sign_in.ended_at is not None:
+                return False
+            sign_in.ended_at, sign_in.end_reason = at, reason
+            return True

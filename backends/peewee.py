@@ -59,6 +59,7 @@ from flask_polysms.records import (
 )
 from flask_polysms.store import (
     Conflict,
+    DashboardSignIn,
     NotFound,
     SendClaim,
     StaleVersion,
@@ -362,6 +363,19 @@ def _build_models(database: pw.Database, prefix: str) -> SimpleNamespace:
         class Meta:
             table_name = prefix + "number_block"
 
+    class DashboardSignInRow(Base):
+        # The SHA-256 (hex) of the browser's random secret: found by digest, never by the secret.
+        id = key(64, primary_key=True)
+        api_key_id = key()
+        connector_id = key()
+        created_at = UTCDateTimeField()
+        last_seen_at = UTCDateTimeField()
+        ended_at = UTCDateTimeField(null=True)
+        end_reason = opt_key(32)
+
+        class Meta:
+            table_name = prefix + "dashboard_sign_in"
+
     def index(model: type[pw.Model], name: str, *fields: pw.Field, unique: bool = False) -> None:
         model.add_index(*fields, unique=unique, name=prefix + name)
 
@@ -432,6 +446,7 @@ def _build_models(database: pw.Database, prefix: str) -> SimpleNamespace:
         OptOutEvent=OptOutEvent,
         Metric=Metric,
         NumberBlock=NumberBlock,
+        DashboardSignIn=DashboardSignInRow,
         all=[
             Account,
             ApiKey,
@@ -447,6 +462,7 @@ def _build_models(database: pw.Database, prefix: str) -> SimpleNamespace:
             OptOutEvent,
             Metric,
             NumberBlock,
+            DashboardSignInRow,
         ],
     )
 
@@ -1357,6 +1373,24 @@ class PeeweeStore(Store):
             raise NotFound(f"no project {project_id}")
         return _record(Project, row)
 
+    def list_encrypted_auth_tokens(self) -> list[tuple[str, str]]:
+        P = self._m.Project
+        query = (
+            P.select(P.id, P.twilio_auth_token_encrypted)
+            .where(P.twilio_auth_token_encrypted.is_null(False))
+            .order_by(P.id)
+            .tuples()
+        )
+        return [(project_id, token) for project_id, token in query if token]
+
+    def replace_auth_token(self, project_id: str, old: str, new: str) -> bool:
+        P = self._m.Project
+        # Conditional update: a token replaced meanwhile (connect-twilio) is left as it is.
+        query = P.update(twilio_auth_token_encrypted=new).where(
+            (P.id == project_id) & (P.twilio_auth_token_encrypted == old)
+        )
+        return self._atomically(query.execute, one_statement=True) == 1
+
     # -- senders and connectors -------------------------------------------------------------------
     def add_sender(self, sender: Sender) -> Sender:
         self._require(self._m.Project, sender.project_id, "project")
@@ -2118,3 +2152,28 @@ class PeeweeStore(Store):
 
         row = self._row("blocked_until", build, [project_id, number], B)
         return row["blocked_until"] if row else None
+
+    # -- dashboard sign-ins -----------------------------------------------------------------------
+    def add_dashboard_sign_in(self, sign_in: DashboardSignIn) -> DashboardSignIn:
+        try:
+            self._insert(self._m.DashboardSignIn, _values(sign_in))
+        except pw.IntegrityError as exc:
+            raise Conflict("a dashboard sign-in with this id exists") from exc
+        return self._roundtrip(self._m.DashboardSignIn, DashboardSignIn, sign_in)
+
+    def get_dashboard_sign_in(self, sign_in_id: str) -> DashboardSignIn | None:
+        row = self._by(self._m.DashboardSignIn, "id", sign_in_id)
+        return _record(DashboardSignIn, row) if row else None
+
+    def touch_dashboard_sign_in(self, sign_in_id: str, at: datetime) -> bool:
+        D = self._m.DashboardSignIn
+        query = D.update(last_seen_at=at).where((D.id == sign_in_id) & D.ended_at.is_null())
+        return self._atomically(query.execute, one_statement=True) == 1
+
+    def end_dashboard_sign_in(self, sign_in_id: str, at: datetime, reason: str) -> bool:
+        D = self._m.DashboardSignIn
+        # Conditional update: of two ends (sign-out here, a timeout there), one is recorded.
+        query = D.update(ended_at=at, end_reason=reason).where(
+            (D.id == sign_in_id) & D.ended_at.is_null()
+        )
+        return self._atomically(query.execute, one_statement=True) == 1

@@ -106,6 +106,35 @@ def revoke_key(key_id: str) -> None:
     click.echo(f"revoked {key_id}")
 
 
+@polysms_cli.command("rotate-keys")
+def rotate_keys() -> None:
+    """Re-encrypt every stored Twilio Auth Token with the first POLYSMS_ENCRYPTION_KEYS key.
+
+    Run it after putting a new key first in the list (with the old keys still after it), on
+    every process. Idempotent: tokens under the first key already are left as they are. Exits
+    with status 1 when a token opens with no key of the list (it is left untouched).
+    """
+    from .crypto import rotate_stored_tokens
+
+    state = _state()
+    try:
+        result = rotate_stored_tokens(state.store, state.cipher)
+    except NotImplementedError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(
+        f"{result.rotated} Twilio Auth Token(s) re-encrypted with the first key, "
+        f"{result.current} already under it"
+    )
+    if result.unreadable:
+        click.echo(
+            f"{len(result.unreadable)} token(s) open with no key of POLYSMS_ENCRYPTION_KEYS "
+            f"(projects {', '.join(result.unreadable)}): add the key they were stored under, "
+            "or run connect-twilio again for them",
+            err=True,
+        )
+        click.get_current_context().exit(1)
+
+
 @polysms_cli.command("sweep")
 def sweep_command() -> None:
     """Fire every overdue session timer and re-queue stuck messages."""

@@ -6,6 +6,7 @@ one and run everywhere (no Chromium needed).
 
 from __future__ import annotations
 
+import hashlib
 import re
 import subprocess
 import sys
@@ -20,11 +21,7 @@ from flask_polysms import PolySMS, templates
 from flask_polysms.config import ConfigError
 from flask_polysms.crypto import hash_api_key
 from flask_polysms.dashboard import chart
-from flask_polysms.dashboard.access import (
-    CSRF_SESSION_KEY,
-    SESSION_CONNECTOR_ID,
-    SESSION_KEY_ID,
-)
+from flask_polysms.dashboard.access import COOKIE_NAME, CSRF_SESSION_KEY
 from flask_polysms.extension import get_state
 from flask_polysms.tenancy import revoke_api_key
 
@@ -76,6 +73,11 @@ class Browser:
         with self.client.session_transaction() as session:
             return dict(session)
 
+    def sign_in_cookie(self) -> str | None:
+        """The dashboard's own cookie (the sign-in's secret), None when the browser has none."""
+        cookie = self.client.get_cookie(COOKIE_NAME, path=self.root + "/")
+        return cookie.value if cookie else None
+
 
 def text(response) -> str:
     return response.get_data(as_text=True)
@@ -117,6 +119,7 @@ def test_mounted_under_the_url_prefix(make_sms):
 
 def test_needs_the_apps_secret_key():
     app = Flask("no_secret")
+    app.testing = True
     app.config.update(POLYSMS_SECRET_KEY="only-for-tokens", POLYSMS_DASHBOARD=True)
     with pytest.raises(ConfigError, match="SECRET_KEY"):
         PolySMS(app)
@@ -202,10 +205,11 @@ def test_signed_in_page_names_project_and_environment(signed_in, sms):
 
 
 def test_sign_out(signed_in):
+    assert signed_in.sign_in_cookie()
     response = signed_in.post("/sign-out")
     assert response.status_code == 302
     assert signed_in.get("/").status_code == 302
-    assert SESSION_KEY_ID not in signed_in.session()
+    assert signed_in.sign_in_cookie() is None
 
 
 def test_bad_key_is_rejected(browser, sms):
@@ -213,7 +217,7 @@ def test_bad_key_is_rejected(browser, sms):
     assert response.status_code == 401
     assert "invalid X-PolyAi-Auth-Token" in text(response)
     assert "not-a-key" not in text(response)  # the key typed is never sent back
-    assert SESSION_KEY_ID not in browser.session()
+    assert browser.sign_in_cookie() is None
     assert browser.get("/").status_code == 302
 
 
@@ -240,16 +244,37 @@ def test_revoked_key_ends_the_sign_in_at_the_next_request(signed_in, sms):
     response = signed_in.get("/")
     assert response.status_code == 302
     assert "/sign-in" in response.headers["Location"]
-    assert SESSION_KEY_ID not in signed_in.session()
+    assert signed_in.sign_in_cookie() is None
 
 
-def test_a_session_naming_another_accounts_connector_shows_nothing(signed_in, sms):
+def test_a_sign_in_naming_another_accounts_connector_shows_nothing(browser, sms):
+    from flask_polysms.clock import utcnow
+    from flask_polysms.store import DashboardSignIn
+
     other = sms.provision(numbers=(OTHER_AGENT,))
-    # As a forged cookie would (it would need SECRET_KEY): the key's account does not own the
-    # connector, so the sign-in is refused at this request.
-    with signed_in.client.session_transaction() as session:
-        session[SESSION_CONNECTOR_ID] = other.connector_id
-    assert signed_in.get("/").status_code == 302
+    key = sms.store.get_api_key_by_hash(hash_api_key(sms.tenant.api_key))
+    # As a row written into the database would: the key's account does not own the connector,
+    # so the sign-in is refused at this request.
+    secret = "forged-sign-in-secret"
+    now = utcnow()
+    sms.store.add_dashboard_sign_in(
+        DashboardSignIn(
+            id=hashlib.sha256(secret.encode()).hexdigest(),
+            api_key_id=key.id,
+            connector_id=other.connector_id,
+            created_at=now,
+            last_seen_at=now,
+        )
+    )
+    browser.client.set_cookie(COOKIE_NAME, secret, path="/dashboard/")
+    assert browser.get("/").status_code == 302
+
+
+def test_a_made_up_sign_in_cookie_is_refused(browser):
+    browser.client.set_cookie(COOKIE_NAME, "made-up", path="/dashboard/")
+    response = browser.get("/")
+    assert response.status_code == 302
+    assert browser.sign_in_cookie() is None  # dropped, not kept
 
 
 # -- CSRF -----------------------------------------------------------------------------------------
@@ -379,14 +404,17 @@ def test_no_api_key_or_auth_token_in_any_response_or_cookie(signed_in, sms):
         for secret in secrets_:
             assert secret.encode() not in body, response.request.path
             assert secret not in cookies
-    # The session cookie is signed, not encrypted: what it holds is readable, so it holds ids only.
+    # The host's session cookie is signed, not encrypted: it holds the CSRF token (and flashes)
+    # only. The dashboard's cookie holds a random secret; the store keeps only its digest.
     session = signed_in.session()
-    assert set(session) <= {SESSION_KEY_ID, SESSION_CONNECTOR_ID, CSRF_SESSION_KEY, "_flashes"}
-    assert session[SESSION_CONNECTOR_ID] == sms.tenant.connector_id
-    key = sms.store.get_api_key_by_hash(hash_api_key(sms.tenant.api_key))
-    assert session[SESSION_KEY_ID] == key.id
+    assert set(session) <= {CSRF_SESSION_KEY, "_flashes"}
     for value in session.values():
         assert all(secret not in str(value) for secret in secrets_)
+    cookie = signed_in.sign_in_cookie()
+    assert cookie and all(secret not in cookie for secret in secrets_)
+    record = sms.store.get_dashboard_sign_in(hashlib.sha256(cookie.encode()).hexdigest())
+    assert record is not None and record.ended_at is None
+    assert sms.store.get_dashboard_sign_in(cookie) is None
 
 
 # -- the widget -----------------------------------------------------------------------------------
@@ -585,12 +613,56 @@ def test_conversation_filters(signed_in, sms):
     assert USER_2 in only and f"<td>{USER}</td>" not in only
     closed = text(signed_in.get("/conversations?state=closed"))
     assert "No conversations match." in closed
-    sandbox = text(signed_in.get("/conversations?environment=sandbox"))
-    assert "No conversations match." in sandbox
+    assert signed_in.get("/conversations?environment=live").status_code == 200
+    sandbox = signed_in.get("/conversations?environment=sandbox")
+    assert sandbox.status_code == 400
+    assert "this sign-in sees the live environment only" in text(sandbox)
+    assert signed_in.get("/conversations?environment=staging").status_code == 400
     bad = signed_in.get("/conversations?user_number=123")
     assert bad.status_code == 400
     assert "is not an E.164 phone number" in text(bad)
     assert signed_in.get("/conversations?cursor=@@@").status_code == 400
+
+
+def test_conversations_are_those_of_the_connectors_environment(signed_in, sms):
+    # The same project's sandbox: another connector of the same project, its own number.
+    with sms.app.app_context():
+        from flask_polysms import provisioning
+
+        connector = provisioning.create_connector(sms.state, sms.tenant.project_id, "sandbox")
+        provisioning.add_sender(sms.state, sms.tenant.project_id, "+14155552672", "sandbox")
+    sandbox_tenant = {**sms.tenant.headers, "X-TOKEN-ID": connector.id}
+    response = sms.client.post(
+        "/v1/outbound-sms",
+        json={"user_number": USER_2, "message": "sandbox secret"},
+        headers=sandbox_tenant,
+    )
+    assert response.status_code == 202
+    sandbox_id = response.get_json()["conversation_id"]
+    signed_in.post("/conversations/send", {"user_number": USER, "message": "live hello"})
+    listing = text(signed_in.get("/conversations"))
+    assert USER in listing and USER_2 not in listing
+    page = signed_in.get(f"/conversations/{sandbox_id}")
+    assert page.status_code == 404
+    assert "sandbox secret" not in text(page)
+    assert "The live environment's conversations only" in " ".join(listing.split())
+
+
+def test_the_pages_say_what_is_project_wide(signed_in, sms):
+    def page(browser, path: str) -> str:
+        return " ".join(text(browser.get(path)).split())
+
+    sign_in_page = page(Browser(sms), "/sign-in")
+    assert "its conversations, messages and figures of the connector's environment" in (
+        sign_in_page
+    )
+    assert "its templates and opt-outs, which belong to the whole project" in sign_in_page
+    assert "project and environment only" not in sign_in_page
+    assert "Templates belong to the whole project, not to the live environment" in page(
+        signed_in, "/templates"
+    )
+    assert "Shared by every environment of the project" in page(signed_in, "/templates/new")
+    assert "cover the project's senders of every environment" in page(signed_in, "/opt-outs")
 
 
 def test_conversation_pages(signed_in, sms, monkeypatch):

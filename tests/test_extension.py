@@ -79,7 +79,12 @@ def test_every_design_key_has_a_default():
 
 
 def test_defaults_are_written_into_app_config():
-    app = make_app(testing=False)
+    # Outside debug and testing, start-up needs the public URL and the encryption keys.
+    app = make_app(
+        testing=False,
+        POLYSMS_PUBLIC_URL="https://sms.example.com",
+        POLYSMS_ENCRYPTION_KEYS="Zs7cL0GJ0aXJ0gqRZr3Hq9mJxUuS4uF0PpqX4O6Jc0Q=",
+    )
     PolySMS(app)
     assert app.config["POLYSMS_SCHEDULER"] == "thread"
     assert app.config["POLYSMS_IDLE_TIMEOUT"] == timedelta(hours=24)

@@ -70,7 +70,7 @@ SECURITY_HEADERS = {
 
 # -- every request --------------------------------------------------------------------------------
 def _tenant() -> Tenant:
-    tenant = access.signed_in_tenant(get_state().store)
+    tenant = access.signed_in_tenant(get_state())
     if tenant is None:  # _guard redirected already; only reachable if a view is called directly
         abort(401)
     return tenant
@@ -85,7 +85,7 @@ def _guard() -> Response | None:
         )
     if request.endpoint in PUBLIC_ENDPOINTS:
         return None
-    if access.signed_in_tenant(get_state().store) is None:
+    if access.signed_in_tenant(get_state()) is None:
         target = request.full_path.rstrip("?") if request.method in SAFE_METHODS else None
         return redirect(url_for(".sign_in", next=target))
     return None
@@ -95,7 +95,8 @@ def _guard() -> Response | None:
 def _security_headers(response: Response) -> Response:
     for name, value in SECURITY_HEADERS.items():
         response.headers.setdefault(name, value)
-    return response
+    # The sign-in cookie is sent back only to the dashboard's own paths.
+    return access.apply_cookie(response, url_for("polysms_dashboard.overview"))
 
 
 @bp.context_processor
@@ -103,7 +104,7 @@ def _page_context() -> dict[str, Any]:
     state = get_state()
     return {
         "csrf_token": access.csrf_token,
-        "tenant": access.signed_in_tenant(state.store),
+        "tenant": access.signed_in_tenant(state),
         "simulator_on": state.emulator is not None,
         "fmt_time": _fmt_time,
         "environments": ENVIRONMENTS,
@@ -157,13 +158,14 @@ def _numbers(state: PolySMSState, tenant: Tenant, environment: str | None) -> li
 # -- sign-in --------------------------------------------------------------------------------------
 @bp.route("/sign-in", methods=["GET", "POST"])
 def sign_in():
-    """Sign in with an API key and a connector id; the session keeps only their ids."""
+    """Sign in with an API key and a connector id: a server-side sign-in record, whose random
+    secret is the dashboard's cookie."""
     state = get_state()
     next_url = _safe_next(request.values.get("next"))
     if request.method == "POST":
         connector_id = request.form.get("connector_id", "").strip()
         try:
-            access.sign_in(state.store, request.form.get("api_key", "").strip(), connector_id)
+            access.sign_in(state, request.form.get("api_key", "").strip(), connector_id)
         except PolySMSError as exc:
             # The key is never echoed back into the form: it would travel in the response.
             page = render_template(
@@ -174,14 +176,15 @@ def sign_in():
             )
             return page, exc.status
         return redirect(next_url or url_for(".overview"))
-    if access.signed_in_tenant(state.store) is not None:
+    if access.signed_in_tenant(state) is not None:
         return redirect(next_url or url_for(".overview"))
     return render_template("polysms_dashboard/sign_in.html", connector_id="", next_url=next_url)
 
 
 @bp.route("/sign-out", methods=["POST"])
 def sign_out():
-    access.sign_out()
+    """End the sign-in everywhere (its record), not only in this browser."""
+    access.sign_out(get_state())
     flash("Signed out.", "ok")
     return redirect(url_for(".sign_in"))
 
@@ -345,16 +348,16 @@ def template_preview():
 # -- conversations --------------------------------------------------------------------------------
 @bp.route("/conversations")
 def conversations():
-    """The project's conversations, newest first, filtered by number, state and environment."""
+    """The conversations of the connector's environment, newest first, filtered by number and
+    state; a filter naming another environment is a 400, as in the API."""
     state, tenant = get_state(), _tenant()
     args = request.args
     filters = {
         "user_number": args.get("user_number", "").strip(),
         "state": args.get("state", ""),
-        # The connector's environment unless the person picks another (or all: "").
-        "environment": args.get("environment", tenant.environment),
     }
     problems: list[str] = []
+    environment = args.get("environment", "")
     if filters["user_number"]:
         try:
             validate_e164(filters["user_number"])
@@ -362,14 +365,19 @@ def conversations():
             problems.append(str(exc))
     if filters["state"] and filters["state"] not in CONVERSATION_STATES:
         problems.append(f"unknown state {filters['state']!r}")
-    if filters["environment"] and filters["environment"] not in ENVIRONMENTS:
-        problems.append(f"unknown environment {filters['environment']!r}")
+    if environment and environment not in ENVIRONMENTS:
+        problems.append(f"unknown environment {environment!r}")
+    elif environment and environment != tenant.environment:
+        problems.append(
+            f"this sign-in sees the {tenant.environment} environment only: sign in with a "
+            f"connector of {environment} to see its conversations"
+        )
     sessions, next_cursor = [], None
     if not problems:
         try:
             sessions, next_cursor = state.store.list_sessions(
                 tenant.project_id,
-                environment=filters["environment"] or None,
+                environment=tenant.environment,
                 user_number=filters["user_number"] or None,
                 state=filters["state"] or None,
                 cursor=args.get("cursor") or None,
@@ -419,10 +427,16 @@ def conversation_send():
 
 @bp.route("/conversations/<conversation_id>")
 def conversation(conversation_id: str):
-    """Every message of one conversation with its status and error code."""
+    """Every message of one conversation with its status and error code; 404 for one of another
+    project or another environment."""
     state, tenant = get_state(), _tenant()
     session = state.store.get_session(conversation_id)
-    if session is None or session.project_id != tenant.project_id:
+    # Another environment's conversation is absent here, as in the API.
+    if (
+        session is None
+        or session.project_id != tenant.project_id
+        or session.environment != tenant.environment
+    ):
         abort(404, "conversation not found")
     return render_template(
         "polysms_dashboard/conversation.html", conversation=conversation_dict(session)
