@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import threading
+from collections.abc import Sequence
 from datetime import date, datetime
 from typing import Any
 
@@ -34,8 +35,7 @@ from flask_polysms.store import (
     NotFound,
     StaleVersion,
     Store,
-    decode_cursor,
-    encode_cursor,
+    check_cursor,
 )
 
 
@@ -277,8 +277,14 @@ class MemoryStore(Store):
     ) -> tuple[list[Session], str | None]:
         if limit < 1:
             raise ValueError("limit must be at least 1")
-        after = decode_cursor(cursor)
+        after_id = check_cursor(cursor)
         with self._lock:
+            after = None
+            if after_id is not None:
+                last = self._sessions.get(after_id)
+                if last is None or last.project_id != project_id:
+                    return [], None  # names no session of the project
+                after = self._session_seq[after_id]
             rows = [
                 (self._session_seq[s.id], s)
                 for s in self._sessions.values()
@@ -291,7 +297,7 @@ class MemoryStore(Store):
             if after is not None:
                 rows = [row for row in rows if row[0] < after]
             page = rows[:limit]
-            next_cursor = encode_cursor(page[-1][0]) if len(rows) > limit else None
+            next_cursor = page[-1][1].id if len(rows) > limit else None
             return [_copy(s) for _, s in page], next_cursor
 
     def waking_sessions(self, now: datetime, limit: int = 500) -> list[Session]:
@@ -324,6 +330,15 @@ class MemoryStore(Store):
                 return None
             return max(found, key=lambda s: self._session_seq[s.id]).agent_number
 
+    def sender_user_numbers(
+        self, project_id: str, agent_number: str, newest: int
+    ) -> tuple[list[str], bool]:
+        with self._lock:
+            ours = [s for s in self._sessions.values() if s.project_id == project_id]
+            ours.sort(key=lambda s: self._session_seq[s.id], reverse=True)
+            numbers = {s.user_number for s in ours[:newest] if s.agent_number == agent_number}
+            return sorted(numbers), len(ours) > newest
+
     # -- messages ---------------------------------------------------------------------------------
     def add_message(self, message: Message) -> Message:
         with self._lock:
@@ -348,6 +363,10 @@ class MemoryStore(Store):
     def list_messages(self, session_id: str) -> list[Message]:
         with self._lock:
             return [_copy(self._messages[i]) for i in self._messages_by_session.get(session_id, [])]
+
+    def list_messages_of_sessions(self, session_ids: Sequence[str]) -> dict[str, list[Message]]:
+        with self._lock:
+            return {session_id: self.list_messages(session_id) for session_id in session_ids}
 
     def update_message(
         self, message_id: str, expected_status: str | tuple[str, ...] | None = None, **fields: Any

@@ -25,7 +25,7 @@ import logging
 import re
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import date, datetime, timezone
 from types import SimpleNamespace
 from typing import Any, TypeVar
@@ -65,8 +65,7 @@ from flask_polysms.store import (
     StaleVersion,
     Store,
     authorises,
-    decode_cursor,
-    encode_cursor,
+    check_cursor,
 )
 
 T = TypeVar("T")
@@ -1651,11 +1650,12 @@ class PeeweeStore(Store):
         cursor: str | None = None,
         limit: int = 50,
     ) -> tuple[list[Session], str | None]:
-        """A page of a project's sessions, newest first, and the cursor of the next page (None on
-        the last page). Raises ValueError for a malformed cursor or a limit below 1."""
+        """A page of a project's sessions, newest first, and the cursor of the next page (the id of
+        the page's last session; None on the last page). Raises ValueError for a cursor that
+        cannot be an id or a limit below 1."""
         if limit < 1:
             raise ValueError("limit must be at least 1")
-        after = decode_cursor(cursor)
+        after = check_cursor(cursor)
         S = self._m.Session
         query = S.select().where(S.project_id == project_id)
         if environment is not None:
@@ -1665,11 +1665,17 @@ class PeeweeStore(Store):
         if state is not None:
             query = query.where(S.state == state)
         if after is not None:
-            query = query.where(S.seq < after)
+            # The position of the cursor's session, found by its id within the project (an id
+            # of another project, or of none, gives no position and an empty page).
+            last = S.alias("last")
+            position = last.select(last.seq).where(
+                (last.id == after) & (last.project_id == project_id)
+            )
+            query = query.where(S.seq < position)
         # One row more than the page tells whether there is a next page.
         rows = list(query.order_by(S.seq.desc()).limit(limit + 1).dicts())
         page = rows[:limit]
-        next_cursor = encode_cursor(page[-1]["seq"]) if len(rows) > limit else None
+        next_cursor = page[-1]["id"] if len(rows) > limit else None
         return [_record(Session, row) for row in page], next_cursor
 
     def waking_sessions(self, now: datetime, limit: int = 500) -> list[Session]:
@@ -1709,6 +1715,35 @@ class PeeweeStore(Store):
 
         row = self._row("last_agent_number", build, [project_id, environment, user_number], S)
         return row["agent_number"] if row else None
+
+    def sender_user_numbers(
+        self, project_id: str, agent_number: str, newest: int
+    ) -> tuple[list[str], bool]:
+        """One query: the sender's user numbers among the project's ``newest`` sessions, grouped,
+        beside the position of the first session left out (NULL when none is)."""
+        if newest < 1:
+            raise ValueError("newest must be at least 1")
+        S = self._m.Session
+        q, p = self._db.quote, self._db.param
+
+        def name(identifier: str) -> str:
+            return q[0] + identifier + q[1]
+
+        table = name(S._meta.table_name)
+        seq, project, user = name("seq"), name("project_id"), name("user_number")
+        # The scan is bounded: the (project_id, seq) index walks at most ``newest`` entries to
+        # the edge, and the sessions after it.
+        sql = (
+            f"SELECT s.{user} AS {user}, base.edge AS edge "
+            f"FROM (SELECT (SELECT e.{seq} FROM {table} AS e WHERE e.{project} = {p} "
+            f"ORDER BY e.{seq} DESC LIMIT 1 OFFSET {int(newest)}) AS edge) AS base "
+            f"LEFT JOIN {table} AS s ON s.{project} = {p} AND s.{name('agent_number')} = {p} "
+            f"AND s.{seq} > COALESCE(base.edge, 0) "
+            f"GROUP BY s.{user}, base.edge"
+        )
+        rows = self._db.execute_sql(sql, (project_id, project_id, agent_number)).fetchall()
+        numbers = sorted(number for number, _ in rows if number is not None)
+        return numbers, any(edge is not None for _, edge in rows)
 
     def senders_for_user(
         self, project_id: str, environment: str, user_number: str
@@ -1760,6 +1795,17 @@ class PeeweeStore(Store):
         M = self._m.Message
         query = M.select().where(M.session_id == session_id).order_by(M.seq)
         return [_record(Message, row) for row in query.dicts()]
+
+    def list_messages_of_sessions(self, session_ids: Sequence[str]) -> dict[str, list[Message]]:
+        """One query for every session's messages (a page of conversations)."""
+        found: dict[str, list[Message]] = {session_id: [] for session_id in session_ids}
+        if not found:
+            return found
+        M = self._m.Message
+        query = M.select().where(M.session_id.in_(list(found))).order_by(M.seq)
+        for row in query.dicts():
+            found[row["session_id"]].append(_record(Message, row))
+        return found
 
     def update_message(
         self, message_id: str, expected_status: str | tuple[str, ...] | None = None, **fields: Any

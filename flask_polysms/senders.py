@@ -9,7 +9,8 @@ Store and the tenancy rules, for the ``/v1/senders`` blueprint and the ``flask p
   cannot be recorded as ``registered`` without one (the campaign id is the evidence that lifts the
   1 MPS / carrier-block risk; a state without it would make the report claim what nobody checked);
 - the destination countries of a report are those of the users the sender has talked to (its
-  sessions), unless the caller names them.
+  sessions among the project's newest ``MAX_SESSIONS_SCANNED``, read in one bounded query),
+  unless the caller names them.
 
 Every error is a :class:`~flask_polysms.errors.PolySMSError`: the API answers it as is and the CLI
 prints its ``detail`` as one line.
@@ -20,6 +21,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
+
+from phonenumbers import COUNTRY_CODE_TO_REGION_CODE
 
 from .errors import InvalidInput, NotFoundError
 from .phone import region_of
@@ -46,7 +49,6 @@ _CAMPAIGN_ID = re.compile(rf"^\S{{1,{CAMPAIGN_ID_MAX_LENGTH}}}$")
 # The newest sessions read to find a sender's destination countries. A bound keeps one report
 # cheap on a busy project; the report says when it was reached.
 MAX_SESSIONS_SCANNED = 5000
-_SESSION_PAGE = 200
 
 DESTINATIONS_FROM_SESSIONS = "sessions"
 DESTINATIONS_FROM_REQUEST = "request"
@@ -169,31 +171,63 @@ def check_registration(sender: Sender, registration: str, campaign_id: str | Non
 
 
 def destination_countries(state: PolySMSState, sender: Sender) -> tuple[list[str], bool]:
-    """The countries of the users this sender has had sessions with, and whether the scan stopped
-    at ``MAX_SESSIONS_SCANNED`` (older sessions unread).
+    """The countries of the users this sender has had sessions with, among the project's newest
+    ``MAX_SESSIONS_SCANNED`` sessions, and whether older sessions were left unread.
 
     Countries are ISO 3166 alpha-2 codes, sorted; numbers without a country (non-geographic ones)
     are left out. Every environment of the project is read: a sender that moved between
     environments still reaches the users it reached before. A Messaging Service is rarely a
-    session's agent number, so it usually has none: its callers name them instead.
+    session's agent number, so it usually has none: its callers name them instead. One query
+    (:meth:`~flask_polysms.store.Store.sender_user_numbers`), whatever the project's size.
     """
-    countries: set[str] = set()
-    cursor: str | None = None
-    scanned = 0
-    while True:
-        sessions, cursor = state.store.list_sessions(
-            sender.project_id, cursor=cursor, limit=_SESSION_PAGE
-        )
-        for session in sessions:
-            if session.agent_number == sender.address:
-                country = region_of(session.user_number)
-                if country:
-                    countries.add(country)
-        scanned += len(sessions)
-        if cursor is None:
-            return sorted(countries), False
-        if scanned >= MAX_SESSIONS_SCANNED:
-            return sorted(countries), True
+    numbers, truncated = state.store.sender_user_numbers(
+        sender.project_id, sender.address, MAX_SESSIONS_SCANNED
+    )
+    return countries_of(numbers), truncated
+
+
+def countries_of(numbers: Iterable[str]) -> list[str]:
+    """The countries (ISO 3166 alpha-2, sorted) of ``numbers``; numbers without one are left out.
+
+    A number's country is what :func:`~flask_polysms.phone.region_of` says, asked once per
+    country code that only one country uses, once per area code in North America (where the
+    area code decides it), and per number for the other shared country codes: parsing thousands
+    of numbers cost more than the query that read them.
+    """
+    found: set[str] = set()
+    by_prefix: dict[str, str] = {}
+    for number in numbers:
+        prefix = _deciding_prefix(number)
+        country = by_prefix.get(prefix) if prefix else None
+        if country is None:
+            country = region_of(number)
+            if country and prefix:
+                by_prefix[prefix] = country
+        if country:
+            found.add(country)
+    return sorted(found)
+
+
+def _deciding_prefix(number: str) -> str | None:
+    """The start of an E.164 number that decides its country, when a shorter one than the whole
+    number does: the country code when one country uses it, ``+1`` and the area code in North
+    America; None otherwise."""
+    if not number.startswith("+"):
+        return None
+    # Country codes are prefix-free: the first 1, 2 or 3 digits that are one are the number's.
+    for length in (1, 2, 3):
+        digits = number[1 : 1 + length]
+        if not (digits.isascii() and digits.isdigit()):
+            return None
+        regions = COUNTRY_CODE_TO_REGION_CODE.get(int(digits))
+        if regions is None:
+            continue
+        if len(regions) == 1:
+            return number[: 1 + length]
+        if digits == "1" and len(number) == 12:
+            return number[:5]
+        return None
+    return None
 
 
 def sender_compliance(

@@ -12,8 +12,10 @@ A template belongs to one project. Its fields:
   ``pre-release`` optional. Each is either an E.164 number provisioned for the project *in that
   same environment* (a sandbox test number can never be saved as the live sender, nor the other way
   round), or a Twilio Messaging Service SID (``MG`` + 32 hex digits). A Messaging Service SID that
-  is provisioned in the store obeys the same rule as a number; one that is not provisioned is
-  accepted on its form alone (Twilio checks that it belongs to the project's account when sending).
+  is provisioned for the project obeys the same rule as a number; any other is accepted on its
+  form alone (Twilio checks that it belongs to the project's account when sending), whether it is
+  unknown or another project's: answering those two apart would tell a caller which services
+  other projects own.
 
 Language variants: a template titled ``<title>_<language>`` (``confirmation_es``) is the
 ``<language>`` version of ``<title>``. When the session has a language (``Session.language``, seen
@@ -101,10 +103,9 @@ def _sender_problems(
     sender = state.store.get_sender(address)  # type: ignore[arg-type]  # a str, checked above
     if sender is None or sender.project_id != project_id:
         if is_messaging_service_sid(address):
-            if sender is None:
-                return []  # not provisioned: accepted on its form (module docstring)
-            # Another project's service: said the same way as an unknown number, so the answer
-            # does not reveal what other projects own.
+            # Not this project's: accepted on its form, whether unknown or another project's,
+            # so the answer does not reveal what other projects own (module docstring).
+            return []
         return [f"{address} is not provisioned for this project"]
     if sender.environment != environment:
         return [

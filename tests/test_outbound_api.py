@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from types import SimpleNamespace
 
 import pytest
 
@@ -341,7 +342,9 @@ def test_a_dev_connector_sends_from_the_sandbox_numbers(sms):
 
     assert response.status_code == 202
     assert response.get_json()["agent_number"] == "+14155552678"
-    conversation = sms.conversation(response.get_json()["conversation_id"])
+    conversation = sms.conversation(
+        response.get_json()["conversation_id"], tenant=SimpleNamespace(headers=headers)
+    )
     assert conversation["environment"] == "sandbox"
 
 
@@ -492,13 +495,15 @@ def test_list_filters_by_user_state_and_environment(sms):
         "/v1/outbound-sms", json={"user_number": USER_NUMBERS[2], "message": "hi"}, headers=sandbox
     ).get_json()["conversation_id"]
 
-    def ids(**query):
-        return [conv["id"] for conv in sms.conversations(**query)]
+    def ids(tenant=None, **query):
+        return [conv["id"] for conv in sms.conversations(tenant=tenant, **query)]
 
     assert ids(user_number=USER_NUMBERS[0]) == [c, a]  # newest first
     assert ids(state="closed") == [b]
     assert ids(state="active", environment="live") == [c, a]
-    assert ids(environment="sandbox") == [d]
+    # A connector sees its own environment only (another environment's filter is a 400).
+    assert ids(SimpleNamespace(headers=sandbox), environment="sandbox") == [d]
+    assert ids(environment="live") == [c, b, a]
     assert ids(environment="live", user_number=USER_NUMBERS[1], state="closed") == [b]
     assert ids(user_number=USER_NUMBERS[3]) == []
 

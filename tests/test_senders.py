@@ -330,7 +330,6 @@ def test_compliance_destinations_query_overrides_the_sessions(app, client):
 
 def test_compliance_says_when_only_the_newest_sessions_were_read(app, client, monkeypatch):
     monkeypatch.setattr(senders_service, "MAX_SESSIONS_SCANNED", 2)
-    monkeypatch.setattr(senders_service, "_SESSION_PAGE", 1)
     tenant = provision(app, numbers=(US_LONG,))
     for user in (GB_USER, HR_USER, US_USER):  # newest last
         outbound(client, tenant, user, agent_number=US_LONG)
