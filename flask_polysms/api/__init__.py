@@ -213,19 +213,6 @@ def authenticated(view=None, *, senders_for_body_field: str | None = None):
     return wrapper
 
 
-def rate_limited(view):
-    """Count the request against its project's ``POLYSMS_RATE_LIMIT`` (429 when over), after
-    authentication and before the body is read. Goes inside :func:`authenticated`."""
-
-    @wraps(view)
-    def wrapper(*args, tenant: Tenant, **kwargs):
-        get_state().limiter.hit(tenant.project_id)
-        return view(*args, tenant=tenant, **kwargs)
-
-    wrapper._apidoc = getattr(view, "_apidoc", {})  # keep flask-smorest's docs on the wrapper
-    return wrapper
-
-
 AUTH_PARAMETERS = [
     {"in": "header", "name": AUTH_HEADER, "required": True, "schema": {"type": "string"}},
     {"in": "header", "name": CONNECTOR_HEADER, "required": True, "schema": {"type": "string"}},
