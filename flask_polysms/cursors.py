@@ -47,16 +47,15 @@ class CursorScope:
 
 def _secrets(settings: Settings) -> tuple[bytes, ...]:
     """The app's keys, the one that encrypts first: the Fernet keys of
-    ``POLYSMS_ENCRYPTION_KEYS`` when the app has them, then ``POLYSMS_SECRET_KEY`` (or the
-    app's ``SECRET_KEY``)."""
-    found = [
-        key.encode() if isinstance(key, str) else bytes(key)
-        for key in getattr(settings, "encryption_keys", ()) or ()
-    ]
+    ``POLYSMS_ENCRYPTION_KEYS`` (a cursor sealed under a rotated-out key stays readable while
+    that key is listed), else ``POLYSMS_SECRET_KEY`` or the app's ``SECRET_KEY`` (debug and
+    testing only)."""
+    if settings.encryption_keys:
+        return tuple(bytes(key) for key in settings.encryption_keys)
     secret = settings.secret_key
-    if secret:
-        found.append(secret.encode() if isinstance(secret, str) else bytes(secret))
-    return tuple(found)
+    if not secret:
+        return ()
+    return (secret.encode() if isinstance(secret, str) else bytes(secret),)
 
 
 @functools.lru_cache(maxsize=16)

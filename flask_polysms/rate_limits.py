@@ -3,7 +3,7 @@ authenticated route (``POLYSMS_READ_RATE_LIMIT``).
 
 They run on the ``limits`` library, the engine under flask-limiter: the same limit strings, the same
 storages (``memory://`` per process, ``redis://`` shared by every process) and flask-limiter's
-default fixed-window strategy. It is checked once, right after authentication, keyed on the
+default fixed-window strategy. Each is checked once, right after authentication, keyed on the
 authenticated project (never on a raw header). flask-limiter's request middleware resolved routes,
 blueprints and exemptions on every request of the whole app, which cost more CPU than the check
 itself (issue 10).

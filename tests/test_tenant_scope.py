@@ -289,6 +289,26 @@ def test_a_cursor_sealed_under_another_key_is_refused(sms):
             cursors.open_cursor(settings, other_scope, cursor)
 
 
+def test_cursors_follow_the_encryption_keys_through_a_rotation():
+    from cryptography.fernet import Fernet
+
+    old, new = Fernet.generate_key(), Fernet.generate_key()
+    scope = cursors.CursorScope("conversations", "prj_a", "live")
+
+    def settings(*keys):
+        return SimpleNamespace(encryption_keys=keys, secret_key="the app's secret")
+
+    sealed = cursors.seal_cursor(settings(old), scope, "conv_1")
+
+    assert cursors.open_cursor(settings(new, old), scope, sealed) == "conv_1"
+    assert cursors.seal_cursor(settings(new, old), scope, "conv_1") != sealed
+    for without_it in (settings(new), settings()):
+        with pytest.raises(InvalidInput):
+            cursors.open_cursor(without_it, scope, sealed)
+    assert cursors.seal_cursor(settings(old), scope, None) is None
+    assert cursors.open_cursor(settings(old), scope, None) is None
+
+
 # -- the store's cursors --------------------------------------------------------------------------
 @pytest.fixture(params=BACKENDS)
 def store(request, tmp_path):
