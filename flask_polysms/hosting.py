@@ -1,5 +1,6 @@
 """Living in a host app: the host's CSRF protection and rate limiter leave our routes alone, and
-our routes never silently take a URL the host serves.
+our routes never silently take a URL the host serves (checked in ``init_app`` and, for routes the
+host adds later, at the first request).
 
 A host may turn on flask-wtf's ``CSRFProtect`` or Flask-Limiter's default limits for its whole
 app, before or after ``init_app``. Our API authenticates with an API key and our webhooks with
@@ -43,6 +44,22 @@ class HostExtensions:
     def __init__(self, app: Flask) -> None:
         self.app = app
         self._done: set[int] = set()  # id() of every host extension object already handled
+        self._routes_checked = False
+
+    def before_request(self) -> None:
+        """Refuse URL clashes with routes the host added after ``init_app`` (once), then exempt
+        our blueprints from host extensions set up since the last request."""
+        if not self._routes_checked:
+            # A factory that registers its blueprints after init_app (a common order) adds its
+            # routes after the check init_app made; Flask allows none after the first request.
+            state = self.app.extensions.get("polysms")
+            try:
+                refuse_url_clashes(self.app, state.settings.url_prefix if state else "")
+            except ConfigError as clash:
+                log.error("%s", clash)  # a host's catch-all error handler may hide the raise
+                raise
+            self._routes_checked = True
+        self.exempt_all()
 
     def exempt_all(self) -> None:
         """Exempt our blueprints from every host extension not handled yet (cheap when none)."""
@@ -64,11 +81,12 @@ class HostExtensions:
 
 def install(app: Flask) -> None:
     """Exempt our blueprints now and, through a hook that runs before any extension set up
-    later can check a request, from host extensions added after ``init_app``."""
+    later can check a request, from host extensions added after ``init_app``; the same hook
+    refuses, at the first request, a clash with a host route added after ``init_app``."""
     host = HostExtensions(app)
     host.exempt_all()
     # Registered now, so it runs before the request hooks of extensions initialised later.
-    app.before_request(host.exempt_all)
+    app.before_request(host.before_request)
 
 
 def refuse_url_clashes(app: Flask, url_prefix: str) -> None:
@@ -90,10 +108,12 @@ def refuse_url_clashes(app: Flask, url_prefix: str) -> None:
             ours, theirs = (
                 (other, rule.endpoint) if is_our_endpoint(other) else (rule.endpoint, other)
             )
+            where = f"POLYSMS_URL_PREFIX (now {url_prefix!r}) to mount flask-polysms elsewhere"
+            if ours.startswith("polysms_dashboard."):
+                where = "POLYSMS_DASHBOARD_URL to mount the dashboard elsewhere"
             raise ConfigError(
                 f"{method} {rule.rule} is served by the host's endpoint {theirs!r} and by "
-                f"flask-polysms's {ours!r}: set POLYSMS_URL_PREFIX (now {url_prefix!r}) to mount "
-                "flask-polysms elsewhere, or move the host's route"
+                f"flask-polysms's {ours!r}: set {where}, or move the host's route"
             )
 
 
