@@ -17,9 +17,10 @@ MYSQL_URL = os.environ.get("POLYSMS_TEST_MYSQL_URL", "mysql://root@127.0.0.1:330
 REDIS_URL = os.environ.get("POLYSMS_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 
-# A host app's suite, run in a process of its own by test_request_identity.py: it pushes an app
-# context at import, which must not reach this suite.
-collect_ignore = ["host_style"]
+# Host apps' suites, each run in a process of its own: host_style by test_request_identity.py (it
+# pushes an app context at import, which must not reach this suite), host_app by test_host_app.py
+# (its own pytest.ini, fixtures and database).
+collect_ignore = ["host_style", "host_app"]
 
 SERVICE_FIXTURES = {"postgres_url", "mysql_url", "redis_url", "redis_conn"}
 
