@@ -1,60 +1,23 @@
-"""Every configuration key of the extension, its default, and the start-up checks.
+"""Every configuration key of the extension in one table: its name, default, type and meaning.
 
-Keys are read once in ``init_app``; a bad value fails there with a message naming the key, not later
-in a request.
+The table (:data:`KEYS`) is the only list of keys: the defaults written into ``app.config``, the
+checks run by ``init_app``, the reading of keys from environment variables (:func:`from_environ`)
+and the configuration table of the README (:func:`markdown_table`) all come from it. Keys are
+read once in ``init_app``; a bad value fails there with a message naming the key, not later in a
+request.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, make_dataclass
 from datetime import timedelta
 from typing import Any
 
 from limits import parse_many
 
 from .crypto import KeyProblem, check_fernet_key, parse_keys
-
-
-class ConfigVars:
-    """Names of the configuration keys (all start with ``POLYSMS_``)."""
-
-    STORAGE_URL = "POLYSMS_STORAGE_URL"
-    SCHEDULER = "POLYSMS_SCHEDULER"
-    REDIS_URL = "POLYSMS_REDIS_URL"
-    QUEUE_NAME = "POLYSMS_QUEUE_NAME"
-    GATEWAY = "POLYSMS_GATEWAY"
-    TWILIO_BASE_URL = "POLYSMS_TWILIO_BASE_URL"
-    TWILIO_TIMEOUT = "POLYSMS_TWILIO_TIMEOUT"
-    PUBLIC_URL = "POLYSMS_PUBLIC_URL"
-    URL_PREFIX = "POLYSMS_URL_PREFIX"
-    RATE_LIMIT = "POLYSMS_RATE_LIMIT"
-    RATE_LIMIT_STORAGE_URL = "POLYSMS_RATE_LIMIT_STORAGE_URL"
-    READ_RATE_LIMIT = "POLYSMS_READ_RATE_LIMIT"
-    IDLE_TIMEOUT = "POLYSMS_IDLE_TIMEOUT"
-    GRACE_PERIOD = "POLYSMS_GRACE_PERIOD"
-    WARNING_MESSAGE = "POLYSMS_WARNING_MESSAGE"
-    CLOSING_MESSAGE = "POLYSMS_CLOSING_MESSAGE"
-    VALIDATE_SIGNATURES = "POLYSMS_VALIDATE_SIGNATURES"
-    SECRET_KEY = "POLYSMS_SECRET_KEY"
-    ENCRYPTION_KEYS = "POLYSMS_ENCRYPTION_KEYS"
-    DECRYPT_WITH_SECRET_KEY = "POLYSMS_DECRYPT_WITH_SECRET_KEY"
-    SEND_MAX_ATTEMPTS = "POLYSMS_SEND_MAX_ATTEMPTS"
-    RETRY_BASE_DELAY = "POLYSMS_RETRY_BASE_DELAY"
-    INBOUND_SENDER_LIMIT = "POLYSMS_INBOUND_SENDER_LIMIT"
-    INBOUND_PROJECT_LIMIT = "POLYSMS_INBOUND_PROJECT_LIMIT"
-    DUPLICATE_TEXT_LIMIT = "POLYSMS_DUPLICATE_TEXT_LIMIT"
-    DUPLICATE_TEXT_BLOCK = "POLYSMS_DUPLICATE_TEXT_BLOCK"
-    SWEEP_INTERVAL = "POLYSMS_SWEEP_INTERVAL"
-    STUCK_AFTER = "POLYSMS_STUCK_AFTER"
-    SENDER_GUARD = "POLYSMS_SENDER_GUARD"
-    DASHBOARD = "POLYSMS_DASHBOARD"
-    DASHBOARD_IDLE_TIMEOUT = "POLYSMS_DASHBOARD_IDLE_TIMEOUT"
-    DASHBOARD_ABSOLUTE_TIMEOUT = "POLYSMS_DASHBOARD_ABSOLUTE_TIMEOUT"
-    MAX_CONTENT_LENGTH = "POLYSMS_MAX_CONTENT_LENGTH"
-    TABLE_PREFIX = "POLYSMS_TABLE_PREFIX"
-    DASHBOARD_URL = "POLYSMS_DASHBOARD_URL"
-
 
 DEFAULT_WARNING_MESSAGE = (
     "Are you still there? This conversation will end in 10 minutes unless you reply."
@@ -64,103 +27,30 @@ DEFAULT_CLOSING_MESSAGE = "I am going to end conversation now"
 SCHEDULERS = ("manual", "thread", "rq")
 GATEWAYS = ("twilio", "outbox")
 
-# Defaults; POLYSMS_SCHEDULER and POLYSMS_SECRET_KEY depend on the app and are filled in init_app.
-DEFAULTS: dict[str, Any] = {
-    ConfigVars.STORAGE_URL: "memory://",
-    ConfigVars.SCHEDULER: None,  # "manual" when app.testing, else "thread"
-    ConfigVars.REDIS_URL: None,
-    ConfigVars.QUEUE_NAME: "polysms",
-    ConfigVars.GATEWAY: "twilio",
-    ConfigVars.TWILIO_BASE_URL: None,
-    ConfigVars.TWILIO_TIMEOUT: 10.0,
-    ConfigVars.PUBLIC_URL: None,
-    ConfigVars.URL_PREFIX: "",
-    ConfigVars.RATE_LIMIT: "20 per second",
-    ConfigVars.RATE_LIMIT_STORAGE_URL: "memory://",
-    ConfigVars.READ_RATE_LIMIT: "100 per second",
-    ConfigVars.IDLE_TIMEOUT: timedelta(hours=24),
-    ConfigVars.GRACE_PERIOD: timedelta(minutes=10),
-    ConfigVars.WARNING_MESSAGE: DEFAULT_WARNING_MESSAGE,
-    ConfigVars.CLOSING_MESSAGE: DEFAULT_CLOSING_MESSAGE,
-    ConfigVars.VALIDATE_SIGNATURES: True,
-    ConfigVars.SECRET_KEY: None,  # the app's SECRET_KEY
-    # Fernet keys, the first encrypts; required outside debug and testing.
-    ConfigVars.ENCRYPTION_KEYS: None,
-    # With ENCRYPTION_KEYS: the SECRET_KEY derivation still decrypts (tokens stored by 0.1).
-    ConfigVars.DECRYPT_WITH_SECRET_KEY: True,
-    ConfigVars.SEND_MAX_ATTEMPTS: 5,
-    ConfigVars.RETRY_BASE_DELAY: timedelta(seconds=2),
-    ConfigVars.INBOUND_SENDER_LIMIT: "10 per 60 seconds",
-    ConfigVars.INBOUND_PROJECT_LIMIT: "100 per minute",
-    ConfigVars.DUPLICATE_TEXT_LIMIT: "5 per 5 minutes",
-    ConfigVars.DUPLICATE_TEXT_BLOCK: timedelta(minutes=10),
-    ConfigVars.SWEEP_INTERVAL: timedelta(seconds=60),
-    ConfigVars.STUCK_AFTER: timedelta(minutes=5),
-    ConfigVars.SENDER_GUARD: True,
-    ConfigVars.DASHBOARD: False,
-    ConfigVars.DASHBOARD_IDLE_TIMEOUT: timedelta(minutes=30),
-    ConfigVars.DASHBOARD_ABSOLUTE_TIMEOUT: timedelta(hours=12),
-    ConfigVars.MAX_CONTENT_LENGTH: 64 * 1024,
-    ConfigVars.TABLE_PREFIX: "polysms_",
-    ConfigVars.DASHBOARD_URL: "/dashboard",
-}
+GENERATE_KEY_HINT = (
+    'make one with `python -c "from cryptography.fernet import Fernet; '
+    'print(Fernet.generate_key().decode())"`'
+)
 
 
 class ConfigError(ValueError):
     """A configuration value is unusable; the message names the key."""
 
 
-@dataclass(frozen=True)
-class Settings:
-    """The validated configuration of one app."""
-
-    storage_url: str
-    scheduler: str
-    redis_url: str | None
-    queue_name: str
-    gateway: str
-    twilio_base_url: str | None
-    twilio_timeout: float
-    #: The app's public base URL from configuration only (``POLYSMS_PUBLIC_URL``, else
-    #: ``SERVER_NAME``): status callbacks and webhook signatures use it, never a request's Host.
-    public_url: str | None
-    url_prefix: str
-    rate_limit: str
-    rate_limit_storage_url: str
-    #: The request budget of every authenticated route, per project (same storage).
-    read_rate_limit: str
-    idle_timeout: timedelta
-    grace_period: timedelta
-    warning_message: str
-    closing_message: str
-    validate_signatures: bool
-    #: ``POLYSMS_SECRET_KEY`` as given (else the app's ``SECRET_KEY``), None when neither is set.
-    secret_key: str | bytes | None
-    #: ``POLYSMS_ENCRYPTION_KEYS``, checked; empty only in debug and testing (then the key is
-    #: derived from ``secret_key``).
-    encryption_keys: tuple[bytes, ...]
-    decrypt_with_secret_key: bool
-    send_max_attempts: int
-    retry_base_delay: timedelta
-    inbound_sender_limit: str
-    inbound_project_limit: str
-    duplicate_text_limit: str
-    duplicate_text_block: timedelta
-    sweep_interval: timedelta
-    stuck_after: timedelta
-    sender_guard: bool
-    dashboard: bool
-    dashboard_idle_timeout: timedelta
-    dashboard_absolute_timeout: timedelta
-    max_content_length: int
-    #: Names our database tables (``polysms_`` + name): a host sharing the database keeps its own.
-    table_prefix: str
-    #: Where the dashboard is mounted, under ``url_prefix``.
-    dashboard_url: str
+# -- how each type of value is checked (``config`` is the app's config, defaults applied) -------
+def _text(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{key} must be a non-empty string, not {value!r}")
+    return value
 
 
-def _duration(config: dict, key: str) -> timedelta:
-    value = config[key]
+def _optional_text(key: str, value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    return _text(key, value)
+
+
+def _duration(key: str, value: Any) -> timedelta:
     if isinstance(value, timedelta):
         result = value
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -172,8 +62,13 @@ def _duration(config: dict, key: str) -> timedelta:
     return result
 
 
-def _flag(config: dict, key: str) -> bool:
-    value = config[key]
+def _seconds(key: str, value: Any) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(f"{key} must be a positive number of seconds, not {value!r}")
+    return float(value)
+
+
+def _flag(key: str, value: Any) -> bool:
     if isinstance(value, bool):
         return value
     if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on"):
@@ -183,8 +78,7 @@ def _flag(config: dict, key: str) -> bool:
     raise ConfigError(f"{key} must be True or False, not {value!r}")
 
 
-def _limit(config: dict, key: str) -> str:
-    value = config[key]
+def _limit(key: str, value: Any) -> str:
     try:
         parse_many(value)
     except (ValueError, TypeError) as exc:
@@ -192,23 +86,210 @@ def _limit(config: dict, key: str) -> str:
     return value
 
 
-def _choice(config: dict, key: str, choices: tuple[str, ...]) -> str:
-    value = config[key]
-    if value not in choices:
-        raise ConfigError(f"{key} must be one of {', '.join(choices)}, not {value!r}")
+def _positive_int(minimum: int) -> Callable[[str, Any], int]:
+    def check(key: str, value: Any) -> int:
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            raise ConfigError(f"{key} must be an integer >= {minimum}, not {value!r}")
+        return value
+
+    return check
+
+
+def _choice(*choices: str) -> Callable[[str, Any], str]:
+    def check(key: str, value: Any) -> str:
+        if value not in choices:
+            raise ConfigError(f"{key} must be one of {', '.join(choices)}, not {value!r}")
+        return value
+
+    return check
+
+
+def _mount_path(*, empty: bool) -> Callable[[str, Any], str]:
+    def check(key: str, value: Any) -> str:
+        value = value or ""
+        if not isinstance(value, str) or (not value and not empty):
+            raise ConfigError(f"{key} must be a path such as '/sms', not {value!r}")
+        if value and (not value.startswith("/") or value.endswith("/")):
+            raise ConfigError(f"{key} must start with '/' and not end with it")
+        return value
+
+    return check
+
+
+def _http_url(key: str, value: Any) -> str | None:
+    value = _optional_text(key, value)
+    if value is not None and not value.startswith(("http://", "https://")):
+        raise ConfigError(f"{key} must be an http(s) URL, not {value!r}")
+    return value.rstrip("/") if value else None
+
+
+def _table_prefix(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]{0,39}", value):
+        raise ConfigError(f"{key} must be a letter then letters, digits or _ (up to 40)")
     return value
 
 
-def _text(config: dict, key: str, *, optional: bool = False) -> str | None:
-    value = config[key]
-    if value is None and optional:
-        return None
-    if not isinstance(value, str) or (not value and not optional):
-        raise ConfigError(f"{key} must be a non-empty string, not {value!r}")
+def _secret(key: str, value: Any) -> str | bytes | None:
+    if value is not None and not isinstance(value, (str, bytes)):
+        raise ConfigError(f"{key} must be a string, not {type(value).__name__}")
+    return value or None
+
+
+def _as_is(key: str, value: Any) -> Any:
     return value
 
 
-def _server_name_url(config: Any) -> str | None:
+# -- how each type is read from an environment variable -----------------------------------------
+def _env_number(text: str) -> int | float:
+    number = float(text)
+    return int(number) if number.is_integer() and "." not in text else number
+
+
+ENV_READERS: dict[Callable, Callable[[str], Any]] = {
+    _duration: _env_number,
+    _seconds: _env_number,
+    _flag: lambda text: text,  # _flag reads "true"/"false"/"1"/"0"
+}
+
+
+@dataclass(frozen=True)
+class Key:
+    """One configuration key: ``POLYSMS_`` + ``name``, its default, its check and its meaning."""
+
+    name: str
+    default: Any
+    check: Callable[[str, Any], Any]
+    doc: str
+    #: Shown in the README instead of ``repr(default)`` when the default depends on the app.
+    shown_default: str | None = None
+    #: How an environment variable's text becomes a value (numbers for durations, …).
+    from_env: Callable[[str], Any] | None = field(default=None, compare=False)
+
+    @property
+    def config_name(self) -> str:
+        """The key in ``app.config``."""
+        return f"POLYSMS_{self.name}"
+
+    @property
+    def attribute(self) -> str:
+        """The attribute of :class:`Settings` holding the checked value."""
+        return self.name.lower()
+
+    def read_env(self, text: str) -> Any:
+        """The value of an environment variable's ``text`` for this key."""
+        reader = self.from_env
+        if reader is None:
+            for check, env_reader in ENV_READERS.items():
+                if self.check is check:
+                    reader = env_reader
+                    break
+        if reader is None and isinstance(self.default, int) and not isinstance(self.default, bool):
+            reader = int
+        try:
+            return reader(text) if reader is not None else text
+        except ValueError as exc:
+            raise ConfigError(f"{self.config_name} from the environment: {exc}") from None
+
+
+#: Every key, in the order the README lists them.
+KEYS: tuple[Key, ...] = (
+    Key("STORAGE_URL", "memory://", _text,
+        "`memory://`, `sqlite:///file.db` (relative paths in the instance folder), "
+        "`postgresql://…`, `mysql://…`"),
+    Key("SCHEDULER", None, _as_is,
+        "`manual` (tests), `thread` (one process), `rq` (production)",
+        shown_default="`manual` when testing, else `thread`"),
+    Key("REDIS_URL", None, _optional_text, "Redis for `rq` (required with it)"),
+    Key("QUEUE_NAME", "polysms", _text, "the RQ queue"),
+    Key("GATEWAY", "twilio", _choice(*GATEWAYS),
+        "`twilio` (the real client) or `outbox` (records to `polysms.outbox`)",
+        shown_default="`outbox` when testing, else `twilio`"),
+    Key("TWILIO_BASE_URL", None, _optional_text,
+        "send to another origin (the local emulator) instead of Twilio"),
+    Key("TWILIO_TIMEOUT", 10.0, _seconds,
+        "seconds before a Twilio call counts as a (retryable) timeout"),
+    Key("PUBLIC_URL", None, _http_url,
+        "the public origin Twilio calls (with the app's mount point): status callbacks and "
+        "signature checks; required outside debug and testing unless `SERVER_NAME` is set"),
+    Key("URL_PREFIX", "", _mount_path(empty=True),
+        "mount every route under a prefix (starts with `/`, no trailing `/`)"),
+    Key("DASHBOARD", False, _flag, "serve the dashboard"),
+    Key("DASHBOARD_URL", "/dashboard", _mount_path(empty=False),
+        "where the dashboard is mounted, under `POLYSMS_URL_PREFIX`"),
+    Key("DASHBOARD_IDLE_TIMEOUT", timedelta(minutes=30), _duration,
+        "a dashboard sign-in unused this long ends"),
+    Key("DASHBOARD_ABSOLUTE_TIMEOUT", timedelta(hours=12), _duration,
+        "a dashboard sign-in ends this long after it began"),
+    Key("RATE_LIMIT", "20 per second", _limit,
+        "messages started per project (API, dashboard, operator routes): a `limits` string, "
+        "e.g. `20 per second; 1000 per hour`"),
+    Key("READ_RATE_LIMIT", "100 per second", _limit,
+        "requests per project on every authenticated route"),
+    Key("RATE_LIMIT_STORAGE_URL", "memory://", _text,
+        "`redis://…` to share the limits between processes"),
+    Key("IDLE_TIMEOUT", timedelta(hours=24), _duration,
+        "silence before the warning (engaged sessions) or the silent close (unengaged ones)"),
+    Key("GRACE_PERIOD", timedelta(minutes=10), _duration, "time to answer the warning"),
+    Key("WARNING_MESSAGE", DEFAULT_WARNING_MESSAGE, _text, "the warning text"),
+    Key("CLOSING_MESSAGE", DEFAULT_CLOSING_MESSAGE, _text, "the closing text"),
+    Key("VALIDATE_SIGNATURES", True, _flag, "check `X-Twilio-Signature` on webhooks"),
+    Key("ENCRYPTION_KEYS", None, _as_is,
+        "Fernet keys (a list, or one comma-separated string): the first encrypts stored "
+        "Twilio Auth Tokens, every one decrypts; required outside debug and testing"),
+    Key("DECRYPT_WITH_SECRET_KEY", True, _flag,
+        "with `POLYSMS_ENCRYPTION_KEYS` set, still open tokens stored under the `SECRET_KEY` "
+        "derivation (0.1); turn off after `flask polysms rotate-keys`"),
+    Key("SECRET_KEY", None, _secret,
+        "debug and testing only: the Auth Token key is derived from it (default: the app's "
+        "`SECRET_KEY`)"),
+    Key("SEND_MAX_ATTEMPTS", 5, _positive_int(1),
+        "tries for retryable Twilio errors (20429, 5xx, timeouts)"),
+    Key("RETRY_BASE_DELAY", timedelta(seconds=2), _duration,
+        "first retry delay, doubled each try"),
+    Key("INBOUND_SENDER_LIMIT", "10 per 60 seconds", _limit,
+        "inbound per user number (keywords exempt)"),
+    Key("INBOUND_PROJECT_LIMIT", "100 per minute", _limit, "inbound per project"),
+    Key("DUPLICATE_TEXT_LIMIT", "5 per 5 minutes", _limit,
+        "the same text more often than this (the sixth in 5 minutes) blocks the number …"),
+    Key("DUPLICATE_TEXT_BLOCK", timedelta(minutes=10), _duration, "… for this long"),
+    Key("SWEEP_INTERVAL", timedelta(seconds=60), _duration,
+        "how often the `thread` scheduler runs the sweep (overdue timers, stuck messages)"),
+    Key("STUCK_AFTER", timedelta(minutes=5), _duration,
+        "a message `queued`/`sending` this long is re-queued by the sweep"),
+    Key("SENDER_GUARD", True, _flag,
+        "fail a send fast when its sender is a US long code recorded as `not_registered` for "
+        "10DLC or a US/CA toll-free number recorded as `not_verified`; a sender whose state is "
+        "`unknown` (the default) sends, and the compliance report flags it"),
+    Key("MAX_CONTENT_LENGTH", 64 * 1024, _positive_int(1024),
+        "request body cap in bytes (413 above; at least 1024)"),
+    Key("TABLE_PREFIX", "polysms_", _table_prefix, "names our database tables"),
+)  # fmt: skip
+
+#: The key names as constants (``ConfigVars.STORAGE_URL == "POLYSMS_STORAGE_URL"``).
+ConfigVars = type(
+    "ConfigVars",
+    (),
+    {
+        "__doc__": "Names of the configuration keys (all start with ``POLYSMS_``).",
+        **{key.name: key.config_name for key in KEYS},
+    },
+)
+
+#: Defaults written into ``app.config`` by ``init_app`` (None: filled from the app).
+DEFAULTS: dict[str, Any] = {key.config_name: key.default for key in KEYS}
+
+#: The checked configuration of one app: an attribute per key (``settings.storage_url``), plus
+#: ``public_url`` (from ``POLYSMS_PUBLIC_URL``, else ``SERVER_NAME``) and ``encryption_keys``
+#: as checked bytes.
+Settings = make_dataclass(
+    "Settings",
+    [(key.attribute, Any) for key in KEYS],
+    frozen=True,
+    namespace={"__doc__": "The validated configuration of one app (one attribute per key)."},
+)
+
+
+def _server_name_url(config: Mapping[str, Any]) -> str | None:
     """The app's public base URL as Flask's own settings give it (``SERVER_NAME``,
     ``PREFERRED_URL_SCHEME`` and ``APPLICATION_ROOT``, the mount point), or None without
     ``SERVER_NAME``."""
@@ -220,18 +301,12 @@ def _server_name_url(config: Any) -> str | None:
     return f"{scheme}://{server_name}{root}"
 
 
-GENERATE_KEY_HINT = (
-    'make one with `python -c "from cryptography.fernet import Fernet; '
-    'print(Fernet.generate_key().decode())"`'
-)
-
-
-def _encryption_keys(config: dict, *, lenient: bool) -> tuple[bytes, ...]:
+def _encryption_keys(value: Any, *, lenient: bool) -> tuple[bytes, ...]:
     """``POLYSMS_ENCRYPTION_KEYS``, each key checked. A malformed key is refused everywhere; a
     missing setting or a weak key only outside debug and testing (``lenient``)."""
     name = ConfigVars.ENCRYPTION_KEYS
     try:
-        given = parse_keys(config[name])
+        given = parse_keys(value)
     except TypeError as exc:
         raise ConfigError(f"{name} must be {exc}") from None
     keys = []
@@ -252,7 +327,7 @@ def _encryption_keys(config: dict, *, lenient: bool) -> tuple[bytes, ...]:
 
 
 def load_settings(config: dict, *, testing: bool, debug: bool = False) -> Settings:
-    """Apply the defaults to ``config`` and validate every key (ConfigError names the key).
+    """Apply the defaults to ``config`` and check every key (ConfigError names the key).
 
     Outside ``debug`` and ``testing`` the checks are stricter: ``POLYSMS_ENCRYPTION_KEYS`` is
     required and a weak key is refused."""
@@ -260,85 +335,62 @@ def load_settings(config: dict, *, testing: bool, debug: bool = False) -> Settin
         # A testing app records what it would send (as Flask-Mail suppresses mail when testing)
         # unless it names a gateway: a test suite never texts real people by accident.
         config[ConfigVars.GATEWAY] = "outbox"
-    for key, value in DEFAULTS.items():
-        config.setdefault(key, value)
+    for key in KEYS:
+        config.setdefault(key.config_name, key.default)
     if config[ConfigVars.SCHEDULER] is None:
         config[ConfigVars.SCHEDULER] = "manual" if testing else "thread"
-    encryption_keys = _encryption_keys(config, lenient=testing or debug)
+    values = {key.attribute: key.check(key.config_name, config[key.config_name]) for key in KEYS}
+    values["scheduler"] = _choice(*SCHEDULERS)(ConfigVars.SCHEDULER, values["scheduler"])
+    if values["scheduler"] == "rq" and not values["redis_url"]:
+        raise ConfigError(f"{ConfigVars.REDIS_URL} is required when {ConfigVars.SCHEDULER} is 'rq'")
+    values["encryption_keys"] = _encryption_keys(
+        values["encryption_keys"], lenient=testing or debug
+    )
     # Read, not copied into the config: the host's secret stays in one place.
-    secret = config[ConfigVars.SECRET_KEY]
-    if secret is None:
-        secret = config.get("SECRET_KEY")
-    if secret is not None and not isinstance(secret, (str, bytes)):
-        raise ConfigError(f"{ConfigVars.SECRET_KEY} must be a string, not {type(secret).__name__}")
-    if not secret and not encryption_keys:
+    if values["secret_key"] is None:
+        values["secret_key"] = _secret("SECRET_KEY", config.get("SECRET_KEY"))
+    if not values["secret_key"] and not values["encryption_keys"]:
         raise ConfigError(
             f"{ConfigVars.SECRET_KEY} (or the app's SECRET_KEY) must be set: without "
             f"{ConfigVars.ENCRYPTION_KEYS} (debug and testing only), Twilio Auth Tokens are "
             "encrypted with a key derived from it"
         )
-    scheduler = _choice(config, ConfigVars.SCHEDULER, SCHEDULERS)
-    redis_url = _text(config, ConfigVars.REDIS_URL, optional=True)
-    if scheduler == "rq" and not redis_url:
-        raise ConfigError(f"{ConfigVars.REDIS_URL} is required when {ConfigVars.SCHEDULER} is 'rq'")
-    prefix = config[ConfigVars.URL_PREFIX] or ""
-    if prefix and (not prefix.startswith("/") or prefix.endswith("/")):
-        raise ConfigError(f"{ConfigVars.URL_PREFIX} must start with '/' and not end with it")
-    attempts = config[ConfigVars.SEND_MAX_ATTEMPTS]
-    if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 1:
-        raise ConfigError(f"{ConfigVars.SEND_MAX_ATTEMPTS} must be a positive integer")
-    timeout = config[ConfigVars.TWILIO_TIMEOUT]
-    if not isinstance(timeout, (int, float)) or timeout <= 0:
-        raise ConfigError(f"{ConfigVars.TWILIO_TIMEOUT} must be a positive number of seconds")
-    max_length = config[ConfigVars.MAX_CONTENT_LENGTH]
-    if not isinstance(max_length, int) or max_length < 1024:
-        raise ConfigError(f"{ConfigVars.MAX_CONTENT_LENGTH} must be an integer >= 1024")
-    public_url = _text(config, ConfigVars.PUBLIC_URL, optional=True)
-    if public_url and not public_url.startswith(("http://", "https://")):
-        raise ConfigError(f"{ConfigVars.PUBLIC_URL} must be an http(s) URL, not {public_url!r}")
-    public_url = public_url or _server_name_url(config)
-    dashboard_url = _text(config, ConfigVars.DASHBOARD_URL)
-    if not dashboard_url.startswith("/") or dashboard_url.endswith("/"):
-        raise ConfigError(f"{ConfigVars.DASHBOARD_URL} must start with '/' and not end with it")
-    table_prefix = _text(config, ConfigVars.TABLE_PREFIX)
-    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]{0,39}", table_prefix):
-        raise ConfigError(
-            f"{ConfigVars.TABLE_PREFIX} must be a letter then letters, digits or _ (up to 40)"
-        )
-    return Settings(
-        storage_url=_text(config, ConfigVars.STORAGE_URL),
-        scheduler=scheduler,
-        redis_url=redis_url,
-        queue_name=_text(config, ConfigVars.QUEUE_NAME),
-        gateway=_choice(config, ConfigVars.GATEWAY, GATEWAYS),
-        twilio_base_url=_text(config, ConfigVars.TWILIO_BASE_URL, optional=True),
-        twilio_timeout=float(timeout),
-        public_url=public_url.rstrip("/") if public_url else None,
-        url_prefix=prefix,
-        rate_limit=_limit(config, ConfigVars.RATE_LIMIT),
-        rate_limit_storage_url=_text(config, ConfigVars.RATE_LIMIT_STORAGE_URL),
-        read_rate_limit=_limit(config, ConfigVars.READ_RATE_LIMIT),
-        idle_timeout=_duration(config, ConfigVars.IDLE_TIMEOUT),
-        grace_period=_duration(config, ConfigVars.GRACE_PERIOD),
-        warning_message=_text(config, ConfigVars.WARNING_MESSAGE),
-        closing_message=_text(config, ConfigVars.CLOSING_MESSAGE),
-        validate_signatures=_flag(config, ConfigVars.VALIDATE_SIGNATURES),
-        secret_key=secret or None,
-        encryption_keys=encryption_keys,
-        decrypt_with_secret_key=_flag(config, ConfigVars.DECRYPT_WITH_SECRET_KEY),
-        send_max_attempts=attempts,
-        retry_base_delay=_duration(config, ConfigVars.RETRY_BASE_DELAY),
-        inbound_sender_limit=_limit(config, ConfigVars.INBOUND_SENDER_LIMIT),
-        inbound_project_limit=_limit(config, ConfigVars.INBOUND_PROJECT_LIMIT),
-        duplicate_text_limit=_limit(config, ConfigVars.DUPLICATE_TEXT_LIMIT),
-        duplicate_text_block=_duration(config, ConfigVars.DUPLICATE_TEXT_BLOCK),
-        sweep_interval=_duration(config, ConfigVars.SWEEP_INTERVAL),
-        stuck_after=_duration(config, ConfigVars.STUCK_AFTER),
-        sender_guard=_flag(config, ConfigVars.SENDER_GUARD),
-        dashboard=_flag(config, ConfigVars.DASHBOARD),
-        dashboard_idle_timeout=_duration(config, ConfigVars.DASHBOARD_IDLE_TIMEOUT),
-        dashboard_absolute_timeout=_duration(config, ConfigVars.DASHBOARD_ABSOLUTE_TIMEOUT),
-        max_content_length=max_length,
-        table_prefix=table_prefix,
-        dashboard_url=dashboard_url,
-    )
+    if values["public_url"] is None:
+        server_url = _server_name_url(config)
+        values["public_url"] = server_url.rstrip("/") if server_url else None
+    return Settings(**values)
+
+
+def from_environ(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The keys of the table that ``environ`` sets (``POLYSMS_*`` variables), as config values:
+    numbers for durations and counts, the text itself for the rest (flags read "true"/"false")."""
+    return {
+        key.config_name: key.read_env(environ[key.config_name])
+        for key in KEYS
+        if key.config_name in environ
+    }
+
+
+def _shown(key: Key) -> str:
+    if key.shown_default is not None:
+        return key.shown_default
+    value = key.default
+    if isinstance(value, timedelta):
+        seconds = int(value.total_seconds())
+        for unit, size in (("h", 3600), ("min", 60), ("s", 1)):
+            if seconds % size == 0:
+                return f"{seconds // size} {unit}"
+    if value is None:
+        return "None"
+    if value == "":
+        return '`""`'
+    if isinstance(value, str) and len(value) > 40:
+        return f"`{value[:37]}…`"
+    return f"`{value}`" if isinstance(value, str) else f"`{value!r}`"
+
+
+def markdown_table() -> str:
+    """The README's configuration table, made from :data:`KEYS`."""
+    lines = ["| key | default | meaning |", "|---|---|---|"]
+    lines += [f"| `{key.config_name}` | {_shown(key)} | {key.doc} |" for key in KEYS]
+    return "\n".join(lines)

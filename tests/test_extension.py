@@ -209,3 +209,37 @@ def test_host_error_handlers_by_class_and_blueprint_still_apply():
     assert mounted.get("/shop/item").get_data(as_text=True) == "shop page 500"
     api = mounted.get("/v1/nowhere")
     assert api.status_code == 404 and "detail" in api.json
+
+
+def test_the_readmes_configuration_table_is_the_config_table():
+    from pathlib import Path
+
+    from flask_polysms.config import markdown_table
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    assert markdown_table() in readme
+
+
+def test_every_key_reads_from_the_environment_as_the_app_would_take_it():
+    from flask_polysms.config import KEYS, from_environ, load_settings
+
+    environ = {
+        "POLYSMS_IDLE_TIMEOUT": "90",
+        "POLYSMS_TWILIO_TIMEOUT": "2.5",
+        "POLYSMS_SEND_MAX_ATTEMPTS": "3",
+        "POLYSMS_DASHBOARD": "true",
+        "POLYSMS_VALIDATE_SIGNATURES": "0",
+        "POLYSMS_ENCRYPTION_KEYS": "dMNOlYNhCuKwH-ZYn7106kPfZ9WPjhBc5U2KtgI0sXw=",
+        "POLYSMS_PUBLIC_URL": "https://sms.example.com",
+        "NOT_OURS": "x",
+    }
+    config = from_environ(environ)
+    assert set(config) == {k for k in environ if k.startswith("POLYSMS_")}
+    settings = load_settings(config, testing=False)
+    assert settings.idle_timeout == timedelta(seconds=90)
+    assert settings.twilio_timeout == 2.5 and settings.send_max_attempts == 3
+    assert settings.dashboard is True and settings.validate_signatures is False
+    assert len(settings.encryption_keys) == 1
+    assert all(key.config_name.startswith("POLYSMS_") for key in KEYS)
+    with pytest.raises(ConfigError, match="POLYSMS_SEND_MAX_ATTEMPTS"):
+        from_environ({"POLYSMS_SEND_MAX_ATTEMPTS": "many"})
