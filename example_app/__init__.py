@@ -8,7 +8,8 @@ project provisioned on first start, the dashboard with its phone simulator, and 
 ``EXAMPLE_APP_QUIET=1`` silences it; ``flask --app example_app polysms demo`` prints the curl again,
 ``--reset`` starts over). ``EXAMPLE_APP_INSTANCE`` moves the instance folder.
 
-Environment for a real deployment:
+Environment for a real deployment (every ``POLYSMS_*`` key of the configuration table is read from
+the environment, and an exported value is never overridden):
 
 - ``POLYSMS_STORAGE_URL`` (e.g. ``postgresql://…``), ``POLYSMS_REDIS_URL`` (turns on the ``rq``
   scheduler and Redis-backed rate limits), ``POLYSMS_PUBLIC_URL``;
@@ -30,6 +31,7 @@ from flask import Flask
 
 from flask_polysms import PolySMS
 from flask_polysms.cli import read_private_file, write_private_file
+from flask_polysms.config import from_environ
 
 from .agent import register_agent
 from .demo import start_demo
@@ -73,30 +75,25 @@ def create_app(config: dict | None = None) -> Flask:
         # Every web process must share one key, or a dashboard sign-in made on one would not be
         # read by another: a key file per machine would not do.
         raise RuntimeError("set SECRET_KEY: it signs the dashboard's session cookie")
+    # The example's own defaults first; then every POLYSMS_* variable exported (one loop over
+    # the extension's configuration table), which nothing here overrides.
     app.config.update(
         SECRET_KEY=secret
         or _instance_secret(instance / "secret_key", lambda: secrets.token_urlsafe(32)),
-        POLYSMS_STORAGE_URL=os.environ.get(
-            "POLYSMS_STORAGE_URL", f"sqlite:///{instance / 'polysms-demo.db'}"
-        ),
+        POLYSMS_STORAGE_URL=f"sqlite:///{instance / 'polysms-demo.db'}",
         POLYSMS_DASHBOARD=True,
     )
-    if os.environ.get("POLYSMS_PUBLIC_URL"):
-        app.config["POLYSMS_PUBLIC_URL"] = os.environ["POLYSMS_PUBLIC_URL"]
-    if os.environ.get("POLYSMS_ENCRYPTION_KEYS"):
-        app.config["POLYSMS_ENCRYPTION_KEYS"] = os.environ["POLYSMS_ENCRYPTION_KEYS"]
-    elif embedded:
+    if os.environ.get("POLYSMS_REDIS_URL"):
+        # Redis there: RQ workers and limits shared between processes, unless exported otherwise.
+        app.config.update(
+            POLYSMS_SCHEDULER="rq", POLYSMS_RATE_LIMIT_STORAGE_URL=os.environ["POLYSMS_REDIS_URL"]
+        )
+    if embedded and not os.environ.get("POLYSMS_ENCRYPTION_KEYS"):
         # Outside debug the Auth Tokens need a real Fernet key; the demo keeps one in instance/.
         app.config["POLYSMS_ENCRYPTION_KEYS"] = [
             _instance_secret(instance / "encryption_key", _new_fernet_key)
         ]
-    if os.environ.get("POLYSMS_REDIS_URL"):
-        redis_url = os.environ["POLYSMS_REDIS_URL"]
-        app.config.update(
-            POLYSMS_SCHEDULER="rq",
-            POLYSMS_REDIS_URL=redis_url,
-            POLYSMS_RATE_LIMIT_STORAGE_URL=redis_url,
-        )
+    app.config.update(from_environ(os.environ))
     demo = None
     if embedded:
         demo = start_demo(app)
