@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import pytest
 from clinic import create_app, polysms
+from clinic.wsgi import serve
 from conftest import MOUNT, Site, clinic_config, dispose, empty_tables, sign_in
+from werkzeug.test import Client
 
 from flask_polysms.testing import provision, sign_twilio_request
 
@@ -89,3 +91,15 @@ def test_without_a_public_url_the_forwarded_url_is_the_one_checked(site, polysms
     )
     assert answered.status_code == 200, answered.get_data(as_text=True)
     assert [m["body"] for m in polysms.outbox] == ["Hi, reply CONFIRM to confirm your appointment."]
+
+
+def test_the_wsgi_entry_point_mounts_where_it_is_told(migrated, monkeypatch):
+    monkeypatch.setenv("CLINIC_MOUNT", "/clinic/")
+    served = serve(clinic_config(migrated))
+    client = Client(served)
+    try:
+        assert client.get("/clinic/health").get_json() == {"status": "ok"}
+        assert client.get("/health").status_code == 404
+        assert client.get("/clinic/v1/outbound-sms").get_json().keys() == {"detail"}
+    finally:
+        dispose(served.mounts["/clinic"])
