@@ -301,6 +301,7 @@ def make_rig(tmp_path, fresh_postgres_url, redis_url, unique) -> Iterator[Callab
             "POLYSMS_TWILIO_TIMEOUT": 0.5,
             "POLYSMS_RETRY_BASE_DELAY": 0.05,
             "POLYSMS_RATE_LIMIT": "100000 per second",
+            "POLYSMS_READ_RATE_LIMIT": "100000 per second",
             **config,
         }
         directory = tmp_path / f"rig{len(rigs)}"

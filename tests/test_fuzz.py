@@ -65,6 +65,7 @@ class Target:
             POLYSMS_SCHEDULER="manual",
             # Deep cases, not 429s: the limit itself is tested in test_outbound_api.
             POLYSMS_RATE_LIMIT="1000000 per second",
+            POLYSMS_READ_RATE_LIMIT="1000000 per second",
             POLYSMS_INBOUND_SENDER_LIMIT="1000000 per second",
             POLYSMS_INBOUND_PROJECT_LIMIT="1000000 per second",
             POLYSMS_DUPLICATE_TEXT_LIMIT="1000000 per second",
