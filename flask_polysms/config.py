@@ -213,6 +213,9 @@ KEYS: tuple[Key, ...] = (
         "signature checks; required outside debug and testing unless `SERVER_NAME` is set"),
     Key("URL_PREFIX", "", _mount_path(empty=True),
         "mount every route under a prefix (starts with `/`, no trailing `/`)"),
+    Key("HEALTH_ROUTES", True, _flag,
+        "serve `/healthz` and `/readyz` (under `POLYSMS_URL_PREFIX`); off when the host has its "
+        "own"),
     Key("DASHBOARD", False, _flag, "serve the dashboard"),
     Key("DASHBOARD_URL", "/dashboard", _mount_path(empty=False),
         "where the dashboard is mounted, under `POLYSMS_URL_PREFIX`"),

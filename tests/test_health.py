@@ -64,3 +64,16 @@ def test_ready_with_postgresql_and_redis(fresh_postgres_url, redis_url):
     response = app.test_client().get("/readyz")
     assert response.status_code == 200
     assert response.json == {"database": True, "redis": True}
+
+
+def test_a_host_with_its_own_probes_turns_ours_off():
+    app = Flask("own_probes")
+    app.config.update(TESTING=True, SECRET_KEY="k", POLYSMS_HEALTH_ROUTES=False)
+
+    @app.get("/healthz")
+    def host_health():
+        return "the host's"
+
+    PolySMS(app)
+    assert app.test_client().get("/healthz").get_data(as_text=True) == "the host's"
+    assert app.test_client().get("/readyz").status_code == 404

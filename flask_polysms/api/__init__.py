@@ -304,5 +304,6 @@ def register_api(app: Flask, state: PolySMSState) -> None:
         api.register_blueprint(module.blp, url_prefix=prefix + module.URL_PREFIX)
     # The browsable reference, from installed packages only (flask-smorest's loads a CDN).
     app.register_blueprint(docs.bp, url_prefix=f"{prefix}/v1")
-    app.register_blueprint(health.bp, url_prefix=prefix or None)
+    if state.settings.health_routes:
+        app.register_blueprint(health.bp, url_prefix=prefix or None)
     register_routing_errors(app, prefix + "/v1")
