@@ -12,8 +12,11 @@
 from __future__ import annotations
 
 import base64
+import html
 import json
+import re
 from types import SimpleNamespace
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -307,6 +310,42 @@ def test_cursors_follow_the_encryption_keys_through_a_rotation():
             cursors.open_cursor(without_it, scope, sealed)
     assert cursors.seal_cursor(settings(old), scope, None) is None
     assert cursors.open_cursor(settings(old), scope, None) is None
+
+
+def test_the_dashboard_pages_with_the_same_sealed_cursors(make_sms, monkeypatch):
+    from flask_polysms.dashboard import views
+
+    monkeypatch.setattr(views, "PAGE_SIZE", 2)
+    sms = make_sms(POLYSMS_DASHBOARD=True, numbers=(LIVE_NUMBER,))
+    made = [sms.send_ok(user)["conversation_id"] for user in USERS[:3]]
+    stranger = sms.provision(numbers=(SANDBOX_NUMBER,))
+    sms.send_ok(USERS[0], tenant=stranger)
+    sms.send_ok(USERS[1], tenant=stranger)
+    theirs = page(sms, stranger, limit=1)["next_cursor"]
+    browser = sms.app.test_client()
+    form = browser.get("/dashboard/sign-in").get_data(as_text=True)
+    token = re.search(r'name="csrf_token" value="([^"]+)"', form).group(1)
+    signed = browser.post(
+        "/dashboard/sign-in",
+        data={
+            "csrf_token": token,
+            "api_key": sms.tenant.api_key,
+            "connector_id": sms.tenant.connector_id,
+        },
+    )
+    assert signed.status_code == 302
+
+    first = browser.get("/dashboard/conversations").get_data(as_text=True)
+    link = html.unescape(re.search(r'href="([^"]+)" id="next-page"', first).group(1))
+    cursor = parse_qs(urlsplit(link).query)["cursor"][0]
+    second = browser.get(link).get_data(as_text=True)
+
+    assert not any(conv in cursor for conv in made)
+    assert made[0] in second and made[1] not in second and made[2] not in second
+    assert (
+        browser.get("/dashboard/conversations", query_string={"cursor": theirs}).status_code == 400
+    )
+    assert [c["id"] for c in page(sms, cursor=cursor)["conversations"]] == [made[0]]
 
 
 # -- the store's cursors --------------------------------------------------------------------------

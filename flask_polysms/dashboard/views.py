@@ -24,6 +24,7 @@ from flask import (
 )
 from werkzeug.exceptions import HTTPException, default_exceptions
 
+from .. import conversation_reads
 from .. import templates as template_service
 from ..api.conversations import conversation_dict
 from ..clock import as_utc, utcnow
@@ -375,15 +376,18 @@ def conversations():
     sessions, next_cursor = [], None
     if not problems:
         try:
-            sessions, next_cursor = state.store.list_sessions(
-                tenant.project_id,
-                environment=tenant.environment,
+            # The API's reader: the same scope and the same sealed, per-project cursors.
+            page = conversation_reads.list_conversations(
+                state,
+                tenant,
                 user_number=filters["user_number"] or None,
-                state=filters["state"] or None,
+                conversation_state=filters["state"] or None,
                 cursor=args.get("cursor") or None,
                 limit=PAGE_SIZE,
+                with_messages=False,
             )
-        except ValueError:
+            sessions, next_cursor = page.sessions, page.next_cursor
+        except InvalidInput:
             problems.append("that page link is no longer valid: start again from the first page")
     next_url = url_for(".conversations", **filters, cursor=next_cursor) if next_cursor else None
     return render_template(
@@ -431,12 +435,8 @@ def conversation(conversation_id: str):
     project or another environment."""
     state, tenant = get_state(), _tenant()
     session = state.store.get_session(conversation_id)
-    # Another environment's conversation is absent here, as in the API.
-    if (
-        session is None
-        or session.project_id != tenant.project_id
-        or session.environment != tenant.environment
-    ):
+    # Another environment's conversation is absent here, as in the API (the same rule).
+    if not conversation_reads.in_scope(tenant, session):
         abort(404, "conversation not found")
     return render_template(
         "polysms_dashboard/conversation.html", conversation=conversation_dict(session)
