@@ -187,24 +187,30 @@ def destination_countries(state: PolySMSState, sender: Sender) -> tuple[list[str
 
 
 def countries_of(numbers: Iterable[str]) -> list[str]:
-    """The countries (ISO 3166 alpha-2, sorted) of ``numbers``; numbers without one are left out.
+    """The countries (ISO 3166 alpha-2, sorted) of ``numbers``, as
+    :func:`~flask_polysms.phone.region_of` gives them; numbers without one are left out.
 
-    A number's country is what :func:`~flask_polysms.phone.region_of` says, asked once per
-    country code that only one country uses, once per area code in North America (where the
-    area code decides it), and per number for the other shared country codes: parsing thousands
-    of numbers cost more than the query that read them.
+    Numbers are grouped by the prefix that decides their country (the country code where one
+    country uses it, ``+1`` and the area code in North America) and each group is asked once, by
+    its first number that has a country: parsing thousands of numbers one by one cost more than
+    the query that read them. Numbers of the other shared country codes are asked one by one.
     """
     found: set[str] = set()
-    by_prefix: dict[str, str] = {}
+    groups: dict[str, list[str]] = {}
     for number in numbers:
         prefix = _deciding_prefix(number)
-        country = by_prefix.get(prefix) if prefix else None
-        if country is None:
-            country = region_of(number)
-            if country and prefix:
-                by_prefix[prefix] = country
+        if prefix is not None:
+            groups.setdefault(prefix, []).append(number)
+            continue
+        country = region_of(number)
         if country:
             found.add(country)
+    for members in groups.values():
+        for number in members:
+            country = region_of(number)
+            if country:
+                found.add(country)
+                break
     return sorted(found)
 
 
