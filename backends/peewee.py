@@ -35,6 +35,7 @@ import peewee as pw
 from playhouse.db_url import parse as parse_url
 from playhouse.pool import PooledDatabase, PooledMySQLDatabase, PooledPostgresqlDatabase
 
+from flask_polysms.backends.peewee_migrations import SchemaMigrations
 from flask_polysms.clock import as_utc, utcnow
 from flask_polysms.records import (
     CLOSED,
@@ -61,6 +62,8 @@ from flask_polysms.store import (
     Conflict,
     DashboardSignIn,
     NotFound,
+    SchemaUpgrade,
+    SchemaVersion,
     SendClaim,
     StaleVersion,
     Store,
@@ -957,7 +960,30 @@ class PeeweeStore(Store):
 
     # -- life cycle -------------------------------------------------------------------------------
     def create_schema(self) -> None:
-        """Create the tables and their indexes when missing (idempotent)."""
+        """Create the tables and indexes, or bring them up to date: the schema migrations the
+        database lacks (idempotent; see :meth:`upgrade_schema`)."""
+        self.upgrade_schema()
+
+    def upgrade_schema(self) -> SchemaUpgrade:
+        """Apply the missing schema migrations (``backends/peewee_migrations``), recording first
+        those whose tables a database made by 0.1.0 already has; refuse a newer database."""
+        return self._migrations().upgrade()
+
+    def schema_version(self) -> SchemaVersion:
+        """Where the database stands among the schema migrations this version ships."""
+        return self._migrations().version()
+
+    def check_schema(self) -> None:
+        """Raise SchemaTooNew when the migration history holds a migration not shipped here."""
+        self._migrations().check()
+
+    def _migrations(self) -> SchemaMigrations:
+        return SchemaMigrations(self._db, self.table_prefix)
+
+    def create_model_tables(self) -> None:
+        """Create the tables of today's models directly, without migrations or history: the
+        schema the migrations must build (tests compare the two). Applications use
+        :meth:`create_schema`."""
         if self._is_mysql:
             charset = f"DEFAULT CHARSET=utf8mb4 COLLATE={self._mysql_binary_collation()}"
             for model in self._m.all:
@@ -965,8 +991,9 @@ class PeeweeStore(Store):
         self._db.create_tables(self._m.all, safe=True)
 
     def drop_schema(self) -> None:
-        """Drop every table of this store (tests only)."""
+        """Drop every table of this store and its migration history (tests only)."""
         self._db.drop_tables(self._m.all, safe=True)
+        self._migrations().drop_history()
 
     def connect(self) -> None:
         """Open this thread's connection (no-op when open)."""

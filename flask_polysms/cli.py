@@ -10,6 +10,7 @@ from flask.cli import AppGroup
 
 from . import provisioning
 from .extension import get_state
+from .store import SchemaError, SchemaTooNew, SchemaVersion, migration_number
 from .tenancy import revoke_api_key
 
 polysms_cli = AppGroup("polysms", help="flask-polysms: tenants, senders, workers and timers.")
@@ -29,9 +30,86 @@ def _run(func, *args, **kwargs):
 
 @polysms_cli.command("init-db")
 def init_db() -> None:
-    """Create the tables and indexes (idempotent)."""
-    _state().store.create_schema()
-    click.echo("polysms schema ready")
+    """Create the tables and indexes: `db upgrade`, from an empty database or not (idempotent)."""
+    version = _upgrade_schema()
+    ready = "polysms schema ready"
+    click.echo(ready if version is None else f"{ready} at {_version_name(version.current)}")
+
+
+db_cli = AppGroup("db", help="The database schema: its version and its migrations.")
+polysms_cli.add_command(db_cli)
+
+
+@db_cli.command("upgrade")
+def db_upgrade() -> None:
+    """Apply the schema migrations the database lacks, in order (idempotent).
+
+    A database made by flask-polysms 0.1.0 (its tables, no migration history) is recognised: its
+    first migration is recorded without running, the later ones applied, every row kept.
+    """
+    version = _upgrade_schema()
+    if version is None:
+        click.echo("this store keeps no schema versions: nothing to upgrade")
+    else:
+        click.echo(_describe_version(version))
+
+
+@db_cli.command("current")
+def db_current() -> None:
+    """Print the schema's version and whether it is up to date; exit 1 when it is not, so a
+    deployment can wait for `flask polysms db upgrade`."""
+    store = _state().store
+    try:
+        version = store.schema_version()
+        if version is not None and version.unknown:
+            raise SchemaTooNew(version)
+    except SchemaError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if version is None:
+        click.echo("this store keeps no schema versions")
+        return
+    click.echo(_describe_version(version))
+    if not version.up_to_date:
+        raise click.exceptions.Exit(1)
+
+
+def _upgrade_schema() -> SchemaVersion | None:
+    """Upgrade the store's schema, naming each migration recorded or applied; the version
+    reached (None for a store without versions). A refusal is one line and exit status 1."""
+    store = _state().store
+    try:
+        done = store.upgrade_schema()
+        version = store.schema_version()
+    except SchemaError as exc:
+        raise click.ClickException(str(exc)) from exc
+    for name in done.recorded:
+        click.echo(f"recorded {name}: its tables were there already (made without a history)")
+    for name in done.applied:
+        click.echo(f"applied {name}")
+    return version
+
+
+def _version_name(name: str | None) -> str:
+    return "no schema" if name is None else f"version {migration_number(name)} ({name})"
+
+
+def _describe_version(version: SchemaVersion) -> str:
+    """One line: the version, then what is missing and how to add it."""
+    text = _version_name(version.current)
+    if version.up_to_date:
+        return f"{text}, up to date"
+    parts = [text]
+    if version.unrecorded:
+        parts.append(
+            "found without a migration history (made by flask-polysms 0.1.0): "
+            + ", ".join(version.unrecorded)
+        )
+    if version.pending:
+        count = len(version.pending)
+        parts.append(
+            f"{count} migration{'s' if count > 1 else ''} pending: {', '.join(version.pending)}"
+        )
+    return "; ".join(parts) + "; run `flask polysms db upgrade`"
 
 
 @polysms_cli.command("create-account")

@@ -62,6 +62,18 @@ def _in_instance_folder(app: Flask, url: str) -> str:
     return prefix + absolute + (f"?{query}" if query else "")
 
 
+def _refuse_newer_schema(store: Store) -> None:
+    """Raise SchemaTooNew when a newer flask-polysms upgraded the server database (one read of
+    the migration history). An unreachable database is left to the readiness probe, as before;
+    the connection is closed again, so none is inherited by forked workers."""
+    try:
+        store.check_schema()
+    except store.unavailable_errors as exc:
+        log.warning("schema version not checked at start-up: %s", type(exc).__name__)
+    finally:
+        store.disconnect()
+
+
 def get_state(app: Flask | None = None) -> PolySMSState:
     """The extension state of ``app`` (default: the current app)."""
     if app is None:
@@ -111,7 +123,9 @@ class PolySMS:
             _in_instance_folder(app, settings.storage_url), table_prefix=settings.table_prefix
         )
         if store.creates_schema_on_start:
-            store.create_schema()
+            store.create_schema()  # migrations included; refuses a newer schema
+        else:
+            _refuse_newer_schema(store)
         state = PolySMSState(
             extension=self,
             app=app,

@@ -98,13 +98,15 @@ def test_store_ends_a_sign_in_once(store):
 
 
 def test_create_schema_adds_the_sign_in_table_to_an_existing_database(tmp_path):
-    """A database made before sign-ins were records gets the table from create_schema (the
-    init-db of an upgrade), its rows untouched."""
+    """A database made before sign-ins were records (0.1.0's tables, no migration history) gets
+    the table from create_schema (the init-db of an upgrade), its rows untouched."""
+    from flask_polysms.backends.peewee_migrations import SchemaMigrations
+
     url = f"sqlite:///{tmp_path / 'old.db'}"
     old = backends.create_store(url)
-    old.create_schema()
+    SchemaMigrations(old.database, "polysms_").upgrade("0001_initial")  # 0.1.0's tables
     account = old.create_account("kept")
-    old.database.execute_sql('DROP TABLE "polysms_dashboard_sign_in"')
+    old.database.execute_sql('DROP TABLE "polysms_schema_migration"')  # 0.1.0 kept none
     old.disconnect()
     upgraded = backends.create_store(url)
     upgraded.create_schema()
