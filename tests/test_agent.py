@@ -325,7 +325,14 @@ def test_the_agent_runs_as_a_job_after_twilio_has_its_answer(make_sms):
         release.wait(timeout=30)
         return f"answer to {text}"
 
-    sms = make_sms(agent=slow, numbers=(AGENT,), POLYSMS_SCHEDULER="thread")
+    sms = make_sms(
+        agent=slow,
+        numbers=(AGENT,),
+        POLYSMS_SCHEDULER="thread",
+        POLYSMS_PUBLIC_URL="http://localhost",
+    )
+    # A testing app's requests start no background thread: the test starts it, as a server would.
+    sms.state.scheduler.start()
     try:
         response = sms.inbound(USER, "a hard question", to=AGENT)
 

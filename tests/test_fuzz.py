@@ -60,6 +60,9 @@ class Target:
         self.app = Flask("polysms_fuzz")
         self.app.config.update(
             SECRET_KEY="fuzz",
+            # Served as in production (not testing): a public URL and a real encryption key.
+            POLYSMS_PUBLIC_URL="http://localhost",
+            POLYSMS_ENCRYPTION_KEYS=["dMNOlYNhCuKwH-ZYn7106kPfZ9WPjhBc5U2KtgI0sXw="],
             POLYSMS_STORAGE_URL=storage_url,
             POLYSMS_GATEWAY="outbox",
             POLYSMS_SCHEDULER="manual",

@@ -355,14 +355,15 @@ def test_sender_facts_take_no_trailing_newline_nor_other_scripts_digits(address)
 
 
 def test_the_emulator_refuses_a_number_with_a_trailing_newline(make_twilio_emulator):
-    from conftest import EMULATOR_ACCOUNT_SID, EMULATOR_AUTH_TOKEN
-
+    # The account make_twilio_emulator registers (tests/conftest.py), written out: a full run
+    # also collects example_app/tests, whose conftest module shadows ours by name.
+    account_sid, auth_token = "AC" + "5e" * 16, "emulator-auth-token-0123456789ab"
     emulator = make_twilio_emulator()
     for to in (USER + "\n", "+\u0661\u0664\u0661\u0665\u0665\u0665\u0665\u0662\u0666\u0667\u0661"):
         answer = requests.post(
-            f"{emulator.base_url}/2010-04-01/Accounts/{EMULATOR_ACCOUNT_SID}/Messages.json",
+            f"{emulator.base_url}/2010-04-01/Accounts/{account_sid}/Messages.json",
             data={"To": to, "From": AGENT, "Body": "hi"},
-            auth=(EMULATOR_ACCOUNT_SID, EMULATOR_AUTH_TOKEN),
+            auth=(account_sid, auth_token),
             timeout=5,
         )
         assert (answer.status_code, answer.json()["code"]) == (400, 21211)

@@ -10,7 +10,7 @@ import pytest
 from freezegun import freeze_time
 
 from flask_polysms.clock import utcnow
-from flask_polysms.crypto import TokenCipher
+from flask_polysms.crypto import build_cipher
 
 AGENT = "+14155552671"
 OTHER_AGENT = "+14155552672"
@@ -354,7 +354,7 @@ def test_an_auth_token_that_cannot_be_decrypted_fails_the_send_once(emulated):
     with sms.app.app_context():
         sms.store.update_project(
             sms.tenant.project_id,
-            twilio_auth_token_encrypted=TokenCipher("another-secret").encrypt("x" * 32),
+            twilio_auth_token_encrypted=build_cipher((), "another-secret").encrypt("x" * 32),
         )
 
     with freeze_time(START) as clock:
