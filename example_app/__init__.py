@@ -59,6 +59,15 @@ def _instance_secret(key_file: Path, make: Callable[[], str]) -> str:
     return read_private_file(key_file).strip()
 
 
+def _favicon():
+    """The browser's tab icon (flask-polysms's own), so no page of the example logs a 404."""
+    from flask import send_from_directory
+
+    from flask_polysms.api.docs import OWN_ASSETS
+
+    return send_from_directory(OWN_ASSETS, "favicon.svg", mimetype="image/svg+xml", max_age=86400)
+
+
 def _new_fernet_key() -> str:
     return Fernet.generate_key().decode()
 
@@ -99,6 +108,7 @@ def create_app(config: dict | None = None) -> Flask:
         demo = start_demo(app)
     app.config.update(config)
     polysms.init_app(app)
+    app.add_url_rule("/favicon.ico", "favicon", _favicon)
     if demo is not None:
         demo.finish(app)
     return app

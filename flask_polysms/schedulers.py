@@ -123,6 +123,9 @@ class Scheduler(ABC):
         """Whether the broker this scheduler needs answers now; None when it needs none."""
         return None
 
+    def forget_pending(self) -> None:  # noqa: B027 - nothing kept by schedulers that hand jobs on
+        """Drop the timed jobs kept in this process (between tests)."""
+
     def _run(self, job: str, args: tuple) -> Any:
         from .jobs import run_job_in_app
 
@@ -142,6 +145,10 @@ class ManualScheduler(Scheduler):
 
     def _enqueue(self, job: str, *args: Any) -> None:
         self._run(job, args)
+
+    def forget_pending(self) -> None:
+        with self._lock:
+            self._timed.clear()
 
     def _enqueue_at(self, when: datetime, job: str, *args: Any, job_id: str | None = None) -> None:
         with self._lock:

@@ -18,7 +18,7 @@ from .emulator import TwilioEmulator
 from .extension import get_state
 from .tenancy import AUTH_HEADER, CONNECTOR_HEADER
 
-__all__ = ["Provisioned", "TwilioEmulator", "provision", "sign_twilio_request"]
+__all__ = ["Provisioned", "TwilioEmulator", "provision", "reset", "sign_twilio_request"]
 
 
 @dataclass
@@ -77,3 +77,25 @@ def provision(
 def sign_twilio_request(url: str, params: Mapping[str, str], auth_token: str) -> str:
     """The ``X-Twilio-Signature`` Twilio would send for a POST of ``params`` to ``url``."""
     return RequestValidator(auth_token).compute_signature(url, dict(params))
+
+
+def reset(app: Flask) -> None:
+    """Start a host suite's next test from nothing: every flask-polysms table emptied (dropped and
+    created again at the latest schema), the outbox, the timers the ``manual`` scheduler keeps,
+    and the rate-limit counters.
+
+    For a suite whose ``app`` (and database) outlive one test, e.g. an autouse fixture calling
+    ``reset(app)``; a fresh app per test needs nothing.
+    """
+    state = get_state(app)
+    with app.app_context():
+        state.store.drop_schema()
+        state.store.create_schema()
+    outbox = getattr(state.gateway, "outbox", None)
+    if outbox is not None:
+        outbox.clear()
+    state.scheduler.forget_pending()
+    state.inbound_limits = None  # built again, with empty counters, by the next webhook
+    for limiter in (state.limiter, state.read_limiter):
+        if limiter is not None:
+            limiter.storage.reset()

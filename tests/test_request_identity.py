@@ -40,7 +40,7 @@ def test_a_host_suite_with_pytest_flask_and_a_pushed_context_passes():
         timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "3 passed" in result.stdout
+    assert "4 passed" in result.stdout
 
 
 def test_outbox_and_timers_work_without_an_app_context():

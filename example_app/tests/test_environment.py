@@ -48,3 +48,9 @@ def test_redis_alone_turns_on_rq_and_shared_limits(monkeypatch, tmp_path):
     settings = get_state(create_app({"TESTING": True})).settings
     assert settings.scheduler == "rq"
     assert settings.rate_limit_storage_url == "redis://127.0.0.1:6379/9"
+
+
+def test_the_browsers_favicon_request_finds_an_icon(app):
+    with app.test_client().get("/favicon.ico") as response:
+        assert response.status_code == 200
+        assert response.mimetype == "image/svg+xml"

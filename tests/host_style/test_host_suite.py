@@ -36,3 +36,25 @@ def test_the_agent_answers_a_signed_webhook_and_the_outbox_has_it(sms_phone):
 
 def test_timers_run_from_a_plain_test_function():
     assert polysms.run_due_timers() == 0
+
+
+def test_reset_between_tests_starts_from_nothing(client, polysms_tenant):
+    from datetime import datetime, timedelta, timezone
+
+    from freezegun import freeze_time
+
+    from flask_polysms.testing import reset
+
+    with freeze_time(datetime.now(timezone.utc)) as clock:
+        sent = client.post(
+            "/v1/outbound-sms",
+            json={"user_number": USER, "message": "Hello"},
+            headers=polysms_tenant.headers,
+        )
+        assert sent.status_code == 202 and polysms.outbox
+        reset(client.application)
+        assert polysms.outbox == []
+        # The tenant is gone with its tables, and so is the session's waiting timer.
+        assert client.get("/v1/senders", headers=polysms_tenant.headers).status_code == 401
+        clock.tick(timedelta(hours=25))
+        assert polysms.run_due_timers() == 0
