@@ -195,7 +195,8 @@ class Store(ABC):
 
     #: URL schemes this backend serves (used by the backend registry).
     schemes: tuple[str, ...] = ()
-    #: Whether init_app creates the schema (embedded stores); server databases use `init-db`.
+    #: Whether init_app creates or upgrades the schema (embedded stores); server databases use
+    #: `flask polysms db upgrade` (or `init-db`), and init_app only checks they are not newer.
     creates_schema_on_start: bool = False
     #: Exceptions meaning the storage cannot be reached right now (a dropped connection): the API
     #: answers them with 503 and a detail, and the next request connects again.
