@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import peewee as pw
 import pytest
 from flask import Flask
 from playhouse.migrations import Migration
@@ -187,7 +188,6 @@ def describe(store, prefix: str) -> dict[str, Any]:
     default, collation) and indexes (columns, unique), with the prefix written as ``<p>``, so
     that two prefixes in one database compare."""
     db = store.database
-    dialect = type(db).__mro__
     history = prefix + HISTORY_TABLE
     tables = sorted(t for t in db.get_tables() if t.startswith(prefix) and t != history)
 
@@ -196,7 +196,7 @@ def describe(store, prefix: str) -> dict[str, Any]:
 
     described: dict[str, Any] = {}
     for table in tables:
-        if any(cls.__name__ == "SqliteDatabase" for cls in dialect):
+        if isinstance(db, pw.SqliteDatabase):
             columns = {
                 row[1]: row[2:]
                 for row in db.execute_sql(f'PRAGMA table_info("{table}")').fetchall()
@@ -211,7 +211,7 @@ def describe(store, prefix: str) -> dict[str, Any]:
                 ).fetchone()[0]
                 indexes[plain(name)] = (unique, origin, partial, [p[2] for p in parts], plain(sql))
             options = None
-        elif any(cls.__name__ == "PostgresqlDatabase" for cls in dialect):
+        elif isinstance(db, pw.PostgresqlDatabase):
             columns = {
                 row[0]: tuple(plain(value) for value in row[1:])
                 for row in db.execute_sql(
