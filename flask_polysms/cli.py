@@ -230,11 +230,12 @@ def sweep_command() -> None:
 )
 @click.option("--burst", is_flag=True, help="stop when the queue is empty")
 def worker(simple: bool, burst: bool) -> None:
-    """Run an RQ worker with its scheduler, every job in this app's context."""
-    from rq import SimpleWorker, Worker
+    """Run an RQ worker with its scheduler, every job in this app's context.
 
+    Its exit takes seconds, also with --burst, and its scheduler process ends with it.
+    """
     from .jobs import set_worker_app
-    from .schedulers import RQScheduler
+    from .schedulers import RQScheduler, worker_class
 
     state = _state()
     if not isinstance(state.scheduler, RQScheduler):
@@ -247,9 +248,10 @@ def worker(simple: bool, burst: bool) -> None:
         from .jobs import preload
 
         preload()  # once here, not once per work horse (~0.5 s each)
-    worker_class = SimpleWorker if simple else Worker
     queue = state.scheduler.queue
-    w = worker_class([queue], connection=state.scheduler.connection, serializer=queue.serializer)
+    w = worker_class(fork=not simple)(
+        [queue], connection=state.scheduler.connection, serializer=queue.serializer
+    )
     w.work(with_scheduler=True, burst=burst)
 
 
