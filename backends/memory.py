@@ -538,6 +538,34 @@ class MemoryStore(Store):
                     result.setdefault(day, {})[name] = value
             return result
 
+    def metric_totals(self, names: Sequence[str]) -> dict[str, int]:
+        with self._lock:
+            totals = dict.fromkeys(names, 0)
+            for (_, _, _, name), value in self._metrics.items():
+                if name in totals:
+                    totals[name] += value
+            return totals
+
+    def oldest_unsent_at(self, now: datetime) -> datetime | None:
+        with self._lock:
+            return min(
+                (
+                    m.created_at
+                    for m in self._messages.values()
+                    if m.direction == OUTBOUND and m.status in (QUEUED, SENDING)
+                ),
+                default=None,
+            )
+
+    def count_due_sessions(self, now: datetime, cap: int = 10_000) -> int:
+        with self._lock:
+            due = sum(
+                1
+                for s in self._sessions.values()
+                if s.state != CLOSED and s.deadline_at is not None and s.deadline_at <= now
+            )
+            return min(due, cap)
+
     # -- inbound abuse blocks ---------------------------------------------------------------------
     def block_number(self, project_id: str, number: str, until: datetime, reason: str) -> None:
         with self._lock:

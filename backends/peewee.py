@@ -287,6 +287,10 @@ def _build_models(database: pw.Database, prefix: str) -> SimpleNamespace:
         max_attempts = pw.IntegerField()
         template = pw.TextField(null=True)
         drop_reason = pw.TextField(null=True)
+        # The last failed send attempt (migration 0003), kept after a successful retry.
+        last_error_code = pw.IntegerField(null=True)
+        last_error_message = pw.TextField(null=True)
+        last_error_at = UTCDateTimeField(null=True)
 
         class Meta:
             table_name = prefix + "message"
@@ -2196,6 +2200,45 @@ class PeeweeStore(Store):
         for row in query.dicts():
             result.setdefault(row["day"], {})[row["name"]] = int(row["value"])
         return result
+
+    # -- operations: what the Prometheus endpoint reads ------------------------------------------
+    def metric_totals(self, names: Sequence[str]) -> dict[str, int]:
+        # One grouped scan of the counter table (a row per project, environment, day and name).
+        M = self._m.Metric
+        totals = dict.fromkeys(names, 0)
+        if not totals:
+            return totals
+        query = (
+            M.select(M.name, pw.fn.SUM(M.value).alias("total"))
+            .where(M.name.in_(list(totals)))
+            .group_by(M.name)
+        )
+        for row in query.dicts():
+            totals[row["name"]] = int(row["total"] or 0)
+        return totals
+
+    def oldest_unsent_at(self, now: datetime) -> datetime | None:
+        # The waiting rows are found through the (status, updated_at) index.
+        M = self._m.Message
+        query = M.select(pw.fn.MIN(M.created_at).alias("oldest")).where(
+            M.status.in_([QUEUED, SENDING]) & (M.direction == OUTBOUND)
+        )
+        oldest = query.scalar()
+        return None if oldest is None else M.created_at.python_value(oldest)
+
+    def count_due_sessions(self, now: datetime, cap: int = 10_000) -> int:
+        S = self._m.Session
+        due = (
+            S.select(S.seq)
+            .where(
+                # "state != closed" as two ranges, so that the (state, deadline) index serves it.
+                ((S.state < CLOSED) | (S.state > CLOSED))
+                & S.deadline_at.is_null(False)
+                & (S.deadline_at <= now)
+            )
+            .limit(cap)
+        )
+        return due.count()
 
     # -- inbound abuse blocks ---------------------------------------------------------------------
     def block_number(self, project_id: str, number: str, until: datetime, reason: str) -> None:

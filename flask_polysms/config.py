@@ -116,6 +116,12 @@ def _mount_path(*, empty: bool) -> Callable[[str, Any], str]:
     return check
 
 
+def _optional_mount_path(key: str, value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    return _mount_path(empty=False)(key, value)
+
+
 def _http_url(key: str, value: Any) -> str | None:
     value = _optional_text(key, value)
     if value is not None and not value.startswith(("http://", "https://")):
@@ -216,6 +222,9 @@ KEYS: tuple[Key, ...] = (
     Key("HEALTH_ROUTES", True, _flag,
         "serve `/healthz` and `/readyz` (under `POLYSMS_URL_PREFIX`); off when the host has its "
         "own"),
+    Key("METRICS_ENDPOINT", None, _optional_mount_path,
+        "serve Prometheus metrics at this path, e.g. `/metrics` (under `POLYSMS_URL_PREFIX`, "
+        "unauthenticated; needs the `metrics` extra); off when None"),
     Key("DASHBOARD", False, _flag, "serve the dashboard"),
     Key("DASHBOARD_URL", "/dashboard", _mount_path(empty=False),
         "where the dashboard is mounted, under `POLYSMS_URL_PREFIX`"),

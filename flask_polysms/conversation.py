@@ -30,6 +30,21 @@ def message_dict(message: Message) -> dict[str, Any]:
         "encoding": message.encoding,
         "template": message.template,
         "created_at": message.created_at,
+        "attempts": message.attempts,
+        "last_error": last_error(message),
+    }
+
+
+def last_error(message: Message) -> dict[str, Any] | None:
+    """The message's last failed send attempt as ``{"code", "message", "at"}`` (``code`` None
+    for a timeout or a failure before Twilio was called), None when no attempt failed. Kept
+    after a later attempt succeeded."""
+    if message.last_error_at is None:
+        return None
+    return {
+        "code": message.last_error_code,
+        "message": message.last_error_message,
+        "at": message.last_error_at,
     }
 
 

@@ -43,12 +43,16 @@ class SendResult:
 
 
 class GatewayError(Exception):
-    """A send failed; ``retryable`` says whether trying again can help."""
+    """A send failed; ``retryable`` says whether trying again can help, ``timed_out`` whether
+    Twilio did not answer in time (the outcome of the send is then unknown)."""
 
-    def __init__(self, message: str, *, code: int | None, retryable: bool) -> None:
+    def __init__(
+        self, message: str, *, code: int | None, retryable: bool, timed_out: bool = False
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.retryable = retryable
+        self.timed_out = timed_out
 
 
 def classify_twilio_error(exc: Exception) -> GatewayError:
@@ -62,7 +66,8 @@ def classify_twilio_error(exc: Exception) -> GatewayError:
         return GatewayError(exc.msg or str(exc), code=code or status or None, retryable=retryable)
     if isinstance(exc, (requests.Timeout, requests.ConnectionError)):
         reason = f"Twilio did not answer: {type(exc).__name__}"
-        return GatewayError(reason, code=None, retryable=True)
+        timed_out = isinstance(exc, requests.Timeout)
+        return GatewayError(reason, code=None, retryable=True, timed_out=timed_out)
     return GatewayError(f"Twilio client error: {exc}", code=None, retryable=False)
 
 

@@ -174,6 +174,12 @@ class Message:
     template: str | None = None
     # Why an inbound message was not handed on (opted_out, rate_limited, duplicate_text...).
     drop_reason: str | None = None
+    # The last failed send attempt: Twilio's code (None for a timeout or a failure before any
+    # call), its text and when. Kept when a later attempt succeeds, unlike ``error_code``,
+    # which describes the message's current status.
+    last_error_code: int | None = None
+    last_error_message: str | None = None
+    last_error_at: datetime | None = None
 
 
 @dataclass

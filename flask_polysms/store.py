@@ -17,6 +17,7 @@ from datetime import date, datetime
 from typing import Any, TypeVar
 
 from .records import (
+    OUTBOUND,
     QUEUED,
     SENDING,
     SENT,
@@ -622,6 +623,32 @@ class Store(ABC):
         self, project_id: str, environment: str, start: date, end: date
     ) -> dict[date, dict[str, int]]:
         """Counters per day for ``start`` <= day <= ``end``; days without data are absent."""
+
+    # -- operations: what the Prometheus endpoint reads ------------------------------------------
+    def metric_totals(self, names: Sequence[str]) -> dict[str, int]:
+        """Each daily counter of ``names`` summed over every project, environment and day (0 for
+        a name never counted): cumulative figures, the same whichever process asks. No method of
+        the contract lists every project, so there is no default: a backend that does not
+        implement it raises NotImplementedError, and the endpoint leaves these figures out."""
+        raise NotImplementedError(f"{type(self).__name__} cannot total every project's counters")
+
+    def oldest_unsent_at(self, now: datetime) -> datetime | None:
+        """When the oldest outbound message still waiting to go out (``queued`` or ``sending``,
+        retries included) was recorded; None when none waits. This default looks among the 500
+        waiting messages :meth:`stuck_messages` returns first (least recently updated), so with
+        more waiting it may miss an older one; the built-in backends ask for the minimum."""
+        waiting = [
+            m.created_at
+            for m in self.stuck_messages(now)
+            if m.direction == OUTBOUND and m.status in (QUEUED, SENDING)
+        ]
+        return min(waiting, default=None)
+
+    def count_due_sessions(self, now: datetime, cap: int = 10_000) -> int:
+        """How many sessions not closed have a deadline at or before ``now`` (timers due and not
+        fired yet), counting up to ``cap``. This default counts :meth:`due_sessions`; the
+        built-in backends count in the database."""
+        return len(self.due_sessions(now, limit=cap))
 
     # -- inbound abuse blocks ---------------------------------------------------------------------
     @abstractmethod

@@ -268,7 +268,17 @@ class CommonErrorResponses(BasePlugin):
 
 def register_api(app: Flask, state: PolySMSState) -> None:
     """Mount every blueprint on ``app`` and serve the OpenAPI document and its browsable view."""
-    from . import conversations, docs, health, metrics, outbound, senders, templates, webhooks
+    from . import (
+        conversations,
+        docs,
+        health,
+        metrics,
+        outbound,
+        prometheus,
+        senders,
+        templates,
+        webhooks,
+    )
 
     prefix = state.settings.url_prefix
     config = app.config
@@ -306,4 +316,5 @@ def register_api(app: Flask, state: PolySMSState) -> None:
     app.register_blueprint(docs.bp, url_prefix=f"{prefix}/v1")
     if state.settings.health_routes:
         app.register_blueprint(health.bp, url_prefix=prefix or None)
+    prometheus.register_metrics(app, state)  # POLYSMS_METRICS_ENDPOINT; times the webhooks
     register_routing_errors(app, prefix + "/v1")

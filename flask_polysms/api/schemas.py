@@ -18,6 +18,14 @@ class E164(ma.fields.String):
             raise ma.ValidationError(str(exc)) from exc
 
 
+class LastErrorSchema(ma.Schema):
+    code = ma.fields.Integer(
+        allow_none=True, metadata={"description": "Twilio's error code; null for a timeout"}
+    )
+    message = ma.fields.String(allow_none=True)
+    at = ma.fields.DateTime()
+
+
 class MessageSchema(ma.Schema):
     id = ma.fields.String()
     direction = ma.fields.String(metadata={"enum": ["outbound", "inbound"]})
@@ -34,6 +42,12 @@ class MessageSchema(ma.Schema):
     template = ma.fields.String(allow_none=True)
     drop_reason = ma.fields.String(allow_none=True)
     created_at = ma.fields.DateTime()
+    attempts = ma.fields.Integer(metadata={"description": "sends tried"})
+    last_error = ma.fields.Nested(
+        LastErrorSchema,
+        allow_none=True,
+        metadata={"description": "the last failed send attempt, kept after a successful retry"},
+    )
 
 
 class SmsSendSchema(ma.Schema):
