@@ -190,17 +190,22 @@ class Demo:
             # `flask polysms demo` then prints a curl for this server, not for port 5000.
             write_private_file(Path(app.instance_path) / SERVED_URL_FILE, self.public_url + "\n")
         if announcing():
-            click.echo(self.instructions(record, state.settings.url_prefix), err=True)
+            click.echo(
+                self.instructions(record, state.settings.url_prefix, state.settings.dashboard_url),
+                err=True,
+            )
         return record
 
-    def instructions(self, record: dict, url_prefix: str = "") -> str:
+    def instructions(
+        self, record: dict, url_prefix: str = "", dashboard_url: str = "/dashboard"
+    ) -> str:
         """The banner: where things are, the demo's credentials and a working curl."""
         return "\n".join(
             [
                 "",
                 "flask-polysms demo (embedded: SQLite, thread scheduler, local Twilio emulator)",
                 f"  Twilio emulator: {self.emulator.base_url}",
-                f"  Dashboard:       {self.public_url}{url_prefix}/dashboard  "
+                f"  Dashboard:       {self.public_url}{url_prefix}{dashboard_url}/  "
                 f"(API key and connector below; the phone simulator is there)",
                 f"  API key:         {record['api_key']}",
                 f"  Connector:       {record['connector_id']}",
