@@ -20,7 +20,7 @@ import pytest
 import requests
 from flask import Flask, request
 
-from flask_polysms.api import Parser
+from flask_polysms.api.blueprint import Parser
 from flask_polysms.backends import create_store
 from flask_polysms.crypto import hash_api_key
 from flask_polysms.errors import InvalidInput

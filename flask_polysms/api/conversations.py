@@ -9,7 +9,9 @@ from .. import conversation_reads
 from ..cursors import MAX_CURSOR_LENGTH
 from ..extension import get_state
 from ..records import Session
-from . import AUTH_PARAMETERS, Blueprint, ErrorSchema, authenticated
+from .auth import AUTH_PARAMETERS, authenticated
+from .blueprint import Blueprint
+from .errors import ErrorSchema
 from .schemas import E164, ConversationSchema
 
 URL_PREFIX = "/v1/conversations"

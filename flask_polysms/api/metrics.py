@@ -10,7 +10,9 @@ from ..clock import utcnow
 from ..errors import InvalidInput
 from ..extension import get_state
 from ..metrics import summarise
-from . import AUTH_PARAMETERS, Blueprint, ErrorSchema, authenticated
+from .auth import AUTH_PARAMETERS, authenticated
+from .blueprint import Blueprint
+from .errors import ErrorSchema
 
 URL_PREFIX = "/v1/sms"
 MAX_DAYS = 366

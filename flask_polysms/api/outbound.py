@@ -7,7 +7,10 @@ from flask import request
 
 from ..extension import get_state
 from ..outbound import start_outbound
-from . import AUTH_PARAMETERS, Blueprint, ErrorSchema, authenticated, conversations
+from . import conversations
+from .auth import AUTH_PARAMETERS, authenticated
+from .blueprint import Blueprint
+from .errors import ErrorSchema
 from .schemas import E164
 
 URL_PREFIX = "/v1"

@@ -22,7 +22,9 @@ from ..senders import (
     sender_dict,
     set_registration,
 )
-from . import AUTH_PARAMETERS, Blueprint, ErrorSchema, authenticated
+from .auth import AUTH_PARAMETERS, authenticated
+from .blueprint import Blueprint
+from .errors import ErrorSchema
 
 URL_PREFIX = "/v1/senders"
 

@@ -18,7 +18,9 @@ from ..extension import get_state
 from ..phone import MESSAGING_SERVICE_SID_PATTERN
 from ..records import Template
 from ..tenancy import Tenant
-from . import AUTH_PARAMETERS, Blueprint, ErrorSchema, authenticated
+from .auth import AUTH_PARAMETERS, authenticated
+from .blueprint import Blueprint
+from .errors import ErrorSchema
 
 URL_PREFIX = "/v1/sms-templates"
 

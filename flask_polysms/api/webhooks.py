@@ -10,7 +10,8 @@ from ..errors import Forbidden, InvalidInput
 from ..extension import get_state
 from ..inbound import handle_inbound, handle_status
 from ..records import Project
-from . import Blueprint, ErrorSchema
+from .blueprint import Blueprint
+from .errors import ErrorSchema
 
 URL_PREFIX = "/v1/twilio"
 
