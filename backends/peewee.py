@@ -1009,7 +1009,7 @@ class PeeweeStore(Store):
             self._db.close()
 
     def disconnect(self) -> None:
-        """Close every connection, pooled idle ones too (before a fork: PITFALLS)."""
+        """Close every connection, pooled idle ones too (before a fork)."""
         self.close()
         if isinstance(self._db, PooledDatabase):
             self._db.close_all()

@@ -241,7 +241,7 @@ def worker(simple: bool, burst: bool) -> None:
     if not isinstance(state.scheduler, RQScheduler):
         raise click.ClickException("the worker needs POLYSMS_SCHEDULER = 'rq'")
     set_worker_app(current_app._get_current_object())
-    # Never carry a database connection across the fork of a work-horse (PITFALLS): pooled
+    # Never carry a database connection across the fork of a work-horse: pooled
     # idle ones included. SimpleWorker jobs then share one pooled connection, job after job.
     state.store.disconnect()
     if not simple:

@@ -1,6 +1,6 @@
 """What a caller may read of conversations: one conversation, a page of them, and their JSON.
 
-A connector's environment scopes conversations and their messages (DESIGN §7.9): a conversation
+A connector's environment scopes conversations and their messages: a conversation
 of another environment, like one of another project, is not found (404, as if absent), and a list
 filter naming another environment is a 400. The API and the dashboard read through here, so both
 are scoped alike; a route that acts on a conversation (a send, an operator action) finds it with

@@ -2,7 +2,7 @@
 
 RQ imports ``run_job`` by its dotted path in the worker process; the worker command sets the app
 with :func:`set_worker_app`. Each job re-reads what it needs from the Store, so a job that runs
-twice (RQ can, see PITFALLS) or late does nothing wrong.
+twice (RQ can) or late does nothing wrong.
 """
 
 from __future__ import annotations

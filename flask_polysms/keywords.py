@@ -1,4 +1,4 @@
-"""The SMS compliance keywords (STOP, START, HELP) and their default replies (DESIGN section 4.1).
+"""The SMS compliance keywords (STOP, START, HELP) and their default replies.
 
 Pure functions, no I/O. A message is a keyword only when the WHOLE message, normalised, is one of
 the listed words: ``"stop"``, ``" Stop! "`` and ``"STOP."`` are; ``"STOP!!"``, ``"STOP PLEASE"``,

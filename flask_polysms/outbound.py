@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 def choose_agent_number(
     state: PolySMSState, tenant: Tenant, user_number: str, requested: str | None
 ) -> Sender:
-    """The sender for a new outbound conversation (DESIGN §3.1, number selection)."""
+    """The sender for a new outbound conversation (number selection)."""
     if tenant.senders_for is not None and tenant.senders_for[0] == user_number:
         _, provisioned, previous = tenant.senders_for  # read with the credentials
     else:

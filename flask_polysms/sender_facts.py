@@ -84,14 +84,14 @@ _SATISFIED_BY = {
     REQ_SENDER_ID_REGISTRATION: {REGISTERED},
 }
 
-# The A2P 10DLC area: US long codes and those of the territories on the US carriers' networks
-# (PITFALLS.md). Canada is not in it: see the module docstring.
+# The A2P 10DLC area: US long codes and those of the territories on the US carriers' networks.
+# Canada is not in it: see the module docstring.
 TEN_DLC_REGIONS = frozenset({"US", "PR", "VI", "GU", "AS"})
 # Where toll-free numbers are SMS senders, and need verification. phonenumbers reports every
 # North American toll-free number as "US": both are listed because a record may say "CA".
 TOLL_FREE_VERIFICATION_REGIONS = frozenset({"US", "CA"})
 
-# Twilio queues a US/CA long code at 1 MPS until a 10DLC campaign raises it (DESIGN.md §4.5).
+# Twilio queues a US/CA long code at 1 MPS until a 10DLC campaign raises it.
 UNREGISTERED_LONG_CODE_MPS = 1
 
 # Used with fullmatch ($ alone also matches before a trailing newline); ASCII: \d would take

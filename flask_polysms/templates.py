@@ -1,4 +1,4 @@
-"""SMS templates (DESIGN §3.3): validation, create/read/update/delete, duplicate, preview, send.
+"""SMS templates: validation, create/read/update/delete, duplicate, preview, send.
 
 A template belongs to one project. Its fields:
 

@@ -1,4 +1,4 @@
-"""Helpers for the host app's own tests (public: DESIGN §5).
+"""Helpers for the host app's own tests (public).
 
 ``provision`` sets up a whole tenant in one call, ``sign_twilio_request`` signs a webhook the way
 Twilio does, and ``TwilioEmulator`` is the local Twilio Messages API.

@@ -1,4 +1,4 @@
-"""Template tokens (DESIGN section 3.3): parse a template body and fill it in.
+"""Template tokens: parse a template body and fill it in.
 
 Three kinds of token, each naming one value:
 

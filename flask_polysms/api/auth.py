@@ -39,7 +39,7 @@ def _body_number(field: str) -> str | None:
 
 
 def authenticated(view=None, *, senders_for_body_field: str | None = None):
-    """Authenticate before the view (401/403/404 per DESIGN §3.1), count the request against
+    """Authenticate before the view (401, 400, 404 or 403, in that order), count the request against
     the project's ``POLYSMS_READ_RATE_LIMIT`` (429 with ``Retry-After`` when over it), and pass
     the Tenant.
 

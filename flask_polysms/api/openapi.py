@@ -12,7 +12,7 @@ class CommonErrorResponses(BasePlugin):
     decorators did not: so a client (or a fuzzer) finds each status it can get in the document.
 
     Every route: 400 (e.g. NUL characters), 413 (body cap), 503 (database unavailable).
-    Authenticated routes: 401, 403 and 404 (the API key and connector rules of DESIGN section 3.1)
+    Authenticated routes: 401, 403 and 404 (the API key and connector rules)
     and 429 (the project's request budget).
     """
 

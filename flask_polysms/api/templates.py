@@ -1,4 +1,4 @@
-"""``/v1/sms-templates``: a project's SMS templates (DESIGN §3.3).
+"""``/v1/sms-templates``: a project's SMS templates.
 
 The rules live in :mod:`flask_polysms.templates`; this module only parses, authenticates, calls the
 service and answers. The schemas repeat the form rules (lengths, tokens, sender form) so that the
