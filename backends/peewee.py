@@ -67,7 +67,6 @@ from flask_polysms.store import (
     SendClaim,
     StaleVersion,
     Store,
-    authorises,
     check_cursor,
 )
 
@@ -1303,63 +1302,6 @@ class PeeweeStore(Store):
             return None, None, None
         key, connector, project = (_prefixed_record(rows[0], *part) for part in parts)
         return key, connector, project
-
-    def get_credentials_and_senders(
-        self, key_hash: str, connector_id: str | None, user_number: str
-    ) -> tuple[
-        ApiKey | None,
-        Connector | None,
-        Project | None,
-        tuple[list[Sender], str | None] | None,
-    ]:
-        """One query: the credentials, and one row per sender of the connector's environment
-        (outer-joined only when the key is live and its account owns the project), each row
-        carrying the user's last agent number."""
-        K, C, P, S, Sn = (
-            self._m.ApiKey,
-            self._m.Connector,
-            self._m.Project,
-            self._m.Sender,
-            self._m.Session,
-        )
-        parts = self._credential_parts()
-        sender_part = ("s_", S, Sender)
-
-        def build(param: Callable[[int], pw.Value]) -> Any:
-            previous = (
-                Sn.select(Sn.agent_number)
-                .where(
-                    (Sn.project_id == C.project_id)
-                    & (Sn.environment == C.environment)
-                    & (Sn.user_number == param(2))
-                )
-                .order_by(Sn.seq.desc())
-                .limit(1)
-            )
-            authorised = (
-                (S.project_id == P.id)
-                & (S.environment == C.environment)
-                & (P.account_id == K.account_id)
-                & K.revoked_at.is_null()
-            )
-            return (
-                self._credentials_select(param, (*parts, sender_part), previous.alias("previous"))
-                .join(S, pw.JOIN.LEFT_OUTER, on=authorised)
-                .order_by(K.created_at, K.id, S.created_at, S.address)
-            )
-
-        rows = self._prefixed_rows(
-            "get_credentials_and_senders", build, [key_hash, connector_id or "", user_number]
-        )
-        if not rows:
-            return None, None, None, None
-        first_key = rows[0]["k_id"]
-        rows = [row for row in rows if row["k_id"] == first_key]  # the first key's rows only
-        key, connector, project = (_prefixed_record(rows[0], *part) for part in parts)
-        if not authorises(key, connector, project):
-            return key, connector, project, None
-        senders = [_prefixed_record(row, *sender_part) for row in rows if row["s_id"] is not None]
-        return key, connector, project, (senders, rows[0]["previous"])
 
     def _prefixed_rows(self, name: Any, build: Callable, args: list[Any]) -> list[dict[str, Any]]:
         """The rows of a compiled statement as dicts of database values by column name."""

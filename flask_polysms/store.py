@@ -36,6 +36,8 @@ from .records import (
 T = TypeVar("T")
 
 
+from .authorisation import authorises  # noqa: E402,F401 - the rule, re-exported for backends
+
 log = logging.getLogger("flask_polysms.store")
 
 
@@ -179,18 +181,6 @@ def check_cursor(cursor: str | None) -> str | None:
     return cursor
 
 
-def authorises(key: ApiKey | None, connector: Connector | None, project: Project | None) -> bool:
-    """Whether credentials let a request in: a live key of the account owning the connector's
-    project (what :meth:`Store.get_credentials_and_senders` reads senders for)."""
-    return (
-        key is not None
-        and key.revoked_at is None
-        and connector is not None
-        and project is not None
-        and project.account_id == key.account_id
-    )
-
-
 class Store(ABC):
     """Persistence for accounts, projects, sessions, messages, templates, opt-outs and metrics."""
 
@@ -291,24 +281,6 @@ class Store(ABC):
         connector = self.get_connector(connector_id)
         project = self.get_project(connector.project_id) if connector is not None else None
         return key, connector, project
-
-    def get_credentials_and_senders(
-        self, key_hash: str, connector_id: str | None, user_number: str
-    ) -> tuple[
-        ApiKey | None,
-        Connector | None,
-        Project | None,
-        tuple[list[Sender], str | None] | None,
-    ]:
-        """:meth:`get_credentials` and, when they authorise the request (a live key of the
-        account owning the connector's project), :meth:`senders_for_user` for the connector's
-        environment and ``user_number``; else None in their place. What an outbound request
-        reads before it writes; a backend may answer in one round trip."""
-        key, connector, project = self.get_credentials(key_hash, connector_id)
-        if not authorises(key, connector, project):
-            return key, connector, project, None
-        senders = self.senders_for_user(project.id, connector.environment, user_number)
-        return key, connector, project, senders
 
     @abstractmethod
     def revoke_api_key(self, key_id: str, at: datetime) -> bool:

@@ -245,10 +245,12 @@ def test_every_prepared_statement_finds_its_rows_by_key_in_a_generic_plan(
         checked.close()
 
 
-def test_an_outbound_request_is_two_messages(make_sms, fresh_postgres_url):
-    """Credentials, senders and the user's last number in one message; the session, its greeting
-    and the counter in the other. The number the user knows is still the one chosen. (The
-    testing scheduler then runs the send job inline: its messages come after the commit.)"""
+def test_an_outbound_request_reads_its_credentials_from_the_headers_alone(
+    make_sms, fresh_postgres_url
+):
+    """The credentials are read alone (authentication reads the headers only), then the senders
+    and the user's last number; the writes follow in one transaction. The number the user knows
+    is still the one chosen."""
     schema = backends.create_store(fresh_postgres_url)
     schema.create_schema()
     schema.disconnect()
@@ -258,8 +260,12 @@ def test_an_outbound_request_is_two_messages(make_sms, fresh_postgres_url):
 
     again = sms.send_ok(USER, "second")
 
+    shown = [sql[:60] for sql in messages.sent]
+    begun = next(i for i, sql in enumerate(messages.sent) if sql.startswith("BEGIN"))
     committed = next(i for i, sql in enumerate(messages.sent) if sql.endswith("COMMIT"))
-    assert committed == 1, messages.sent
+    # Two reads, each a message of its own: the credentials, then the senders and the user's
+    # last number; the transaction's BEGIN leaves with its first write.
+    assert begun == 2 and begun <= committed, shown
     assert again["agent_number"] == first["agent_number"] == AGENT_NUMBERS[1]
     stored = sms.state.store.get_session(again["conversation_id"])
     assert stored.agent_number == AGENT_NUMBERS[1]

@@ -76,3 +76,35 @@ def test_helpers_outside_a_context_name_the_context_to_push_when_several_apps_ar
 def test_helpers_of_an_object_serving_no_app_say_init_app():
     with pytest.raises(NotConfigured, match="init_app"):
         PolySMS().run_due_timers()
+
+
+def test_one_authorisation_rule_for_the_api_the_dashboard_and_the_store():
+    """The API's refusals, in order, come from the one rule the store and dashboard also use."""
+    from datetime import datetime
+
+    from flask_polysms import authorisation, store
+    from flask_polysms.dashboard import access
+    from flask_polysms.errors import Forbidden, InvalidInput, NotFoundError, Unauthorized
+    from flask_polysms.records import ApiKey, Connector, Project
+
+    at = datetime(2026, 1, 1)
+    key = ApiKey(id="key_1", account_id="acc_1", key_hash="h", prefix="pk_", created_at=at)
+    project = Project(id="prj_1", account_id="acc_1", name="p", created_at=at)
+    connector = Connector(id="con_1", project_id="prj_1", environment="live", created_at=at)
+    other = Project(id="prj_2", account_id="acc_2", name="q", created_at=at)
+    revoked = ApiKey(
+        id="key_2", account_id="acc_1", key_hash="h2", prefix="pk_", created_at=at, revoked_at=at
+    )
+    cases = [
+        ((None, connector, project), Unauthorized),
+        ((revoked, connector, project), Unauthorized),
+        ((key, None, None), NotFoundError),
+        ((key, connector, other), Forbidden),
+    ]
+    for credentials, error in cases:
+        assert isinstance(authorisation.refusal(*credentials), error)
+        assert not authorisation.authorises(*credentials)
+    assert isinstance(authorisation.refusal(key, None, None, connector_named=False), InvalidInput)
+    assert authorisation.refusal(key, connector, project) is None
+    assert store.authorises is authorisation.authorises
+    assert access.authorises is authorisation.authorises

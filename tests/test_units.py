@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pickle
 import zlib
-from datetime import datetime
 from typing import Any
 
 import pytest
@@ -15,7 +14,7 @@ from flask_polysms import PolySMS, get_state
 from flask_polysms import backends as store_backends
 from flask_polysms.clock import utcnow
 from flask_polysms.crypto import hash_api_key
-from flask_polysms.records import Sender, Session, new_id
+from flask_polysms.records import Session, new_id
 from flask_polysms.schedulers import RUN_JOB, JobSerializer
 from flask_polysms.units import unit_of_work
 
@@ -166,75 +165,6 @@ def test_credentials_come_together(store):
     assert (found_key, found_connector, found_project) == (key, connector, project)
     assert store.get_credentials(hash_api_key("pk_secret"), "con_missing") == (key, None, None)
     assert store.get_credentials(hash_api_key("pk_secret"), None) == (key, None, None)
-
-
-def test_credentials_and_senders_come_together_only_when_authorised(store):
-    """get_credentials_and_senders is get_credentials plus senders_for_user for the connector's
-    environment, and reads no senders for a request that authentication refuses."""
-    user = "+14155552671"
-    account = store.create_account("acme")
-    project = store.create_project(account.id, "reminders")
-    live = store.create_connector(project.id, "live")
-    sandbox = store.create_connector(project.id, "sandbox")
-
-    def add_sender(project_id, address, environment, at):
-        store.add_sender(
-            Sender(
-                id=new_id("snd_"),
-                project_id=project_id,
-                environment=environment,
-                address=address,
-                created_at=at,
-            )
-        )
-
-    for address, environment, at in (
-        ("+14155550101", "live", datetime(2026, 1, 1, 10, 0, 1)),
-        ("+14155550100", "live", datetime(2026, 1, 1, 10, 0, 0)),
-        ("+14155550177", "sandbox", datetime(2026, 1, 1, 10, 0, 0)),
-    ):
-        add_sender(project.id, address, environment, at)
-    secret = hash_api_key("pk_secret")
-    key = store.add_api_key(account.id, secret, "pk_secr")
-
-    def both(connector_id, user_number=user, key_hash=secret):
-        return store.get_credentials_and_senders(key_hash, connector_id, user_number)
-
-    assert both(live.id) == (key, live, project, store.senders_for_user(project.id, "live", user))
-    assert [s.address for s in both(live.id)[3][0]] == ["+14155550100", "+14155550101"]
-    assert both(live.id)[3][1] is None
-    now = datetime(2026, 1, 2, 10, 0, 0)
-    for agent, environment in (("+14155550101", "live"), ("+14155550177", "sandbox")):
-        store.create_session(
-            Session(
-                id=new_id("conv_"),
-                project_id=project.id,
-                environment=environment,
-                user_number=user,
-                agent_number=agent,
-                created_at=now,
-                last_activity_at=now,
-            )
-        )
-    assert both(live.id)[3] == (store.list_senders(project.id, "live"), "+14155550101")
-    assert both(sandbox.id)[3] == (store.list_senders(project.id, "sandbox"), "+14155550177")
-    assert both(live.id, "+14155550999")[3][1] is None
-    # A project without senders in the environment: authorised, nothing to choose from.
-    empty = store.create_connector(store.create_project(account.id, "empty").id, "live")
-    assert both(empty.id)[3] == ([], None)
-    # Refused requests read no senders: unknown key, unknown or missing connector, another
-    # account's connector, a revoked key.
-    assert both(live.id, key_hash=hash_api_key("pk_other")) == (None, None, None, None)
-    assert both("con_missing") == (key, None, None, None)
-    assert both(None) == (key, None, None, None)
-    other = store.create_account("other")
-    theirs = store.create_connector(store.create_project(other.id, "theirs").id, "live")
-    add_sender(theirs.project_id, "+14155550188", "live", now)
-    assert both(theirs.id)[3] is None
-    assert both(theirs.id)[:3] == store.get_credentials(secret, theirs.id)
-    store.revoke_api_key(key.id, now)
-    revoked = store.get_api_key(key.id)
-    assert both(live.id) == (revoked, live, project, None)
 
 
 @pytest.mark.services

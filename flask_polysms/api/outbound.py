@@ -36,7 +36,7 @@ class OutboundResponseSchema(ma.Schema):
 
 
 @blp.route("/outbound-sms", methods=["POST"])
-@authenticated(senders_for_body_field="user_number")
+@authenticated
 @blp.doc(parameters=AUTH_PARAMETERS, security=[{"ApiKey": [], "Connector": []}])
 @blp.arguments(OutboundRequestSchema())
 @blp.response(202, OutboundResponseSchema)

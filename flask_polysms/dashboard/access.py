@@ -27,6 +27,7 @@ from flask import Response, g, request, session
 from flask_wtf.csrf import generate_csrf, validate_csrf
 from wtforms import ValidationError
 
+from ..authorisation import authorises
 from ..clock import utcnow
 from ..errors import InvalidInput
 from ..store import DashboardSignIn, Store
@@ -165,16 +166,13 @@ def forget_cached_csrf() -> None:
 
 
 def _load_tenant(store: Store, key_id: object, connector_id: object) -> Tenant | None:
+    """The sign-in's tenant, when the API's own rule still lets its key and connector in."""
     if not isinstance(key_id, str) or not isinstance(connector_id, str):
         return None
     key = store.get_api_key(key_id)
-    if key is None or key.revoked_at is not None:
-        return None
     connector = store.get_connector(connector_id)
-    if connector is None:
-        return None
-    project = store.get_project(connector.project_id)
-    if project is None or project.account_id != key.account_id:
+    project = store.get_project(connector.project_id) if connector is not None else None
+    if not authorises(key, connector, project):
         return None
     return Tenant(
         account_id=key.account_id,
