@@ -29,12 +29,9 @@ def choose_agent_number(
     state: PolySMSState, tenant: Tenant, user_number: str, requested: str | None
 ) -> Sender:
     """The sender for a new outbound conversation (number selection)."""
-    if tenant.senders_for is not None and tenant.senders_for[0] == user_number:
-        _, provisioned, previous = tenant.senders_for  # read with the credentials
-    else:
-        provisioned, previous = state.store.senders_for_user(
-            tenant.project_id, tenant.environment, user_number
-        )
+    provisioned, previous = state.store.senders_for_user(
+        tenant.project_id, tenant.environment, user_number
+    )
     senders = {s.address: s for s in provisioned if s.kind == "number"}
     numbers = list(senders)
     if requested is not None:
