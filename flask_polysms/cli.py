@@ -215,10 +215,12 @@ def rotate_keys() -> None:
 
 @polysms_cli.command("sweep")
 def sweep_command() -> None:
-    """Fire every overdue session timer and re-queue stuck messages."""
-    from .lifecycle import sweep
+    """Fire every overdue session timer and enqueue again the work whose job was lost (or never
+    reached Redis); print what it did. Every worker also sweeps by itself every few seconds."""
+    from .lifecycle import run_sweep
 
-    click.echo(f"{sweep(_state())} timers fired")
+    for line in run_sweep(_state()).lines():
+        click.echo(line)
 
 
 @polysms_cli.command("worker")
@@ -235,7 +237,7 @@ def worker(simple: bool, burst: bool) -> None:
     Its exit takes seconds, also with --burst, and its scheduler process ends with it.
     """
     from .jobs import set_worker_app
-    from .schedulers import RQScheduler, worker_class
+    from .schedulers import RQScheduler, keep_worker, worker_class
 
     state = _state()
     if not isinstance(state.scheduler, RQScheduler):
@@ -252,7 +254,12 @@ def worker(simple: bool, burst: bool) -> None:
     w = worker_class(fork=not simple)(
         [queue], connection=state.scheduler.connection, serializer=queue.serializer
     )
-    w.work(with_scheduler=True, burst=burst)
+    # Reports the worker alive, runs the sweep every few seconds (not in burst mode).
+    keeper = keep_worker(state.scheduler, w, burst=burst)
+    try:
+        w.work(with_scheduler=True, burst=burst)
+    finally:
+        keeper.stop()
 
 
 def _sender_service(func, *args, **kwargs):

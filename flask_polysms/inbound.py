@@ -9,13 +9,13 @@ import re
 from typing import TYPE_CHECKING
 
 from limits import parse
-from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
 from .clock import utcnow
 from .keywords import DEFAULT_REPLIES, classify
 from .lifecycle import new_session, note_activity
 from .metrics import count
+from .rate_limits import StorageOutage, limit_storage
 from .records import (
     DROPPED,
     HANDLED,
@@ -39,19 +39,34 @@ log = logging.getLogger("flask_polysms.inbound")
 
 
 class InboundLimits:
-    """The abuse limits of DESIGN §4.4 on the `limits` library (memory or Redis storage)."""
+    """The inbound abuse limits on the `limits` library (memory or Redis storage).
+
+    They fail open: with their storage down, a message is accepted uncounted and a warning logged
+    (:class:`~flask_polysms.rate_limits.StorageOutage`); accepting needs the database only.
+    """
 
     def __init__(self, state: PolySMSState) -> None:
         settings = state.settings
-        self.storage = storage_from_string(settings.rate_limit_storage_url)
+        self.storage = limit_storage(settings.rate_limit_storage_url)
         self.window = MovingWindowRateLimiter(self.storage)
         self.per_sender = parse(settings.inbound_sender_limit)
         self.per_project = parse(settings.inbound_project_limit)
         self.same_text = parse(settings.duplicate_text_limit)
+        self.outage = StorageOutage("inbound limit")
 
     def check(self, project_id: str, number: str, body: str) -> str | None:
-        """The reason to drop this message, or None to accept it."""
+        """The reason to drop this message, or None to accept it (also when the limits' storage
+        cannot be reached)."""
         digest = hashlib.sha256(body.strip().lower().encode("utf-8")).hexdigest()[:16]
+        try:
+            reason = self._hit(project_id, number, digest)
+        except self.storage.base_exceptions as exc:
+            self.outage.failed(exc)
+            return None
+        self.outage.worked()
+        return reason
+
+    def _hit(self, project_id: str, number: str, digest: str) -> str | None:
         if not self.window.hit(self.same_text, "polysms-text", project_id, number, digest):
             return "duplicate_text"
         if not self.window.hit(self.per_sender, "polysms-sender", project_id, number):
@@ -69,7 +84,7 @@ def inbound_limits(state: PolySMSState) -> InboundLimits:
 
 
 def keyword_reply(project: Project, keyword: str) -> str:
-    """The project's reply to a keyword (configurable per project; DESIGN §4.1 defaults)."""
+    """The project's reply to a keyword (configurable per project; the product's by default)."""
     replies = project.settings.get("keyword_replies") or {}
     return replies.get(keyword) or DEFAULT_REPLIES[keyword]
 

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
-from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .clock import utcnow
 from .metrics import count
@@ -26,6 +27,7 @@ from .records import (
     END_INACTIVITY,
     END_UNENGAGED,
     INBOUND,
+    OUTBOUND,
     PROCESSING,
     QUEUED,
     RECEIVED,
@@ -33,8 +35,18 @@ from .records import (
     TIMER_GRACE,
     TIMER_IDLE,
     WARNED,
+    Message,
     Session,
     new_id,
+)
+from .schedulers import (
+    LOST,
+    MISSING,
+    PENDING,
+    RUNNING,
+    UNSURE,
+    agent_job_id,
+    send_job_id,
 )
 from .store import StaleVersion
 from .units import unit_of_work
@@ -43,6 +55,8 @@ if TYPE_CHECKING:
     from .extension import PolySMSState
 
 log = logging.getLogger("flask_polysms.lifecycle")
+
+T = TypeVar("T")
 
 MAX_CAS_TRIES = 20
 SWEEP_BATCH = 50  # timers fired per transaction by the sweep
@@ -257,47 +271,185 @@ def end_session(state: PolySMSState, session_id: str, reason: str) -> Session | 
     return session
 
 
-def reap_stuck_messages(state: PolySMSState) -> int:
-    """Re-queue messages left ``queued`` or ``sending`` (a lost job, a killed worker)."""
+def _retry_due(state: PolySMSState, message: Message) -> datetime:
+    """When a ``queued`` message may be sent: now for a first send, else when the backoff after
+    its last failed attempt runs out."""
+    if message.attempts == 0:
+        return message.updated_at
+    from .sending import retry_delay
+
+    failed_at = message.last_error_at or message.updated_at
+    return failed_at + retry_delay(state, message.attempts)
+
+
+def _expected_job(message: Message) -> str | None:
+    """The id of the job the Store expects for a message waiting for one (None: no job can
+    help, an inbound message outside a session)."""
+    if message.direction == INBOUND:
+        return agent_job_id(message.id) if message.session_id else None
+    if message.status == SENDING:  # the job that claimed it made attempt number `attempts`
+        return send_job_id(message.id, max(0, message.attempts - 1))
+    return send_job_id(message.id, message.attempts)
+
+
+def _enqueue_again(
+    state: PolySMSState,
+    message: Message,
+    stale: tuple[str, ...],
+    now: datetime,
+    at_once: bool = False,
+) -> bool:
+    """Enqueue the job a message waiting for a job (``queued`` or ``received``) needs, under the
+    id the Store expects, discarding ``stale`` jobs of the same work; True when enqueued. A send
+    waits for the end of its retry's backoff unless ``at_once`` (taken back from a dead job:
+    no error to back off from)."""
+    if message.direction == INBOUND:
+        return state.scheduler.requeue(
+            "agent",
+            message.session_id,
+            message.id,
+            job_id=agent_job_id(message.id),
+            stale=stale,
+        )
+    due = now if at_once else _retry_due(state, message)
+    return state.scheduler.requeue(
+        "send",
+        message.id,
+        job_id=send_job_id(message.id, message.attempts),
+        when=due if due > now else None,
+        stale=stale,
+    )
+
+
+def _take_back(state: PolySMSState, message: Message, now: datetime) -> Message | None:
+    """A message whose job died while holding it (``sending``, ``processing``) waits for a job
+    again; None when it moved on meanwhile (its job ended after all, or another sweep took it).
+
+    At least once: a send that died after Twilio accepted it is sent again (DESIGN §4.3 keeps a
+    message rather than lose it), and an agent's turn that died runs again.
+    """
+    waiting = RECEIVED if message.direction == INBOUND else QUEUED
+    return state.store.update_message(
+        message.id, expected_status=message.status, status=waiting, updated_at=now
+    )
+
+
+# A message waiting for its job this long (seconds) is looked up in the broker: the window
+# between a commit and its jobs reaching Redis, with room for a slow Redis.
+LOSS_GRACE = timedelta(seconds=3)
+# Messages looked up per page, and at most per sweep (the next sweep goes on).
+RECOVER_PAGE = 500
+RECOVER_LIMIT = 5000
+
+
+def recover_lost_jobs(state: PolySMSState, report: SweepReport) -> set[str]:
+    """Enqueue again the work whose job the broker lost, never had (Redis was down when it was
+    accepted), or whose worker died: found by asking the broker about each waiting message's
+    job (:meth:`~flask_polysms.schedulers.Scheduler.check_jobs`), so within seconds of the loss,
+    not after POLYSMS_STUCK_AFTER. Counts in ``report``; returns the ids of the messages whose
+    job is waiting or running (the last resort leaves them alone).
+
+    A scheduler that cannot tell (``thread``, ``manual``) leaves everything to the last resort.
+    """
+    verified: set[str] = set()
+    looked_at = 0
+    while looked_at < RECOVER_LIMIT:
+        now = utcnow()
+        page = [
+            m
+            for m in state.store.stuck_messages(now - LOSS_GRACE, limit=RECOVER_PAGE)
+            if m.id not in verified
+        ]
+        expected = {m.id: job for m in page if (job := _expected_job(m)) is not None}
+        if not expected:
+            break
+        verdicts = state.scheduler.check_jobs(expected.values())
+        if verdicts is None:
+            break
+        looked_at += len(page)
+        recovered = 0
+        for message in page:
+            job_id = expected.get(message.id)
+            verdict = verdicts.get(job_id) if job_id else None
+            if verdict in (PENDING, RUNNING):
+                verified.add(message.id)
+                continue
+            holding = message.status in (SENDING, PROCESSING)
+            if verdict is None or verdict == UNSURE or (verdict == MISSING and holding):
+                # Unsure, or running on a worker that has not reported since Redis lost its
+                # keys: ask again at the next sweep (or leave it to the last resort).
+                verified.add(message.id)
+                continue
+            # LOST, or MISSING while nothing holds the message: no job will ever run it.
+            stale = (job_id,) if verdict == LOST else ()
+            if holding:
+                taken = _take_back(state, message, now)
+                if taken is None:
+                    continue
+                message = taken
+            elif (
+                state.store.update_message(
+                    message.id, expected_status=message.status, updated_at=now
+                )
+                is None  # moved on meanwhile; touched, it goes to the end of the next page
+            ):
+                continue
+            if not _enqueue_again(state, message, stale, now, at_once=holding):
+                report.broker_reachable = False
+                return verified
+            recovered += 1
+            inbound = message.direction == INBOUND
+            if holding:
+                log.info(
+                    "message %s: its %s job %s was lost: run again",
+                    message.id,
+                    "agent" if inbound else "send",
+                    job_id,
+                )
+                report.add("turns_rerun" if inbound else "sends_requeued")
+            else:
+                report.add("turns_enqueued" if inbound else "sends_enqueued")
+        if not recovered or len(page) < RECOVER_PAGE:
+            break
+    return verified
+
+
+def reap_stuck_messages(state: PolySMSState, verified: Iterable[str] = ()) -> int:
+    """The last resort: re-queue messages left ``queued``, ``sending``, ``received`` or
+    ``processing`` for POLYSMS_STUCK_AFTER (a lost job the broker could not tell about, a
+    scheduler that keeps jobs in memory), except ``verified`` ones, whose job the broker says
+    is waiting or running."""
     older_than = utcnow() - state.settings.stuck_after
     requeued = 0
     now = utcnow()
+    skip = set(verified)
     for message in state.store.stuck_messages(older_than):
+        if message.id in skip:
+            continue
         if message.status == QUEUED and message.attempts > 0:
             # Waiting for a retry: stuck only once its backoff has also run out.
-            from .sending import retry_delay
-
-            due = message.updated_at + retry_delay(state, message.attempts)
-            if due + state.settings.stuck_after > now:
+            if _retry_due(state, message) + state.settings.stuck_after > now:
                 continue
-        if message.direction == INBOUND:
-            # The agent's turn was lost (a Redis flush, a killed worker): run it again.
-            if message.status == PROCESSING and (
-                state.store.update_message(
-                    message.id, expected_status=PROCESSING, status=RECEIVED, updated_at=utcnow()
-                )
-                is None
-            ):
-                continue
-            if message.status == RECEIVED:
-                state.store.update_message(message.id, expected_status=RECEIVED, updated_at=now)
-            if message.session_id:
-                state.scheduler.enqueue("agent", message.session_id, message.id)
-                requeued += 1
+        if message.direction == INBOUND and not message.session_id:
             continue
-        if message.status == SENDING:
-            # The worker died mid-send; at-least-once: send again rather than lose the message.
-            if (
-                state.store.update_message(
-                    message.id, expected_status=SENDING, status=QUEUED, updated_at=utcnow()
-                )
-                is None
-            ):
+        stale = (_expected_job(message),)
+        if message.status in (SENDING, PROCESSING):
+            # The job died holding it; at-least-once: run it again rather than lose it.
+            taken = _take_back(state, message, utcnow())
+            if taken is None:
                 continue
-        else:
-            state.store.update_message(message.id, expected_status=QUEUED, updated_at=utcnow())
-        state.scheduler.enqueue("send", message.id)
-        requeued += 1
+            message = taken
+        elif (
+            state.store.update_message(
+                message.id, expected_status=message.status, updated_at=utcnow()
+            )
+            is None
+        ):
+            continue
+        if message.direction == OUTBOUND:
+            stale += (send_job_id(message.id, message.attempts),)
+        if _enqueue_again(state, message, tuple(dict.fromkeys(stale)), now, at_once=True):
+            requeued += 1
     return requeued
 
 
@@ -354,14 +506,100 @@ def _fire_due(state: PolySMSState, limit: int = 500) -> int:
     return fired
 
 
-def sweep(state: PolySMSState) -> int:
-    """Fire every overdue deadline and re-queue stuck messages; returns the timers fired.
+@dataclass
+class SweepReport:
+    """What one sweep did (what ``flask polysms sweep`` prints)."""
 
-    Safe to run anywhere, any time, as often as wanted: timers are compare-and-set transitions.
+    #: Session deadlines that had come and were fired (warnings, closes).
+    timers_fired: int = 0
+    #: Queued messages whose send job was not in Redis (never reached it, or lost): enqueued.
+    sends_enqueued: int = 0
+    #: Messages taken back from a send whose worker died or whose job was lost: enqueued again.
+    sends_requeued: int = 0
+    #: Inbound messages whose agent job was not in Redis: enqueued.
+    turns_enqueued: int = 0
+    #: Agent turns whose worker died or whose job was lost: run again.
+    turns_rerun: int = 0
+    #: Messages waiting longer than POLYSMS_STUCK_AFTER that the broker could not account for
+    #: (the last resort): enqueued again.
+    stuck_requeued: int = 0
+    #: Timed jobs (retries, wake-ups) whose time had come, moved to the queue because no RQ
+    #: scheduler held its lock.
+    scheduled_moved: int = 0
+    #: Whether the broker answered (None: the scheduler needs none). Unreachable, only timers
+    #: are fired: nothing could be enqueued.
+    broker_reachable: bool | None = None
+
+    def add(self, field: str, amount: int = 1) -> None:
+        setattr(self, field, getattr(self, field) + amount)
+
+    @property
+    def recovered(self) -> int:
+        """Jobs enqueued again for work that had lost its job."""
+        return (
+            self.sends_enqueued
+            + self.sends_requeued
+            + self.turns_enqueued
+            + self.turns_rerun
+            + self.stuck_requeued
+        )
+
+    def lines(self) -> list[str]:
+        """One line per figure, as ``flask polysms sweep`` prints them."""
+        lines = [
+            f"{self.timers_fired} timers fired",
+            f"{self.sends_enqueued} sends enqueued (queued, their job not in Redis)",
+            f"{self.sends_requeued} sends re-queued (their worker died or their job was lost)",
+            f"{self.turns_enqueued} inbound turns enqueued (their agent job not in Redis)",
+            f"{self.turns_rerun} inbound turns re-run (their worker died or their job was lost)",
+            f"{self.stuck_requeued} messages re-queued after POLYSMS_STUCK_AFTER (last resort)",
+            f"{self.scheduled_moved} due timed jobs moved to the queue (no RQ scheduler running)",
+        ]
+        if self.broker_reachable is False:
+            lines.append("Redis unreachable: nothing could be enqueued; run the sweep again")
+        return lines
+
+
+def run_sweep(state: PolySMSState) -> SweepReport:
+    """Fire every overdue deadline, move due timed jobs nobody moves, enqueue again the work
+    whose job was lost or never enqueued, and re-queue what has waited POLYSMS_STUCK_AFTER.
+
+    Safe to run anywhere, any time, as often as wanted, in several processes at once: timers
+    are compare-and-set transitions, messages are taken back with compare-and-set, and every job
+    checks what it claims.
     """
-    fired = _fire_due(state)
-    reap_stuck_messages(state)
-    return fired
+    report = SweepReport()
+    scheduler = state.scheduler
+    report.broker_reachable = scheduler.broker_available()
+    if report.broker_reachable is not False:
+        report.scheduled_moved = _tolerant(state, report, scheduler.move_due_jobs, 0)
+    report.timers_fired = _fire_due(state)
+    if report.broker_reachable is not False:
+        verified = _tolerant(state, report, lambda: recover_lost_jobs(state, report), set())
+        if report.broker_reachable is not False:
+            report.stuck_requeued = reap_stuck_messages(state, verified)
+    if report.recovered or report.broker_reachable is False:
+        log.warning("sweep: %s", "; ".join(report.lines()))
+    elif report.timers_fired or report.scheduled_moved:
+        log.info("sweep: %s", "; ".join(report.lines()))
+    return report
+
+
+def _tolerant(state: PolySMSState, report: SweepReport, work: Callable[[], T], default: T) -> T:
+    """Run ``work``; Redis going away meanwhile ends this part of the sweep, not the sweep."""
+    try:
+        return work()
+    except Exception as exc:
+        if not state.scheduler.outage(exc):
+            raise
+        log.warning("sweep: Redis unreachable: %s", exc)
+        report.broker_reachable = False
+        return default
+
+
+def sweep(state: PolySMSState) -> int:
+    """:func:`run_sweep`, returning the timers fired (the sweep job; ``run_due_timers``)."""
+    return run_sweep(state).timers_fired
 
 
 def run_due_timers(state: PolySMSState) -> int:

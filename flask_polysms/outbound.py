@@ -95,6 +95,9 @@ def start_outbound(
         session = new_session(
             state, tenant.project_id, tenant.environment, user_number, chosen, metadata
         )
+        # Opted out now: recorded `suppressed` at once (DESIGN §3.1), never queued, so no later
+        # path (a sweep, a retry, a START before the send) can send it.
+        opted_out = state.store.is_opted_out(user_number, chosen)
         message = queue_message(
             state,
             project_id=tenant.project_id,
@@ -104,6 +107,7 @@ def start_outbound(
             body=text,
             to=user_number,
             sender=chosen,
+            suppressed=opted_out,
         )
         return session, message
 

@@ -23,7 +23,7 @@ import time
 import weakref
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -34,6 +34,48 @@ if TYPE_CHECKING:
     from flask import Flask
 
 log = logging.getLogger("flask_polysms.scheduler")
+
+
+# -- job ids ---------------------------------------------------------------------------------------
+# A job that works on one message has an id the Store can name: the sweep asks the broker about
+# exactly that job (is it waiting, running on a live worker, or lost?) instead of waiting
+# POLYSMS_STUCK_AFTER to guess.
+
+
+def send_job_id(message_id: str, attempt: int) -> str:
+    """The id of the job that makes a message's send attempt ``attempt + 1``: ``send-<id>-0``
+    for its first send, ``send-<id>-N`` for the retry after attempt N (what the send job
+    schedules) or the send again after a lost attempt N (what the sweep enqueues)."""
+    return f"send-{message_id}-{attempt}"
+
+
+def agent_job_id(message_id: str) -> str:
+    """The id of the job that runs the agent's turn on one inbound message."""
+    return f"agent-{message_id}"
+
+
+def default_job_id(job: str, args: tuple) -> str | None:
+    """The id of an immediate job enqueued without one: a message's first send, an agent turn."""
+    if job == "send" and len(args) == 1:
+        return send_job_id(args[0], 0)
+    if job == "agent" and len(args) == 2:
+        return agent_job_id(args[1])
+    return None
+
+
+#: What the broker says about a job the Store expects (see :meth:`Scheduler.check_jobs`):
+#: waiting to run (queued, scheduled, deferred);
+PENDING = "pending"
+#: started on a worker known to be alive, or reported running by one;
+RUNNING = "running"
+#: ended (finished, failed, stopped, canceled) or started on a worker that died, or not in the
+#: broker while every live worker has reported what it runs: it will never run;
+LOST = "lost"
+#: not in the broker, and the workers may not all have reported what they run yet (the broker
+#: was emptied moments ago): lost unless a worker is running it;
+MISSING = "missing"
+#: started on a worker the broker knows but this package does not watch: ask again later.
+UNSURE = "unsure"
 
 
 class Scheduler(ABC):
@@ -57,13 +99,15 @@ class Scheduler(ABC):
             raise RuntimeError("the app of this scheduler is gone")
         return app
 
-    def enqueue(self, job: str, *args: Any) -> None:
-        """Run the job as soon as possible."""
+    def enqueue(self, job: str, *args: Any, job_id: str | None = None) -> None:
+        """Run the job as soon as possible; ``job_id`` names it for the broker (RQ), which
+        otherwise names a message's first send and an agent turn itself
+        (:func:`default_job_id`)."""
         held = getattr(self._held, "jobs", None)
         if held is not None:
-            held.append((None, job, args, None))
+            held.append((None, job, args, job_id))
         else:
-            self._enqueue(job, *args)
+            self._enqueue(job, *args, job_id=job_id)
 
     def enqueue_at(self, when: datetime, job: str, *args: Any, job_id: str | None = None) -> None:
         """Run the job at ``when``; a later call with the same ``job_id`` replaces the earlier."""
@@ -97,12 +141,12 @@ class Scheduler(ABC):
     def _hand_over(self, held: list) -> None:
         for when, job, args, job_id in held:
             if when is None:
-                self._enqueue(job, *args)
+                self._enqueue(job, *args, job_id=job_id)
             else:
                 self._enqueue_at(when, job, *args, job_id=job_id)
 
     @abstractmethod
-    def _enqueue(self, job: str, *args: Any) -> None:
+    def _enqueue(self, job: str, *args: Any, job_id: str | None = None) -> None:
         """Run the job as soon as possible (not held)."""
 
     @abstractmethod
@@ -123,8 +167,40 @@ class Scheduler(ABC):
         """Whether the broker this scheduler needs answers now; None when it needs none."""
         return None
 
+    def outage(self, exc: BaseException) -> bool:
+        """Whether ``exc`` means the broker cannot be reached (try again later)."""
+        return False
+
     def forget_pending(self) -> None:  # noqa: B027 - nothing kept by schedulers that hand jobs on
         """Drop the timed jobs kept in this process (between tests)."""
+
+    # -- what the sweep asks (see flask_polysms.lifecycle.run_sweep) ------------------------------
+    def check_jobs(self, job_ids: Iterable[str]) -> dict[str, str] | None:
+        """What the broker says about each job (PENDING, RUNNING, LOST, MISSING or UNSURE);
+        None when this scheduler cannot tell (its jobs live in one process's memory)."""
+        return None
+
+    def requeue(
+        self,
+        job: str,
+        *args: Any,
+        job_id: str,
+        when: datetime | None = None,
+        stale: Iterable[str] = (),
+    ) -> bool:
+        """Enqueue a job again under ``job_id`` (at ``when``, or now), first discarding the
+        ``stale`` jobs the broker still holds for the same work; False when the broker could not
+        be reached (nothing enqueued)."""
+        if when is None:
+            self.enqueue(job, *args, job_id=job_id)
+        else:
+            self.enqueue_at(when, job, *args, job_id=job_id)
+        return True
+
+    def move_due_jobs(self) -> int:
+        """Hand the broker's timed jobs whose time has come to the workers when nothing else
+        does (no broker scheduler holds its lock); how many moved."""
+        return 0
 
     def _run(self, job: str, args: tuple) -> Any:
         from .jobs import run_job_in_app
@@ -143,7 +219,7 @@ class ManualScheduler(Scheduler):
         self._counter = itertools.count()
         self._lock = threading.RLock()
 
-    def _enqueue(self, job: str, *args: Any) -> None:
+    def _enqueue(self, job: str, *args: Any, job_id: str | None = None) -> None:
         self._run(job, args)
 
     def forget_pending(self) -> None:
@@ -206,7 +282,7 @@ class ThreadScheduler(Scheduler):
             heapq.heappush(self._heap, (as_utc(when), seq, key, job, args))
             self._cond.notify()
 
-    def _enqueue(self, job: str, *args: Any) -> None:
+    def _enqueue(self, job: str, *args: Any, job_id: str | None = None) -> None:
         self._push(utcnow(), job, args, None)
 
     def _enqueue_at(self, when: datetime, job: str, *args: Any, job_id: str | None = None) -> None:
@@ -312,20 +388,41 @@ def _description(job: str, args: tuple) -> str:
     return f"polysms {job} {' '.join(map(str, args))}"[:64]
 
 
-class RQScheduler(Scheduler):
-    """Jobs on Redis through RQ; timers through ``enqueue_at`` and the worker's scheduler."""
+#: Seconds to wait for Redis to accept a connection (a URL's own ``socket_connect_timeout``
+#: wins): a Redis host gone from the network costs a request seconds, not the system's minutes.
+REDIS_CONNECT_TIMEOUT = 5.0
+#: The longest the sweep runs apart inside workers (a smaller POLYSMS_SWEEP_INTERVAL wins).
+WORKER_SWEEP_EVERY = 5.0
 
-    def __init__(self, app: Flask, redis_url: str, queue_name: str) -> None:
+
+class RQScheduler(Scheduler):
+    """Jobs on Redis through RQ; timers through ``enqueue_at`` and the worker's scheduler.
+
+    Every ``flask polysms worker`` also runs a :class:`WorkerKeeper` thread: it reports the
+    worker alive and what it runs, moves due timed jobs when no RQ scheduler does, and has the
+    sweep run every few seconds (``sweep_interval``), so work whose job Redis lost is enqueued
+    again within seconds.
+    """
+
+    def __init__(
+        self,
+        app: Flask,
+        redis_url: str,
+        queue_name: str,
+        sweep_interval: float = WORKER_SWEEP_EVERY,
+    ) -> None:
         super().__init__(app)
         from redis import Redis
         from redis.exceptions import ConnectionError as RedisConnectionError
         from redis.exceptions import TimeoutError as RedisTimeoutError
         from rq import Queue
 
-        self.connection = Redis.from_url(redis_url)
+        self.connection = Redis.from_url(redis_url, socket_connect_timeout=REDIS_CONNECT_TIMEOUT)
         # What "Redis unreachable" raises (see _outage_tolerated); imported once, not per job.
         self._outages = (RedisConnectionError, RedisTimeoutError)
         self.queue = Queue(queue_name, connection=self.connection, serializer=JobSerializer)
+        self.sweep_interval = sweep_interval
+        self.keys = KeeperKeys(queue_name)
         # Timed jobs this process has handed to Redis (id -> time), newest last: the shared
         # wake-up of a second is scheduled once, not once per session opened in it.
         self._scheduled: OrderedDict[str, datetime] = OrderedDict()
@@ -354,6 +451,9 @@ class RQScheduler(Scheduler):
         except self._outages:
             return False
 
+    def outage(self, exc: BaseException) -> bool:
+        return isinstance(exc, self._outages)
+
     @contextmanager
     def _outage_tolerated(self, what: str) -> Iterator[None]:
         """Redis unreachable: log and go on instead of failing work already committed.
@@ -367,25 +467,38 @@ class RQScheduler(Scheduler):
         except self._outages as exc:
             log.warning("Redis unreachable, %s not enqueued (the sweep recovers it): %s", what, exc)
 
-    def _enqueue(self, job: str, *args: Any, pipeline: Any = None) -> None:
-        # result_ttl=0: results are never read, and keeping them would cost Redis memory per job.
+    def _enqueue(
+        self, job: str, *args: Any, job_id: str | None = None, pipeline: Any = None
+    ) -> None:
         with self._outage_tolerated(f"job {job}"):
-            self.queue.enqueue(
-                RUN_JOB,
-                job,
-                *args,
-                result_ttl=0,
-                description=_description(job, args),
-                pipeline=pipeline,
-            )
+            self._put(job, args, job_id, pipeline=pipeline)
+
+    def _put(self, job: str, args: tuple, job_id: str | None, **options: Any) -> None:
+        # result_ttl=0: results are never read, and keeping them would cost Redis memory per job.
+        self.queue.enqueue(
+            RUN_JOB,
+            job,
+            *args,
+            job_id=job_id or default_job_id(job, args),
+            result_ttl=0,
+            description=_description(job, args),
+            **options,
+        )
 
     def _enqueue_at(
-        self, when: datetime, job: str, *args: Any, job_id: str | None = None, pipeline: Any = None
+        self,
+        when: datetime,
+        job: str,
+        *args: Any,
+        job_id: str | None = None,
+        pipeline: Any = None,
+        tolerate: bool = True,
     ) -> None:
         if pipeline is None and self._is_scheduled(job_id, when):
             return
         # Aware UTC: RQ reads naive datetimes as the server's local time.
-        with self._outage_tolerated(f"job {job} at {when.isoformat()}"):
+        outage = self._outage_tolerated if tolerate else _raising
+        with outage(f"job {job} at {when.isoformat()}"):
             self.queue.enqueue_at(
                 as_utc(when),
                 RUN_JOB,
@@ -406,7 +519,7 @@ class RQScheduler(Scheduler):
             pipe.multi()  # before the first command: RQ's enqueue calls multi() itself otherwise
             for when, job, args, job_id in held:
                 if when is None:
-                    self._enqueue(job, *args, pipeline=pipe)
+                    self._enqueue(job, *args, job_id=job_id, pipeline=pipe)
                 elif not self._is_scheduled(job_id, when) and (job_id, when) not in timed:
                     self._enqueue_at(when, job, *args, job_id=job_id, pipeline=pipe)
                     if job_id is not None:
@@ -414,6 +527,297 @@ class RQScheduler(Scheduler):
             if pipe.command_stack:
                 pipe.execute()
             self._remember(timed)  # only once Redis has them
+
+    # -- what the sweep asks ----------------------------------------------------------------------
+    def check_jobs(self, job_ids: Iterable[str]) -> dict[str, str]:
+        """What Redis says about each job (see PENDING ... UNSURE), in two round trips at most.
+
+        Liveness comes from the keepers' reports (:class:`WorkerKeeper`), not from RQ's worker
+        records, which outlive a killed worker by minutes. A job RQ marks started on a worker
+        no keeper ever reported is UNSURE while RQ still has that worker, and LOST once RQ has
+        forgotten it.
+        """
+        from rq.job import Job
+        from rq.worker import Worker
+
+        ids = list(dict.fromkeys(job_ids))
+        now = time.time()
+        with self.connection.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hmget(Job.key_for(job_id), "status", "worker_name")
+            pipe.zrange(self.keys.workers, 0, -1, withscores=True)
+            pipe.hgetall(self.keys.running)
+            pipe.get(self.keys.since)
+            *found, beats, running, since = pipe.execute()
+        seen = {_text(name): score for name, score in beats}
+        live = {name for name, at in seen.items() if at >= now - ALIVE_TTL}
+        reported = {
+            job_id
+            for name, jobs in running.items()
+            if _text(name) in live
+            for job_id in _text(jobs).split(",")
+        }
+        # Every live worker has reported since Redis last lost its keys.
+        settled = since is not None and now - float(since) >= ALIVE_TTL
+        verdicts: dict[str, str] = {}
+        unknown: dict[str, str] = {}  # job id -> a worker no keeper reported
+        for job_id, (status, worker) in zip(ids, found, strict=True):
+            status, worker = _text(status), _text(worker)
+            if job_id in reported:
+                verdicts[job_id] = RUNNING
+            elif status is None:
+                verdicts[job_id] = LOST if settled else MISSING
+            elif status in _WAITING_STATUSES:
+                verdicts[job_id] = PENDING
+            elif status != "started":
+                verdicts[job_id] = LOST  # it ended, and its work is still not done
+            elif worker in live:
+                verdicts[job_id] = RUNNING
+            elif worker in seen:
+                verdicts[job_id] = LOST  # its worker stopped reporting: it died
+            elif worker:
+                unknown[job_id] = worker
+            else:
+                verdicts[job_id] = LOST
+        if unknown:
+            prefix = Worker.redis_worker_namespace_prefix
+            with self.connection.pipeline(transaction=False) as pipe:
+                for worker in unknown.values():
+                    pipe.exists(prefix + worker)
+                exists = pipe.execute()
+            for job_id, known in zip(unknown, exists, strict=True):
+                verdicts[job_id] = UNSURE if known else LOST
+        return verdicts
+
+    def requeue(
+        self,
+        job: str,
+        *args: Any,
+        job_id: str,
+        when: datetime | None = None,
+        stale: Iterable[str] = (),
+    ) -> bool:
+        from rq.exceptions import NoSuchJobError
+        from rq.job import Job
+
+        try:
+            for old in stale:
+                try:
+                    # Out of every registry (a dead worker's "started" entry included), so its
+                    # id can be used again and RQ's own clean-up never touches the new job.
+                    Job.fetch(old, connection=self.connection, serializer=JobSerializer).delete()
+                except NoSuchJobError:
+                    # Absent, or a hash RQ cannot read (what a heartbeat racing a job's end
+                    # leaves): nothing of it can run.
+                    self.connection.delete(Job.key_for(old))
+            if when is None:
+                self._put(job, args, job_id)
+            else:
+                with self._scheduled_lock:  # remembered, but Redis lost it: schedule it again
+                    self._scheduled.pop(job_id, None)
+                self._enqueue_at(when, job, *args, job_id=job_id, pipeline=None, tolerate=False)
+        except self._outages as exc:
+            log.warning("Redis unreachable, job %s not enqueued again: %s", job_id, exc)
+            return False
+        return True
+
+    def move_due_jobs(self) -> int:
+        """Move timed jobs whose time has come from RQ's scheduled registry to the queue, as RQ's
+        scheduler does, when no RQ scheduler holds the queue's lock.
+
+        RQ's scheduler process dies with its Redis connection and its worker starts it again
+        only at its next maintenance (10 minutes); a killed worker's lock stops the others'
+        schedulers for a minute. Retries and wake-ups must not wait for either. A short lock of
+        our own keeps two keepers from moving the same jobs at once (a job moved twice runs
+        twice, which every job survives, but costs a run).
+        """
+        from rq.job import Job
+        from rq.registry import ScheduledJobRegistry
+        from rq.scheduler import RQScheduler as RQOwnScheduler
+
+        connection = self.connection
+        if connection.exists(RQOwnScheduler.get_locking_key(self.queue.name)):
+            return 0
+        if not connection.set(self.keys.moving, "1", nx=True, px=int(MOVE_LOCK * 1000)):
+            return 0
+        registry = ScheduledJobRegistry(queue=self.queue)
+        due = registry.get_jobs_to_schedule()
+        if not due:
+            return 0
+        jobs = Job.fetch_many(due, connection=connection, serializer=JobSerializer)
+        with connection.pipeline() as pipe:
+            for job_id, job in zip(due, jobs, strict=True):
+                if job is not None:
+                    self.queue.enqueue_job(job, pipeline=pipe)
+                registry.remove(job_id, pipeline=pipe)
+            pipe.execute()
+        moved = sum(job is not None for job in jobs)
+        if moved:
+            log.info("%d due timed jobs moved to the queue (no RQ scheduler holds its lock)", moved)
+        return moved
+
+    # -- what the keeper does ---------------------------------------------------------------------
+    def beat(self, worker_name: str, running: Iterable[str]) -> None:
+        """Report a worker alive now, and the jobs it runs (see :class:`WorkerKeeper`)."""
+        now = time.time()
+        jobs = ",".join(running)
+        with self.connection.pipeline() as pipe:
+            pipe.zadd(self.keys.workers, {worker_name: now})
+            if jobs:
+                pipe.hset(self.keys.running, worker_name, jobs)
+            else:
+                pipe.hdel(self.keys.running, worker_name)
+            # Set once after Redis lost its keys: until every keeper has reported again, a job
+            # missing from Redis may still be running somewhere (MISSING, not LOST).
+            pipe.set(self.keys.since, now, nx=True)
+            pipe.execute()
+
+    def forget_worker(self, worker_name: str) -> None:
+        """A worker that stops cleanly leaves the reports (it finished its job first)."""
+        with self.connection.pipeline() as pipe:
+            pipe.zrem(self.keys.workers, worker_name)
+            pipe.hdel(self.keys.running, worker_name)
+            pipe.execute()
+
+    def prune_workers(self) -> None:
+        """Forget workers silent for a day (killed ones never leave by themselves)."""
+        gone = self.connection.zrangebyscore(self.keys.workers, 0, time.time() - PRUNE_AFTER)
+        if gone:
+            with self.connection.pipeline() as pipe:
+                pipe.zrem(self.keys.workers, *gone)
+                pipe.hdel(self.keys.running, *gone)
+                pipe.execute()
+
+    def request_sweep(self, worker_name: str) -> bool:
+        """Enqueue the sweep at the front of the queue, at most once per ``sweep_interval``
+        across every worker, and not while an earlier one still waits; True when enqueued."""
+        if not self.connection.set(
+            self.keys.sweep, worker_name, nx=True, px=max(1, int(self.sweep_interval * 1000))
+        ):
+            return False
+        from rq.job import Job
+
+        if _text(self.connection.hget(Job.key_for(SWEEP_JOB_ID), "status")) == "queued":
+            return False
+        self._put("sweep", (), SWEEP_JOB_ID, at_front=True)
+        return True
+
+
+@contextmanager
+def _raising(what: str) -> Iterator[None]:
+    yield
+
+
+def _text(value: Any) -> Any:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+#: RQ statuses of a job that has not run yet and will.
+_WAITING_STATUSES = frozenset(
+    {"created", "queued", "deferred", "scheduled", "rate_limited", "ready_to_enqueue"}
+)
+#: Seconds between a keeper's reports.
+BEAT = 1.0
+#: A worker whose keeper has not reported for this long is dead (seconds).
+ALIVE_TTL = 10.0
+#: How long one keeper may move due timed jobs before another may (seconds).
+MOVE_LOCK = 2.0
+#: A worker silent this long is forgotten (seconds).
+PRUNE_AFTER = 86400.0
+#: The sweep's job id: one waiting at a time.
+SWEEP_JOB_ID = "polysms-sweep"
+#: The longest an RQ worker waits between tries to reach Redis again (RQ's own: 60 s).
+RECONNECT_WAIT = 5.0
+
+
+class KeeperKeys:
+    """The Redis keys of the keepers of one queue."""
+
+    def __init__(self, queue_name: str) -> None:
+        prefix = f"polysms:{queue_name}"
+        self.workers = f"{prefix}:workers"  # sorted set: worker name -> time of its last report
+        self.running = f"{prefix}:running"  # hash: worker name -> the job ids it runs
+        self.since = f"{prefix}:since"  # the first report since Redis lost its keys
+        self.moving = f"{prefix}:moving"  # held while a keeper moves due timed jobs
+        self.sweep = f"{prefix}:sweep"  # held for a sweep interval by the keeper that asked
+
+
+def _running_job_ids(worker: Any) -> list[str]:
+    """The ids of the jobs an RQ worker runs now, read from the worker object (not Redis)."""
+    executions = getattr(worker, "executions", None)  # rq 3: execution id -> Execution
+    if isinstance(executions, dict):
+        return [execution.job_id for execution in list(executions.values())]
+    execution = getattr(worker, "execution", None)  # rq 2
+    job_id = getattr(execution, "job_id", None)
+    return [job_id] if job_id else []
+
+
+class WorkerKeeper(threading.Thread):
+    """Runs beside an RQ worker, touching Redis only (never the database: a forking worker's
+    work horses must not inherit a connection). Every BEAT seconds it
+
+    - reports the worker alive and the jobs it runs (:meth:`RQScheduler.beat`), which is how the
+      sweep tells a job on a live worker from one whose worker was killed, within ALIVE_TTL;
+    - unless the worker works in burst mode: moves due timed jobs when no RQ scheduler holds
+      the queue's lock (:meth:`RQScheduler.move_due_jobs`), and asks for the sweep, which runs
+      as a job (:meth:`RQScheduler.request_sweep`) at most once per sweep interval across the
+      workers.
+
+    Redis unreachable: it logs (once per outage) and tries again at the next beat.
+    """
+
+    def __init__(self, scheduler: RQScheduler, worker: Any, *, sweeps: bool) -> None:
+        super().__init__(name=f"polysms-keeper-{worker.name}", daemon=True)
+        self.scheduler = scheduler
+        self.worker = worker
+        self.sweeps = sweeps
+        self._stopping = threading.Event()
+        self._down = False
+
+    def run(self) -> None:
+        from redis.exceptions import RedisError
+
+        last_prune = 0.0
+        while True:
+            try:
+                self.scheduler.beat(self.worker.name, _running_job_ids(self.worker))
+                if self.sweeps:
+                    self.scheduler.move_due_jobs()
+                    self.scheduler.request_sweep(self.worker.name)
+                if time.monotonic() - last_prune > 3600:
+                    last_prune = time.monotonic()
+                    self.scheduler.prune_workers()
+                if self._down:
+                    self._down = False
+                    log.info("keeper of worker %s: Redis answers again", self.worker.name)
+            except RedisError as exc:
+                if not self._down:
+                    self._down = True
+                    log.warning("keeper of worker %s: Redis unreachable: %s", self.worker.name, exc)
+            except Exception:  # a bug here must not stop the reports for good
+                log.exception("keeper of worker %s failed", self.worker.name)
+            if self._stopping.wait(BEAT):
+                break
+        try:
+            self.scheduler.forget_worker(self.worker.name)
+        except RedisError:
+            pass  # its reports age out
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop reporting (at most ``timeout`` seconds)."""
+        self._stopping.set()
+        if self is not threading.current_thread():
+            self.join(timeout)
+
+
+def keep_worker(scheduler: RQScheduler, worker: Any, *, burst: bool) -> WorkerKeeper:
+    """Start the :class:`WorkerKeeper` of an RQ worker (``flask polysms worker`` does): stop it
+    when the worker's ``work()`` returns. Also caps the time the worker waits between tries to
+    reach Redis again at RECONNECT_WAIT, so that after an outage it takes jobs within seconds."""
+    worker.max_connection_wait_time = min(worker.max_connection_wait_time, RECONNECT_WAIT)
+    keeper = WorkerKeeper(scheduler, worker, sweeps=not burst)
+    keeper.start()
+    return keeper
 
 
 # -- RQ workers whose exit takes bounded time ------------------------------------------------------
@@ -590,4 +994,9 @@ def create_scheduler(app: Flask, settings) -> Scheduler:
         return ManualScheduler(app)
     if settings.scheduler == "thread":
         return ThreadScheduler(app, sweep_interval=settings.sweep_interval.total_seconds())
-    return RQScheduler(app, settings.redis_url, settings.queue_name)
+    return RQScheduler(
+        app,
+        settings.redis_url,
+        settings.queue_name,
+        sweep_interval=min(settings.sweep_interval.total_seconds(), WORKER_SWEEP_EVERY),
+    )

@@ -55,11 +55,15 @@ def queue_message(
     template: str | None = None,
     max_attempts: int | None = None,
     error: tuple[int | None, str] | None = None,
+    suppressed: bool = False,
 ) -> Message:
     """Record an outbound message as ``queued`` and hand it to the send job.
 
     ``sender`` is an E.164 number or a Messaging Service SID. With ``error`` the message is recorded
     as ``failed`` at once (a send that cannot even be attempted) and counted in ``api_failures``.
+    With ``suppressed`` (its recipient opted out when it was accepted) it is recorded as
+    ``suppressed`` (drop reason ``opted_out``) at once and counted: no job, so no later path
+    (a sweep, a retry, a START in between) can ever send it.
     """
     now = utcnow()
     segments = count_segments(body)
@@ -89,6 +93,13 @@ def queue_message(
         message.last_error_at = now
         state.store.add_message(message)
         count(state, project_id, environment, "api_failures")
+        return message
+    if suppressed:
+        message.status = SUPPRESSED
+        message.drop_reason = "opted_out"
+        state.store.add_message(message)
+        count(state, project_id, environment, "suppressed")
+        log_attempt(message, SUPPRESSED_OUTCOME, time.perf_counter(), reason="opted_out")
         return message
     state.store.add_message(message)
     state.scheduler.enqueue("send", message.id)
