@@ -415,3 +415,103 @@ def fresh_postgres_url(postgres_url, unique):
                 cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         admin.close()
+
+
+@pytest.fixture
+def fresh_mysql_url(mysql_url, unique):
+    """An empty MariaDB/MySQL database of this test's own, dropped afterwards."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    import pymysql
+
+    parts = urlsplit(mysql_url)
+    name = f"polysms_t_{unique}"
+    admin = pymysql.connect(
+        host=parts.hostname,
+        port=parts.port or 3306,
+        user=parts.username or "root",
+        password=parts.password or "",
+        autocommit=True,
+    )
+    try:
+        with admin.cursor() as cursor:
+            cursor.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
+        try:
+            yield urlunsplit(parts._replace(path=f"/{name}"))
+        finally:
+            with admin.cursor() as cursor:
+                cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
+    finally:
+        admin.close()
+
+
+# -- browser tests: headless Chromium (Debian's /usr/bin/chromium) through Playwright --------------
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+TIMEOUT_MS = 15_000
+
+
+def _require_browser() -> None:
+    """Skip (or, under CI, fail) without Chromium or Playwright, as require_service does."""
+    problem = None
+    if not os.access(CHROMIUM, os.X_OK):
+        problem = f"Chromium is not installed at {CHROMIUM} (apt-get install chromium)"
+    else:
+        try:
+            import playwright.sync_api  # noqa: F401
+        except ImportError:
+            problem = "the playwright package is not installed (pip install -e '.[test]')"
+    if problem is None:
+        return
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{problem}, and CI=true requires it")
+    pytest.skip(problem)
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator:
+    _require_browser()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def page(chromium) -> Iterator:
+    from playwright.sync_api import expect
+
+    context = chromium.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    expect.set_options(timeout=TIMEOUT_MS)
+    problems: list[str] = []
+    # A CSP violation or a script error shows up here: the page must run clean.
+    page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+    page.on(
+        "console",
+        lambda message: (
+            problems.append(f"console {message.type}: {message.text}")
+            if message.type == "error"
+            else None
+        ),
+    )
+    page.problems = problems
+    try:
+        yield page
+    finally:
+        context.close()

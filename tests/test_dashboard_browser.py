@@ -11,9 +11,7 @@ Without Chromium (or Playwright) the tests skip with the reason; under ``CI=true
 
 from __future__ import annotations
 
-import os
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,79 +20,10 @@ from flask_polysms.extension import get_state
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "test-output" / "screenshots"
 TIMEOUT_MS = 15_000
-
 AGENT = "+14155552671"
 USER = "+14155552674"
-
-
-def _require_browser() -> None:
-    """Skip (or, under CI, fail) without Chromium or Playwright, as require_service does."""
-    problem = None
-    if not os.access(CHROMIUM, os.X_OK):
-        problem = f"Chromium is not installed at {CHROMIUM} (apt-get install chromium)"
-    else:
-        try:
-            import playwright.sync_api  # noqa: F401
-        except ImportError:
-            problem = "the playwright package is not installed (pip install -e '.[test]')"
-    if problem is None:
-        return
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{problem}, and CI=true requires it")
-    pytest.skip(problem)
-
-
-@pytest.fixture(scope="module")
-def chromium() -> Iterator:
-    _require_browser()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
-        )
-        try:
-            yield browser
-        finally:
-            browser.close()
-
-
-@pytest.fixture
-def page(chromium) -> Iterator:
-    from playwright.sync_api import expect
-
-    context = chromium.new_context(viewport={"width": 1280, "height": 900})
-    page = context.new_page()
-    page.set_default_timeout(TIMEOUT_MS)
-    expect.set_options(timeout=TIMEOUT_MS)
-    problems: list[str] = []
-    # A CSP violation or a script error shows up here: the page must run clean.
-    page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
-    page.on(
-        "console",
-        lambda message: (
-            problems.append(f"console {message.type}: {message.text}")
-            if message.type == "error"
-            else None
-        ),
-    )
-    page.problems = problems
-    try:
-        yield page
-    finally:
-        context.close()
 
 
 def shot(page, name: str) -> None:

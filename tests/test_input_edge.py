@@ -13,7 +13,6 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Iterator
-from urllib.parse import urlsplit, urlunsplit
 
 import peewee as pw
 import pytest
@@ -44,32 +43,6 @@ BACKENDS = [
     pytest.param("postgresql", marks=pytest.mark.services),
     pytest.param("mysql", marks=pytest.mark.services),
 ]
-
-
-@pytest.fixture
-def fresh_mysql_url(mysql_url, unique) -> Iterator[str]:
-    """An empty MariaDB/MySQL database of this test's own, dropped afterwards."""
-    import pymysql
-
-    parts = urlsplit(mysql_url)
-    name = f"polysms_t_{unique}"
-    admin = pymysql.connect(
-        host=parts.hostname,
-        port=parts.port or 3306,
-        user=parts.username or "root",
-        password=parts.password or "",
-        autocommit=True,
-    )
-    try:
-        with admin.cursor() as cursor:
-            cursor.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
-        try:
-            yield urlunsplit(parts._replace(path=f"/{name}"))
-        finally:
-            with admin.cursor() as cursor:
-                cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
-    finally:
-        admin.close()
 
 
 def _storage_url(request: pytest.FixtureRequest, backend: str, tmp_path) -> str:

@@ -21,7 +21,6 @@ import tarfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import peewee as pw
 import pytest
@@ -51,32 +50,6 @@ DIALECTS = [
 
 
 # -- databases ------------------------------------------------------------------------------------
-@pytest.fixture
-def fresh_mysql_url(mysql_url, unique):
-    """An empty MariaDB/MySQL database of this test's own, dropped afterwards."""
-    import pymysql
-
-    parts = urlsplit(mysql_url)
-    name = f"polysms_t_{unique}"
-    admin = pymysql.connect(
-        host=parts.hostname,
-        port=parts.port or 3306,
-        user=parts.username or "root",
-        password=parts.password or "",
-        autocommit=True,
-    )
-    try:
-        with admin.cursor() as cursor:
-            cursor.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
-        try:
-            yield urlunsplit(parts._replace(path=f"/{name}"))
-        finally:
-            with admin.cursor() as cursor:
-                cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
-    finally:
-        admin.close()
-
-
 @pytest.fixture(params=DIALECTS)
 def empty_url(request, tmp_path):
     """An empty database of each dialect, this test's own."""

@@ -28,37 +28,9 @@ import pytest
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
 SCREENSHOTS = ROOT / "test-output" / "screenshots"
-TIMEOUT_MS = 15_000
 START_TIMEOUT = 60.0
 CONFIRMED = "Your appointment at Sunrise Clinic is confirmed for tomorrow at 10:00. See you then!"
-
-
-def _require_browser() -> None:
-    """Skip (or, under CI, fail) without Chromium or Playwright."""
-    problem = None
-    if not os.access(CHROMIUM, os.X_OK):
-        problem = f"Chromium is not installed at {CHROMIUM} (apt-get install chromium)"
-    else:
-        try:
-            import playwright.sync_api  # noqa: F401
-        except ImportError:
-            problem = "the playwright package is not installed (pip install -e '.[test]')"
-    if problem is None:
-        return
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{problem}, and CI=true requires it")
-    pytest.skip(problem)
 
 
 def free_port() -> int:
@@ -120,37 +92,6 @@ def server(tmp_path) -> Iterator[Server]:
         yield running
     finally:
         running.stop()
-
-
-@pytest.fixture
-def page() -> Iterator:
-    _require_browser()
-    from playwright.sync_api import expect, sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
-        )
-        context = browser.new_context(viewport={"width": 1280, "height": 900})
-        page = context.new_page()
-        page.set_default_timeout(TIMEOUT_MS)
-        expect.set_options(timeout=TIMEOUT_MS)
-        problems: list[str] = []
-        page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
-        page.on(
-            "console",
-            lambda message: (
-                problems.append(f"console {message.type}: {message.text}")
-                if message.type == "error"
-                else None
-            ),
-        )
-        page.problems = problems
-        try:
-            yield page
-        finally:
-            context.close()
-            browser.close()
 
 
 def shot(page, name: str) -> None:
