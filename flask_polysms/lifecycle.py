@@ -352,14 +352,16 @@ def recover_lost_jobs(state: PolySMSState, report: SweepReport) -> set[str]:
     A scheduler that cannot tell (``thread``, ``manual``) leaves everything to the last resort.
     """
     verified: set[str] = set()
+    seen: set[str] = set()  # looked at in an earlier page of this sweep
     looked_at = 0
     while looked_at < RECOVER_LIMIT:
         now = utcnow()
         page = [
             m
             for m in state.store.stuck_messages(now - LOSS_GRACE, limit=RECOVER_PAGE)
-            if m.id not in verified
+            if m.id not in seen
         ]
+        seen.update(m.id for m in page)
         expected = {m.id: job for m in page if (job := _expected_job(m)) is not None}
         if not expected:
             break
@@ -376,9 +378,8 @@ def recover_lost_jobs(state: PolySMSState, report: SweepReport) -> set[str]:
                 continue
             holding = message.status in (SENDING, PROCESSING)
             if verdict is None or verdict == UNSURE or (verdict == MISSING and holding):
-                # Unsure, or running on a worker that has not reported since Redis lost its
-                # keys: ask again at the next sweep (or leave it to the last resort).
-                verified.add(message.id)
+                # Unsure, or held by a worker that may not have reported since Redis lost its
+                # keys: ask again at the next sweep; the last resort still applies.
                 continue
             # LOST, or MISSING while nothing holds the message: no job will ever run it.
             stale = (job_id,) if verdict == LOST else ()

@@ -423,6 +423,7 @@ class RQScheduler(Scheduler):
         self.queue = Queue(queue_name, connection=self.connection, serializer=JobSerializer)
         self.sweep_interval = sweep_interval
         self.keys = KeeperKeys(queue_name)
+        self._beat: Any = None  # the beat's script, registered on first use
         # Timed jobs this process has handed to Redis (id -> time), newest last: the shared
         # wake-up of a second is scheduled once, not once per session opened in it.
         self._scheduled: OrderedDict[str, datetime] = OrderedDict()
@@ -541,14 +542,15 @@ class RQScheduler(Scheduler):
         from rq.worker import Worker
 
         ids = list(dict.fromkeys(job_ids))
-        now = time.time()
         with self.connection.pipeline(transaction=False) as pipe:
             for job_id in ids:
                 pipe.hmget(Job.key_for(job_id), "status", "worker_name")
             pipe.zrange(self.keys.workers, 0, -1, withscores=True)
             pipe.hgetall(self.keys.running)
             pipe.get(self.keys.since)
-            *found, beats, running, since = pipe.execute()
+            pipe.time()  # the reports are in Redis's time (see beat)
+            *found, beats, running, since, (seconds, micros) = pipe.execute()
+        now = seconds + micros / 1e6
         seen = {_text(name): score for name, score in beats}
         live = {name for name, at in seen.items() if at >= now - ALIVE_TTL}
         reported = {
@@ -658,19 +660,14 @@ class RQScheduler(Scheduler):
 
     # -- what the keeper does ---------------------------------------------------------------------
     def beat(self, worker_name: str, running: Iterable[str]) -> None:
-        """Report a worker alive now, and the jobs it runs (see :class:`WorkerKeeper`)."""
-        now = time.time()
-        jobs = ",".join(running)
-        with self.connection.pipeline() as pipe:
-            pipe.zadd(self.keys.workers, {worker_name: now})
-            if jobs:
-                pipe.hset(self.keys.running, worker_name, jobs)
-            else:
-                pipe.hdel(self.keys.running, worker_name)
-            # Set once after Redis lost its keys: until every keeper has reported again, a job
-            # missing from Redis may still be running somewhere (MISSING, not LOST).
-            pipe.set(self.keys.since, now, nx=True)
-            pipe.execute()
+        """Report a worker alive now, and the jobs it runs (see :class:`WorkerKeeper`), in
+        Redis's own time: the hosts' clocks never have to agree."""
+        if self._beat is None:
+            self._beat = self.connection.register_script(BEAT_SCRIPT)
+        self._beat(
+            keys=[self.keys.workers, self.keys.running, self.keys.since],
+            args=[worker_name, ",".join(running)],
+        )
 
     def forget_worker(self, worker_name: str) -> None:
         """A worker that stops cleanly leaves the reports (it finished its job first)."""
@@ -681,7 +678,8 @@ class RQScheduler(Scheduler):
 
     def prune_workers(self) -> None:
         """Forget workers silent for a day (killed ones never leave by themselves)."""
-        gone = self.connection.zrangebyscore(self.keys.workers, 0, time.time() - PRUNE_AFTER)
+        seconds, _ = self.connection.time()
+        gone = self.connection.zrangebyscore(self.keys.workers, 0, seconds - PRUNE_AFTER)
         if gone:
             with self.connection.pipeline() as pipe:
                 pipe.zrem(self.keys.workers, *gone)
@@ -728,6 +726,22 @@ PRUNE_AFTER = 86400.0
 SWEEP_JOB_ID = "polysms-sweep"
 #: The longest an RQ worker waits between tries to reach Redis again (RQ's own: 60 s).
 RECONNECT_WAIT = 5.0
+
+
+#: A keeper's report: the worker's time (Redis's clock), the jobs it runs, and the first report
+#: since Redis lost its keys. KEYS: workers, running, since; ARGV: worker name, job ids or "".
+BEAT_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+if ARGV[2] ~= '' then
+    redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+else
+    redis.call('HDEL', KEYS[2], ARGV[1])
+end
+redis.call('SET', KEYS[3], now, 'NX')
+return 1
+"""
 
 
 class KeeperKeys:
