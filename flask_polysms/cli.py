@@ -216,11 +216,15 @@ def rotate_keys() -> None:
 @polysms_cli.command("sweep")
 def sweep_command() -> None:
     """Fire every overdue session timer and enqueue again the work whose job was lost (or never
-    reached Redis); print what it did. Every worker also sweeps by itself every few seconds."""
+    reached Redis); print what it did. Every worker also sweeps by itself every few seconds.
+    Exits 1 when Redis could not be reached (nothing could be enqueued)."""
     from .lifecycle import run_sweep
 
-    for line in run_sweep(_state()).lines():
+    report = run_sweep(_state())
+    for line in report.lines():
         click.echo(line)
+    if report.broker_reachable is False:
+        click.get_current_context().exit(1)
 
 
 @polysms_cli.command("worker")

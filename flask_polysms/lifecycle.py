@@ -554,7 +554,8 @@ class SweepReport:
             f"{self.turns_enqueued} inbound turns enqueued (their agent job not in Redis)",
             f"{self.turns_rerun} inbound turns re-run (their worker died or their job was lost)",
             f"{self.stuck_requeued} messages re-queued after POLYSMS_STUCK_AFTER (last resort)",
-            f"{self.scheduled_moved} due timed jobs moved to the queue (no RQ scheduler running)",
+            f"{self.scheduled_moved} due timed jobs moved to the queue "
+            "(no RQ scheduler held its lock)",
         ]
         if self.broker_reachable is False:
             lines.append("Redis unreachable: nothing could be enqueued; run the sweep again")

@@ -425,7 +425,7 @@ def test_due_timed_jobs_are_moved_when_no_rq_scheduler_runs(rq_app):
     assert sweep(app).scheduled_moved == 0
 
 
-def test_the_sweep_command_says_what_it_did(rq_app, no_grace):
+def test_the_sweep_command_says_what_it_did(rq_app, redis_server, no_grace):
     app, _, tenant, scheduler = rq_app
     send(app, tenant, USERS[0], "lost")
     scheduler.connection.flushdb()
@@ -438,8 +438,12 @@ def test_the_sweep_command_says_what_it_did(rq_app, no_grace):
         "0 inbound turns enqueued (their agent job not in Redis)",
         "0 inbound turns re-run (their worker died or their job was lost)",
         "0 messages re-queued after POLYSMS_STUCK_AFTER (last resort)",
-        "0 due timed jobs moved to the queue (no RQ scheduler running)",
+        "0 due timed jobs moved to the queue (no RQ scheduler held its lock)",
     ]
+    redis_server.stop()
+    result = app.test_cli_runner().invoke(args=["polysms", "sweep"])
+    assert result.exit_code == 1  # cron (or whatever watches it) hears of it
+    assert result.output.splitlines()[-1].startswith("Redis unreachable")
 
 
 # -- the keeper beside every worker ----------------------------------------------------------------
