@@ -65,3 +65,47 @@ def test_regular_install_in_a_fresh_venv_imports_the_peewee_backend(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert str(venv) in result.stdout
+
+
+def _setup_cfg_requirements() -> list:
+    """install_requires and the [test] extra of setup.cfg, parsed."""
+    import configparser
+
+    from packaging.requirements import Requirement
+
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg")
+    lines = config["options"]["install_requires"].splitlines()
+    lines += config["options.extras_require"]["test"].splitlines()
+    return [Requirement(line) for line in lines if line.strip()]
+
+
+def _floor(requirement):
+    """The lowest version a requirement allows: its ``>=`` or ``==`` bound."""
+    from packaging.version import Version
+
+    bounds = [Version(s.version) for s in requirement.specifier if s.operator in (">=", "==")]
+    return max(bounds) if bounds else None
+
+
+def test_lowest_constraints_pin_every_requirement_at_its_floor():
+    """.ci/lowest-constraints.txt (the CI run at the floors) and setup.cfg's floors agree."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+    from packaging.version import Version
+
+    pinned = {}
+    for line in (ROOT / ".ci" / "lowest-constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            constraint = Requirement(line)
+            (spec,) = constraint.specifier
+            assert spec.operator == "==", line
+            pinned[canonicalize_name(constraint.name)] = spec.version
+    required = {}
+    for requirement in _setup_cfg_requirements():
+        floor = _floor(requirement)
+        assert floor is not None, f"{requirement} has no lower bound"
+        required[canonicalize_name(requirement.name)] = floor
+    assert set(pinned) == set(required)
+    for name, floor in required.items():
+        assert floor == Version(pinned[name]), f"{name}: setup.cfg {floor}, pinned {pinned[name]}"
