@@ -26,7 +26,9 @@ def test_wheel_contains_the_backends_and_data(tmp_path):
         "flask_polysms/__init__.py",
         "flask_polysms/backends/__init__.py",
         "flask_polysms/backends/memory.py",
-        "flask_polysms/backends/peewee.py",
+        "flask_polysms/backends/peewee/__init__.py",
+        "flask_polysms/backends/peewee/store.py",
+        "flask_polysms/backends/peewee/postgres.py",
         "flask_polysms/api/__init__.py",
         "flask_polysms/data/countries.json",
     ):

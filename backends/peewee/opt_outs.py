@@ -1,0 +1,129 @@
+"""Who may be messaged: opt-outs (state and history) and inbound abuse blocks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import peewee as pw
+
+from flask_polysms.records import OptOutEvent
+
+from .statements import StatementRunner, _record
+
+
+class OptOutRecords(StatementRunner):
+    """The store's opt-outs and number blocks."""
+
+    # -- opt-outs ---------------------------------------------------------------------------------
+    def set_opt_out(
+        self,
+        project_id: str,
+        recipient: str,
+        sender: str,
+        opted_out: bool,
+        keyword: str | None,
+        at: datetime,
+    ) -> bool:
+        """Opt the pair out (or back in) and append the change to its history, atomically. False,
+        and nothing recorded, when the pair was in that state already."""
+        O_, E = self._m.OptOut, self._m.OptOutEvent
+        pair = (O_.recipient == recipient) & (O_.sender == sender)
+        if opted_out:
+            # The pair's row must exist for the conditional update to find; created (opted in)
+            # outside the transaction below, so MySQL takes no gap locks there to deadlock on.
+            self._ensure_opt_out_row(project_id, recipient, sender, at)
+
+        def work() -> bool:
+            # Only the caller whose update flips the state records the change.
+            flipped = (
+                O_.update(opted_out=opted_out, project_id=project_id, updated_at=at)
+                .where(pair & (O_.opted_out == (not opted_out)))
+                .execute()
+            )
+            if not flipped:
+                return False
+            E.insert(
+                project_id=project_id,
+                recipient=recipient,
+                sender=sender,
+                action="opt_out" if opted_out else "opt_in",
+                keyword=keyword,
+                at=at,
+            ).execute()
+            return True
+
+        return self._atomically(work)
+
+    def _ensure_opt_out_row(
+        self, project_id: str, recipient: str, sender: str, at: datetime
+    ) -> None:
+        O_ = self._m.OptOut
+        pair = (O_.recipient == recipient) & (O_.sender == sender)
+        if O_.select(O_.seq).where(pair).exists():
+            return
+        values = {
+            "recipient": recipient,
+            "sender": sender,
+            "project_id": project_id,
+            "opted_out": False,
+            "updated_at": at,
+        }
+        try:
+            self._insert(O_, values)
+        except pw.IntegrityError:
+            pass  # another caller created it a moment ago: the row is all that is needed
+
+    def is_opted_out(self, recipient: str, sender: str) -> bool:
+        """Whether the recipient opted out from this sender."""
+        O_ = self._m.OptOut
+
+        def build(param: Callable[[int], pw.Value]) -> Any:
+            pair = (O_.recipient == param(0)) & (O_.sender == param(1))
+            return O_.select(O_.opted_out).where(pair).limit(1)
+
+        row = self._row("is_opted_out", build, [recipient, sender], O_)
+        return bool(row and row["opted_out"])
+
+    def opt_out_history(
+        self, project_id: str, recipient: str, sender: str | None = None
+    ) -> list[OptOutEvent]:
+        """The recipient's opt-out changes in the project (one sender's, or all), oldest first."""
+        E = self._m.OptOutEvent
+        query = E.select().where((E.project_id == project_id) & (E.recipient == recipient))
+        if sender is not None:
+            query = query.where(E.sender == sender)
+        return [_record(OptOutEvent, row) for row in query.order_by(E.seq).dicts()]
+
+    # -- inbound abuse blocks ---------------------------------------------------------------------
+    def block_number(self, project_id: str, number: str, until: datetime, reason: str) -> None:
+        """Block inbound from a number until ``until``; a later block extends it, an earlier one
+        changes nothing."""
+        B = self._m.NumberBlock
+        later = B.blocked_until < until
+        query = B.insert(
+            project_id=project_id, number=number, blocked_until=until, reason=reason
+        ).on_conflict(
+            # An upsert that keeps the later deadline (and its reason). The reason comes first:
+            # MySQL applies assignments left to right, so it must still see the old deadline.
+            update={
+                B.reason: pw.Case(None, [(later, reason)], B.reason),
+                B.blocked_until: pw.Case(
+                    None, [(later, B.blocked_until.to_value(until))], B.blocked_until
+                ),
+            },
+            **self._conflict_target(B.project_id, B.number),
+        )
+        self._atomically(query.execute, one_statement=True)
+
+    def blocked_until(self, project_id: str, number: str) -> datetime | None:
+        """Until when inbound from the number is blocked, None when it never was."""
+        B = self._m.NumberBlock
+
+        def build(param: Callable[[int], pw.Value]) -> Any:
+            pair = (B.project_id == param(0)) & (B.number == param(1))
+            return B.select(B.blocked_until).where(pair).limit(1)
+
+        row = self._row("blocked_until", build, [project_id, number], B)
+        return row["blocked_until"] if row else None
