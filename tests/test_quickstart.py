@@ -39,6 +39,8 @@ def test_readme_quick_start_has_exactly_two_commands():
     commands = quick_start_commands()
     assert len(commands) == 2
     assert "flask --app example_app run" in commands[0]
+    # Running the example needs the package alone: the test extra (browsers, fuzzers) is for tests.
+    assert "[test]" not in commands[0] and "pip install -e ." in commands[0]
     assert "pytest" in commands[1]
 
 
