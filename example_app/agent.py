@@ -21,6 +21,23 @@ RESCHEDULE = {"2", "reschedule", "change", "move"}
 CANCEL = {"3", "cancel appointment", "cancel appt"}
 
 
+#: What the agent says when the project has no template of that name (a project set up with the
+#: CLI rather than the demo): the same news, without the template's managed wording.
+FALLBACK_TEXTS = {
+    "appointment_confirmed": "Your appointment is confirmed for {slot}. See you then!",
+    "appointment_cancelled": "Your appointment is cancelled. Call us to rebook.",
+}
+
+
+def _send_template(conv: Conversation, title: str) -> str | None:
+    """Send the project's template ``title``; without one, the plain text to reply instead."""
+    try:
+        conv.send_sms_template(conv.caller_number, title)
+    except LookupError:
+        return FALLBACK_TEXTS[title].format(slot=conv.state.get("slot", DEFAULT_SLOT))
+    return None
+
+
 def answer(conv: Conversation, text: str) -> str | None:
     """One turn of the reminder dialogue."""
     said = " ".join(text.lower().split()).rstrip(".!")
@@ -31,22 +48,20 @@ def answer(conv: Conversation, text: str) -> str | None:
         conv.state["slot"] = text.strip()
         conv.state["step"] = "done"
         conv.state["status"] = "confirmed"
-        conv.send_sms_template(conv.caller_number, "appointment_confirmed")
-        return None
+        return _send_template(conv, "appointment_confirmed")
     if said in CONFIRM:
         conv.state["status"] = "confirmed"
         conv.state["step"] = "done"
-        conv.send_sms_template(conv.caller_number, "appointment_confirmed")
-        return None
+        return _send_template(conv, "appointment_confirmed")
     if said in RESCHEDULE:
         conv.state["step"] = "choose_slot"
         return "Which day and time suit you? For example: Friday 14:00."
     if said in CANCEL:
         conv.state["status"] = "cancelled"
         conv.state["step"] = "done"
-        conv.send_sms_template(conv.caller_number, "appointment_cancelled")
+        reply = _send_template(conv, "appointment_cancelled")
         conv.end()
-        return None
+        return reply
     return f"Sorry, I did not get that. {MENU}"
 
 

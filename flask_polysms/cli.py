@@ -175,6 +175,53 @@ def create_api_key(account_id: str) -> None:
     click.echo(f"{key_id} {key}")
 
 
+@polysms_cli.command("create-template")
+@click.argument("project_id")
+@click.argument("title")
+@click.argument("body")
+@click.option(
+    "--sender",
+    "senders",
+    multiple=True,
+    required=True,
+    metavar="ENV=ADDRESS",
+    help="the template's sender in an environment (a number or an MG SID); live is required",
+)
+def create_template_command(project_id: str, title: str, body: str, senders: tuple[str, ...]):
+    """Save an SMS template (tokens: ${attribute}, {{entity:name}}, {{vrbl:ID}}); prints its id."""
+    from .errors import PolySMSError
+    from .templates import create_template
+
+    env_phone_numbers = {}
+    for given in senders:
+        environment, sep, address = given.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{given!r}: write ENV=ADDRESS", param_hint="--sender")
+        try:
+            env_phone_numbers[provisioning.environment_name(environment)] = address
+        except provisioning.ProvisioningError as exc:
+            raise click.BadParameter(str(exc), param_hint="--sender") from exc
+    try:
+        template = create_template(
+            _state(), project_id, title=title, body=body, env_phone_numbers=env_phone_numbers
+        )
+    except PolySMSError as exc:
+        problems = "; ".join(f"{k}: {' '.join(v)}" for k, v in (exc.errors or {}).items())
+        raise click.ClickException(f"{exc.detail}{': ' + problems if problems else ''}") from exc
+    click.echo(template.id)
+
+
+@polysms_cli.command("set-variant")
+@click.argument("project_id")
+@click.argument("environment")
+@click.argument("attribute")
+@click.argument("value")
+def set_variant_command(project_id: str, environment: str, attribute: str, value: str) -> None:
+    """Set a variant attribute of an environment (what ${attribute} becomes in templates)."""
+    values = _run(provisioning.set_variant, project_id, environment, attribute, value)
+    click.echo(", ".join(f"{k}={v}" for k, v in sorted(values.items())))
+
+
 @polysms_cli.command("revoke-api-key")
 @click.argument("key_id")
 def revoke_key(key_id: str) -> None:

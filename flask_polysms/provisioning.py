@@ -124,3 +124,20 @@ def create_api_key(state: PolySMSState, account_id: str) -> tuple[str, str]:
     if state.store.get_account(account_id) is None:
         raise ProvisioningError(f"no account {account_id!r}")
     return issue_api_key(state.store, account_id)
+
+
+def set_variant(
+    state: PolySMSState, project_id: str, environment: str, attribute: str, value: str
+) -> dict[str, str]:
+    """Set one variant attribute (``${attribute}`` in templates) of the project's
+    ``environment``; returns that environment's attributes."""
+    if not attribute or not attribute.replace("_", "a").isascii() or not attribute.isidentifier():
+        raise ProvisioningError(f"attribute {attribute!r}: ASCII letters, digits and _ only")
+    env = environment_name(environment)
+    project = _project(state, project_id)
+    settings = dict(project.settings)
+    variants = {name: dict(values) for name, values in (settings.get("variants") or {}).items()}
+    variants.setdefault(env, {})[attribute] = value
+    settings["variants"] = variants
+    state.store.update_project(project_id, settings=settings)
+    return variants[env]

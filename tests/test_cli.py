@@ -310,3 +310,53 @@ def test_demo_setup_of_the_host_app_runs_once_per_new_tenant(app, cli):
     assert '"Your table is ready"' in curl_request(first)[2]
     ok(cli("demo", "--reset"))
     assert len(made) == 2
+
+
+def test_templates_and_variants_are_made_with_the_cli(app, cli):
+    account = ok(cli("create-account", "Acme"))
+    project = ok(cli("create-project", account, "Clinic"))
+    ok(cli("add-number", project, "+14155552671", "--environment", "live"))
+    assert ok(cli("set-variant", project, "live", "clinic_name", "Sunrise")) == (
+        "clinic_name=Sunrise"
+    )
+    template_id = ok(
+        cli(
+            "create-template",
+            project,
+            "appointment_confirmed",
+            "Confirmed at ${clinic_name} for {{vrbl:slot}}.",
+            "--sender",
+            "live=+14155552671",
+        )
+    )
+    with app.app_context():
+        state = get_state(app)
+        [template] = state.store.list_templates(project)
+        assert template.id == template_id and template.env_phone_numbers == {"live": "+14155552671"}
+        assert state.store.get_project(project).settings["variants"] == {
+            "live": {"clinic_name": "Sunrise"}
+        }
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("set-variant", "prj_nope", "live", "a", "b"), "no project"),
+        (("set-variant", "{project}", "mars", "a", "b"), "unknown environment"),
+        (("set-variant", "{project}", "live", "bad-name", "b"), "letters, digits and _"),
+        (("create-template", "{project}", "t", "x", "--sender", "live"), "ENV=ADDRESS"),
+        (("create-template", "{project}", "t", "${oops", "--sender", "live=+14155552671"), "body"),
+        (("create-template", "{project}", "t", "x", "--sender", "live=+14155550000"), "live"),
+    ],
+)
+def test_bad_template_or_variant_input_is_one_error_and_writes_nothing(app, cli, args, message):
+    account = ok(cli("create-account", "Acme"))
+    project = ok(cli("create-project", account, "Clinic"))
+    ok(cli("add-number", project, "+14155552671", "--environment", "live"))
+    result = cli(*(arg.replace("{project}", project) for arg in args))
+    assert result.exit_code != 0
+    assert message in result.output
+    with app.app_context():
+        state = get_state(app)
+        assert state.store.list_templates(project) == []
+        assert "variants" not in state.store.get_project(project).settings

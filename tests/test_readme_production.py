@@ -81,8 +81,11 @@ def test_the_production_section_works_as_written(
 ):
     pytest.importorskip("gunicorn")
     production = _section("Production")
-    setup, procfile = _blocks(production)[:2]
-    staging = next(b for b in _blocks(production) if "flask_polysms.emulator" in b)
+    blocks = _blocks(production)
+    setup = next(b for b in blocks if "export POLYSMS_PUBLIC_URL" in b)
+    procfile = next(b for b in blocks if b.startswith("web:"))
+    staging = next(b for b in blocks if "flask_polysms.emulator" in b)
+    templates = next(b for b in blocks if "create-template" in b)
 
     # The install line names extras that exist, and gunicorn.
     [install] = [line for line in setup.splitlines() if line.startswith("pip install")]
@@ -166,6 +169,16 @@ def test_the_production_section_works_as_written(
         cli("add-number", project, AGENT, "--environment", "live")
         connector = cli("create-connector", project, "--environment", "live").split()[-1]
         api_key = cli("create-api-key", account).split()[-1]
+        # The README's template commands, for this project.
+        made = subprocess.run(
+            ["bash", "-c", f"set -euo pipefail\n{templates.replace('PROJECT_ID', project)}"],
+            cwd=checkout,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert made.returncode == 0, made.stderr
 
         request = urllib.request.Request(
             f"{public_url}/v1/outbound-sms",

@@ -103,3 +103,24 @@ def test_idle_24h_warning_then_close(app, polysms_tenant, sms_phone, outbox):
         assert outbox()[-1] == "I am going to end conversation now"
     conv = conversation(app, polysms_tenant, response.json["conversation_id"])
     assert (conv["state"], conv["end_reason"]) == ("closed", "inactivity")
+
+
+@pytest.mark.parametrize(
+    ("reply", "answer"),
+    [
+        ("1", "Your appointment is confirmed for tomorrow at 10:00. See you then!"),
+        ("3", "Your appointment is cancelled. Call us to rebook."),
+    ],
+)
+def test_a_project_without_the_demo_templates_still_gets_an_answer(
+    app, polysms_tenant, sms_phone, outbox, reply, answer
+):
+    """A project set up with the CLI has no templates: the agent answers in plain text."""
+    sent = app.test_client().post(
+        "/v1/outbound-sms",
+        json={"user_number": sms_phone.number, "message": REMINDER},
+        headers=polysms_tenant.headers,
+    )
+    assert sent.status_code == 202
+    assert sms_phone.send(reply).status_code == 200
+    assert outbox()[-1] == answer
