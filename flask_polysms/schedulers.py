@@ -905,6 +905,7 @@ class BoundedExit:
     """
 
     def work(self, *args: Any, **kwargs: Any) -> bool:
+        """RQ's ``work``; the processes it forks meanwhile (its scheduler) stop when it dies."""
         global _watch_forks
         _register_fork_watch()
         _watch_forks = True
@@ -968,7 +969,8 @@ _fork_watch_registered = False
 
 def _register_fork_watch() -> None:
     global _fork_watch_registered
-    if not _fork_watch_registered:
+    # Windows has no fork (nor register_at_fork): nothing is forked there to watch.
+    if not _fork_watch_registered and hasattr(os, "register_at_fork"):
         _fork_watch_registered = True
         os.register_at_fork(after_in_child=_after_fork_in_child)
 
