@@ -167,21 +167,24 @@ def scheduler_lock_holder(redis_conn) -> bytes | None:
 
 
 @pytest.mark.slow
-def test_burst_workers_under_load_exit_within_seconds_of_finishing(worker_app, cpu_load):
+@pytest.mark.parametrize("worker_kind", ["--simple", "--fork"])
+def test_burst_workers_under_load_exit_within_seconds_of_finishing(
+    worker_app, cpu_load, worker_kind
+):
     """Rounds of six burst workers at once, a queue of jobs each round, every core busy: each
     process ends within seconds of logging that the queue is empty, and no job is left."""
     from rq.registry import FailedJobRegistry
 
     scheduler = get_state(worker_app).scheduler
     queue = scheduler.queue
-    for _ in range(3):
+    for _ in range(2):
         for _ in range(30):
             scheduler.enqueue("sweep")
         # Due already: a burst worker's scheduler moves them to the queue before it works.
         scheduler.enqueue_at(
             utcnow() - timedelta(seconds=1), "sweep", job_id=f"exit-{time.time_ns()}"
         )
-        workers = [WorkerProcess("--burst") for _ in range(6)]
+        workers = [WorkerProcess(worker_kind, "--burst") for _ in range(6)]
         try:
             for worker in workers:
                 assert worker.join(timeout=180), f"still running after 180 s:\n{worker.output}"
@@ -198,6 +201,7 @@ def test_burst_workers_under_load_exit_within_seconds_of_finishing(worker_app, c
         assert FailedJobRegistry(queue=queue).count == 0
 
 
+@pytest.mark.slow
 def test_many_burst_exits_in_a_row_stay_bounded(worker_app, cpu_load):
     """The worker class itself, in this process: two hundred bursts of one job under load, none
     of whose exits takes seconds (RQ's own class hung in about one exit in ten here)."""
