@@ -32,8 +32,8 @@ def _handlers() -> dict[str, Any]:
     return {
         "send": sending.send_job,
         "agent": inbound.agent_job,
-        "timer": lifecycle.wake_job,  # one session's wake-up (jobs scheduled by 0.1.0)
-        "wake": lifecycle.wake_due_job,
+        "wake": lifecycle.wake_job,
+        "timer": lifecycle.wake_job,  # one session's wake-up, as 0.1.0 scheduled it: the same job
         "sweep": lifecycle.sweep,
     }
 

@@ -171,17 +171,11 @@ def note_activity(
     return session
 
 
-def timer_job(state: PolySMSState, session_id: str, session: Session | None = None) -> bool:
-    """Wake a session: fire its deadline if due, else sleep until it. True when it fired.
-
-    One transaction for the transition and the message it queues; the jobs leave after it.
-    ``session``: the session as just read, if the caller has it (the sweep does).
-    """
-    return unit_of_work(state, lambda: _wake(state, session_id, session))
-
-
-def _wake(state: PolySMSState, session_id: str, current: Session | None) -> bool:
-    now = utcnow()
+def _wake(state: PolySMSState, current: Session, now: datetime) -> bool:
+    """Wake one session at ``now``: fire its deadline if due, else sleep until it; True when it
+    fired. Runs inside the caller's unit of work (the transition, its message and its wake-up
+    leave together)."""
+    session_id = current.id
     fired: dict[str, Any] = {}
     checked: list[bool] = []
 
@@ -454,57 +448,50 @@ def reap_stuck_messages(state: PolySMSState, verified: Iterable[str] = ()) -> in
     return requeued
 
 
-# At most this many other due timers are fired by one wake-up job, so a job stays short.
-WAKE_DRAIN_LIMIT = 500
+# Sessions one call of fire_due looks at, at most (a job stays short); a crowd bigger than that
+# goes on in a new wake-up job.
+FIRE_LIMIT = 5000
+FIRE_PAGE = 500
 
 
-def wake_job(state: PolySMSState, session_id: str) -> int:
-    """A scheduled wake-up: fire this session's timer; when it was due, also fire the other
-    timers due by now, in batches (returns how many fired).
+def fire_due(state: PolySMSState, now: datetime | None = None, *, limit: int = FIRE_LIMIT) -> int:
+    """Fire every session timer due at ``now`` (default: the clock's now); returns how many fired.
 
-    Wake-ups come due in crowds (24 h after a campaign): the first one drains the crowd at batch
-    speed, and the others then find their session fired already and end at once.
+    The one way timers fire: the wake-up job, the sweep and ``polysms.run_due_timers()`` all call
+    it. Each session whose wake-up time has come is woken (its deadline fired when due: a warning
+    or a close; else it sleeps until its later deadline), then any deadline due without a wake-up
+    time is fired. Sessions go SWEEP_BATCH to a transaction and one Redis round trip: a backlog is
+    fired several times faster than one by one. Past ``limit`` sessions, the rest are left to a
+    new wake-up job. Safe in several processes at once: every transition is a compare-and-set.
     """
-    if not timer_job(state, session_id):
-        return 0
-    return 1 + _fire_due(state, limit=WAKE_DRAIN_LIMIT)
-
-
-# What one shared wake-up job looks at, at most; the rest go on in a new job.
-WAKE_JOB_LIMIT = 5000
-
-
-def wake_due_job(state: PolySMSState) -> int:
-    """A shared wake-up: every session whose wake-up time has come is woken (its timer fired when
-    due, else put to sleep until its later deadline), in batches; returns how many fired."""
+    now = utcnow() if now is None else now
     fired = 0
     seen: set[str] = set()
-    while len(seen) < WAKE_JOB_LIMIT:
-        waking = [s for s in state.store.waking_sessions(utcnow(), limit=500) if s.id not in seen]
-        if not waking:
-            return fired
-        for start in range(0, len(waking), SWEEP_BATCH):
-            batch = waking[start : start + SWEEP_BATCH]
-            seen.update(s.id for s in batch)
-            # A batch in one transaction and one Redis round trip (each timer_job joins the unit).
-            fired += unit_of_work(
-                state, lambda batch=batch: sum(timer_job(state, s.id, s) for s in batch)
-            )
-    state.scheduler.enqueue("wake")  # a crowd bigger than one job's share: the rest, next
+    for find in (state.store.waking_sessions, state.store.due_sessions):
+        while len(seen) < limit:
+            page = [s for s in find(now, limit=FIRE_PAGE) if s.id not in seen]
+            if not page:
+                break
+            for start in range(0, len(page), SWEEP_BATCH):
+                batch = page[start : start + SWEEP_BATCH]
+                seen.update(s.id for s in batch)
+                fired += unit_of_work(
+                    state, lambda batch=batch: sum(_wake(state, s, now) for s in batch)
+                )
+        if len(seen) >= limit:
+            state.scheduler.enqueue("wake")  # a crowd bigger than one call's share: the rest, next
+            break
     return fired
 
 
-def _fire_due(state: PolySMSState, limit: int = 500) -> int:
-    fired = 0
-    due = state.store.due_sessions(utcnow(), limit=limit)
-    for start in range(0, len(due), SWEEP_BATCH):
-        batch = due[start : start + SWEEP_BATCH]
-        # A batch of timers in one transaction and one Redis round trip (each timer_job joins
-        # the unit): a backlog of due timers is fired several times faster than one by one.
-        fired += unit_of_work(
-            state, lambda batch=batch: sum(timer_job(state, s.id, s) for s in batch)
-        )
-    return fired
+def wake_job(state: PolySMSState, *_session_id: str) -> int:
+    """The wake-up job (``wake``, and the ``timer`` job of one session that 0.1.0 scheduled,
+    whose session is among those woken): :func:`fire_due`, returning how many timers fired.
+
+    Wake-ups come due in crowds (24 h after a campaign): the first one drains the crowd at batch
+    speed, and the others then find nothing left to fire.
+    """
+    return fire_due(state)
 
 
 @dataclass
@@ -575,7 +562,7 @@ def run_sweep(state: PolySMSState) -> SweepReport:
     report.broker_reachable = scheduler.broker_available()
     if report.broker_reachable is not False:
         report.scheduled_moved = _tolerant(state, report, scheduler.move_due_jobs, 0)
-    report.timers_fired = _fire_due(state)
+    report.timers_fired = fire_due(state)
     if report.broker_reachable is not False:
         verified = _tolerant(state, report, lambda: recover_lost_jobs(state, report), set())
         if report.broker_reachable is not False:
@@ -605,6 +592,10 @@ def sweep(state: PolySMSState) -> int:
 
 
 def run_due_timers(state: PolySMSState) -> int:
-    """Run the scheduler's due jobs, then sweep the Store; returns the timers fired."""
-    fired = state.scheduler.run_due(utcnow())
+    """Fire the timers due at the current (possibly frozen) time, run the scheduler's other timed
+    jobs now due (retries), then sweep; returns the timers fired. The wake-up jobs among those
+    due find nothing left: the count is :func:`fire_due`'s, whatever the scheduler."""
+    now = utcnow()
+    fired = fire_due(state, now)
+    state.scheduler.run_due(now)
     return fired + sweep(state)

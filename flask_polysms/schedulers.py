@@ -154,7 +154,7 @@ class Scheduler(ABC):
         """Run the job at ``when`` (not held)."""
 
     def run_due(self, now: datetime) -> int:
-        """Run what is due at ``now`` (manual only); returns how many session timers fired."""
+        """Run the timed jobs due at ``now`` (manual only); returns how many jobs ran."""
         return 0
 
     def start(self) -> None:  # noqa: B027 - nothing to start for inline schedulers
@@ -237,7 +237,7 @@ class ManualScheduler(Scheduler):
             return sorted(self._timed.values(), key=lambda item: item[0])
 
     def run_due(self, now: datetime) -> int:
-        fired = 0
+        ran = 0
         while True:
             with self._lock:
                 due = sorted(
@@ -245,13 +245,12 @@ class ManualScheduler(Scheduler):
                     key=lambda item: item[1][0],
                 )
                 if not due:
-                    return fired
+                    return ran
                 key, (_, job, args) = due[0]
                 del self._timed[key]
             # A job may schedule again (even under the same id): it runs outside the lock.
-            result = self._run(job, args)
-            if job in ("timer", "wake"):
-                fired += int(result or 0)
+            self._run(job, args)
+            ran += 1
 
 
 class ThreadScheduler(Scheduler):

@@ -238,16 +238,16 @@ def test_closed_session_is_never_reopened(app, tenant, phone, polysms):
 
 def test_timer_fires_once_when_run_twice(app, tenant, phone, polysms):
     """Two wake-ups of the same due timer (two workers, a job run twice): one transition."""
-    from flask_polysms.lifecycle import timer_job
+    from flask_polysms.lifecycle import fire_due
 
     with freeze_time(START) as clock:
-        conv = start_conversation(app, tenant)
+        start_conversation(app, tenant)
         phone.send("hi")
         clock.tick(timedelta(hours=24))
         with app.app_context():
             state = get_state(app)
-            results = [timer_job(state, conv), timer_job(state, conv)]
-        assert results == [True, False]
+            results = [fire_due(state), fire_due(state)]
+        assert results == [1, 0]
         assert bodies(app, polysms).count(state.settings.warning_message) == 1
 
 
@@ -403,10 +403,9 @@ def test_agent_job_run_twice_answers_once(app, tenant, phone, polysms):
 
 def test_one_wake_up_fires_every_timer_due_with_it(app, tenant, polysms):
     """Wake-ups come due in crowds: the first drains them; the others find nothing left."""
-    from flask_polysms.lifecycle import wake_job
+    from flask_polysms.jobs import run_job_in_app
 
     users = ["+14155552673", "+14155552674", "+14155552675"]
-    state = get_state(app)
     with freeze_time(START) as clock:
         convs = []
         for user in users:
@@ -418,8 +417,10 @@ def test_one_wake_up_fires_every_timer_due_with_it(app, tenant, polysms):
             convs.append(response.json["conversation_id"])
         clock.tick(timedelta(hours=24))
         with app.app_context():
-            assert wake_job(state, convs[0]) == 3
-            assert [wake_job(state, c) for c in convs] == [0, 0, 0]
+            # 0.1.0's one-session `timer` job is the same wake-up as the shared `wake` job.
+            assert run_job_in_app(app, "timer", convs[0]) == 3
+            assert [run_job_in_app(app, "timer", c) for c in convs] == [0, 0, 0]
+            assert run_job_in_app(app, "wake") == 0
         assert {session(app, c).end_reason for c in convs} == {"unengaged"}
         # Through the scheduler: the wake-ups still waiting there fire nothing more.
         assert fire(app, polysms) == 0

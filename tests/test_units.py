@@ -50,7 +50,9 @@ def sqlite_app(tmp_path) -> Flask:
 def test_jobs_wait_for_the_end_of_the_unit(sqlite_app, monkeypatch):
     state = get_state(sqlite_app)
     ran: list[tuple] = []
-    monkeypatch.setattr(state.scheduler, "_enqueue", lambda job, *args: ran.append((job, args)))
+    monkeypatch.setattr(
+        state.scheduler, "_enqueue", lambda job, *args, **_: ran.append((job, args))
+    )
     with sqlite_app.app_context():
 
         def work() -> str:
@@ -66,7 +68,9 @@ def test_jobs_wait_for_the_end_of_the_unit(sqlite_app, monkeypatch):
 def test_a_failed_unit_writes_nothing_and_enqueues_nothing(sqlite_app, monkeypatch):
     state = get_state(sqlite_app)
     ran: list[tuple] = []
-    monkeypatch.setattr(state.scheduler, "_enqueue", lambda job, *args: ran.append((job, args)))
+    monkeypatch.setattr(
+        state.scheduler, "_enqueue", lambda job, *args, **_: ran.append((job, args))
+    )
     session = a_session()
     with sqlite_app.app_context():
 
@@ -84,7 +88,7 @@ def test_a_failed_unit_writes_nothing_and_enqueues_nothing(sqlite_app, monkeypat
 def test_nested_units_hand_over_once_at_the_outermost(sqlite_app, monkeypatch):
     state = get_state(sqlite_app)
     ran: list[str] = []
-    monkeypatch.setattr(state.scheduler, "_enqueue", lambda job, *args: ran.append(args[0]))
+    monkeypatch.setattr(state.scheduler, "_enqueue", lambda job, *args, **_: ran.append(args[0]))
     with sqlite_app.app_context():
 
         def inner(n: int) -> None:
