@@ -14,9 +14,9 @@ from flask_polysms import PolySMS, get_state
 from flask_polysms import backends as store_backends
 from flask_polysms.clock import utcnow
 from flask_polysms.crypto import hash_api_key
+from flask_polysms.ports.schedulers import RUN_JOB, JobSerializer
 from flask_polysms.records import Session, new_id
-from flask_polysms.schedulers import RUN_JOB, JobSerializer
-from flask_polysms.units import unit_of_work
+from flask_polysms.services.units import unit_of_work
 
 
 def make_app(storage_url: str) -> Flask:
