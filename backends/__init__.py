@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
-    from flask_polysms.store import Store
+    from flask_polysms.ports.store import Store
 
 ENTRY_POINT_GROUP = "flask_polysms.backends"
 

@@ -9,6 +9,14 @@ from datetime import date, datetime
 from typing import Any
 
 from flask_polysms.clock import utcnow
+from flask_polysms.ports.store import (
+    Conflict,
+    DashboardSignIn,
+    NotFound,
+    StaleVersion,
+    Store,
+    check_cursor,
+)
 from flask_polysms.records import (
     CLOSED,
     INBOUND,
@@ -28,14 +36,6 @@ from flask_polysms.records import (
     StatusEvent,
     Template,
     new_id,
-)
-from flask_polysms.store import (
-    Conflict,
-    DashboardSignIn,
-    NotFound,
-    StaleVersion,
-    Store,
-    check_cursor,
 )
 
 

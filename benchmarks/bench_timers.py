@@ -72,8 +72,8 @@ class Counters:
 
 def open_sessions(state, tenant, first: int, n: int, deadline_from) -> list[str]:
     """``n`` engaged sessions, rows in bulk, wake-ups scheduled as ``new_session`` does."""
-    from flask_polysms.lifecycle import _schedule_wake
     from flask_polysms.records import Session, new_id
+    from flask_polysms.services.lifecycle import _schedule_wake
 
     store = state.store
     model = store._m.Session
@@ -118,7 +118,7 @@ def _values(record) -> dict:
 
 def bookkeeping(state, counters: Counters, ids: list[str], n: int) -> dict:
     """One inbound message's timer bookkeeping, ``n`` times on random open sessions."""
-    from flask_polysms.lifecycle import note_activity
+    from flask_polysms.services.lifecycle import note_activity
 
     chosen = random.sample(ids, n)
     sessions = [state.store.get_session(i) for i in chosen]  # routing read them (not timed)
@@ -200,7 +200,7 @@ def fire_with_worker(app, state, ids: list[str]) -> dict:
 
 
 def fire_with_sweep(state, ids: list[str]) -> dict:
-    from flask_polysms.lifecycle import sweep
+    from flask_polysms.services.lifecycle import sweep
 
     started = time.perf_counter()
     fired = calls = 0
@@ -237,7 +237,7 @@ def main() -> None:
     from redis import Redis
 
     from flask_polysms.clock import utcnow
-    from flask_polysms.extension import get_state
+    from flask_polysms.services.state import get_state
     from flask_polysms.testing import provision
 
     random.seed(7)

@@ -110,9 +110,9 @@ def fill_noop(n: int) -> None:
 
 def fill_sends(app, tenant, n: int, first_user: int) -> list[str]:
     """``n`` messages queued through the one send path (rows first, then their jobs)."""
-    from flask_polysms.extension import get_state
-    from flask_polysms.sending import queue_message
-    from flask_polysms.units import unit_of_work
+    from flask_polysms.services.sending import queue_message
+    from flask_polysms.services.state import get_state
+    from flask_polysms.services.units import unit_of_work
 
     ids = []
     with app.app_context():
@@ -141,7 +141,7 @@ def fill_sends(app, tenant, n: int, first_user: int) -> list[str]:
 
 
 def count_sent(app, ids: list[str]) -> dict[str, int]:
-    from flask_polysms.extension import get_state
+    from flask_polysms.services.state import get_state
 
     statuses: dict[str, int] = {}
     with app.app_context():

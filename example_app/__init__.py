@@ -63,7 +63,7 @@ def _favicon():
     """The browser's tab icon (flask-polysms's own), so no page of the example logs a 404."""
     from flask import send_from_directory
 
-    from flask_polysms.api.docs import OWN_ASSETS
+    from flask_polysms.web.api.docs import OWN_ASSETS
 
     return send_from_directory(OWN_ASSETS, "favicon.svg", mimetype="image/svg+xml", max_age=86400)
 

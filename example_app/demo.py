@@ -27,8 +27,9 @@ from flask import Flask
 from flask.helpers import get_debug_flag
 from werkzeug.serving import is_running_from_reloader
 
-from flask_polysms import get_state, templates
+from flask_polysms import get_state
 from flask_polysms.cli import DEMO_NUMBER, DEMO_SETUP, demo_curl, demo_tenant, write_private_file
+from flask_polysms.services import templates
 from flask_polysms.testing import TwilioEmulator
 
 #: Set to 1 to start without the banner (it shows the demo's API key).

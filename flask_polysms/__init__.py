@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .conversation import Conversation
-    from .extension import PolySMS, get_state
-    from .hosting import alembic_include_name
+    from .extension import PolySMS
+    from .services.conversation import Conversation
+    from .services.state import get_state
+    from .web.hosting import alembic_include_name
 
 __all__ = ["Conversation", "PolySMS", "alembic_include_name", "get_state"]
 __version__ = "0.1.0"
@@ -15,10 +16,10 @@ __version__ = "0.1.0"
 # Imported when first used: the pytest plugin (an entry point loaded by every pytest run that has
 # the package installed) imports this package, and must not cost every test run the whole of it.
 _LAZY = {
-    "Conversation": ".conversation",
+    "Conversation": ".services.conversation",
     "PolySMS": ".extension",
-    "get_state": ".extension",
-    "alembic_include_name": ".hosting",
+    "get_state": ".services.state",
+    "alembic_include_name": ".web.hosting",
 }
 
 

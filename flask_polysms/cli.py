@@ -8,10 +8,10 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
-from . import provisioning
-from .extension import get_state
-from .store import SchemaError, SchemaTooNew, SchemaVersion, migration_number
-from .tenancy import revoke_api_key
+from .ports.store import SchemaError, SchemaTooNew, SchemaVersion, migration_number
+from .services import provisioning
+from .services.state import get_state
+from .services.tenancy import revoke_api_key
 
 polysms_cli = AppGroup("polysms", help="flask-polysms: tenants, senders, workers and timers.")
 
@@ -190,7 +190,7 @@ def create_api_key(account_id: str) -> None:
 def create_template_command(project_id: str, title: str, body: str, senders: tuple[str, ...]):
     """Save an SMS template (tokens: ${attribute}, {{entity:name}}, {{vrbl:ID}}); prints its id."""
     from .errors import PolySMSError
-    from .templates import create_template
+    from .services.templates import create_template
 
     env_phone_numbers = {}
     for given in senders:
@@ -265,7 +265,7 @@ def sweep_command() -> None:
     """Fire every overdue session timer and enqueue again the work whose job was lost (or never
     reached Redis); print what it did. Every worker also sweeps by itself every few seconds.
     Exits 1 when Redis could not be reached (nothing could be enqueued)."""
-    from .lifecycle import run_sweep
+    from .services.lifecycle import run_sweep
 
     report = run_sweep(_state())
     for line in report.lines():
@@ -288,7 +288,7 @@ def worker(simple: bool, burst: bool) -> None:
     Its exit takes seconds, also with --burst, and its scheduler process ends with it.
     """
     from .jobs import set_worker_app
-    from .schedulers import RQScheduler, keep_worker, worker_class
+    from .ports.schedulers import RQScheduler, keep_worker, worker_class
 
     state = _state()
     if not isinstance(state.scheduler, RQScheduler):
@@ -338,7 +338,7 @@ def set_registration_command(address: str, state: str, campaign_id: str | None) 
     Without --campaign-id, 'registered' keeps the recorded campaign id and any other state clears
     it. The sender's remaining compliance problems are printed after it.
     """
-    from .senders import UNSET, sender_compliance, set_registration
+    from .services.senders import UNSET, sender_compliance, set_registration
 
     sender = _sender_service(
         set_registration, address, state, UNSET if campaign_id is None else campaign_id
@@ -402,7 +402,7 @@ def check_senders(project_ids: tuple[str, ...], as_json: bool) -> None:
     """
     import json
 
-    from .senders import project_compliance
+    from .services.senders import project_compliance
 
     if not project_ids:
         raise click.ClickException(
@@ -511,7 +511,7 @@ def read_demo_record(app) -> dict | None:
 def _demo_signs_in(state, record: dict) -> bool:
     """The recorded key and connector still authenticate and the environment has a sender."""
     from .errors import PolySMSError
-    from .tenancy import authenticate
+    from .services.tenancy import authenticate
 
     try:
         tenant = authenticate(state.store, record.get("api_key"), record.get("connector_id"))

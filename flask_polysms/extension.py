@@ -5,47 +5,21 @@ from __future__ import annotations
 import logging
 import os
 import weakref
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
 from flask import Flask, current_app, has_app_context
 
 from .config import ConfigError, Settings, load_settings
-from .crypto import TokenCipher, build_cipher
+from .crypto import build_cipher
 from .errors import NotConfigured
-from .gateways import Gateway, create_gateway
-from .schedulers import Scheduler, create_scheduler
-from .store import Store
+from .jobs import run_job_in_app
+from .ports.gateways import create_gateway
+from .ports.schedulers import Scheduler, create_scheduler
+from .ports.store import Store
+from .services.state import EXTENSION_KEY, AgentFunc, PolySMSState, get_state
 
-if TYPE_CHECKING:
-    from .conversation import Conversation
+__all__ = ["PolySMS", "PolySMSState", "get_state"]
 
 log = logging.getLogger("flask_polysms")
-
-EXTENSION_KEY = "polysms"
-AgentFunc = Callable[["Conversation", str], "str | None"]
-
-
-@dataclass
-class PolySMSState:
-    """Everything one app's extension needs: its settings and the three ports."""
-
-    extension: PolySMS
-    app: Flask
-    settings: Settings
-    store: Store
-    gateway: Gateway
-    scheduler: Scheduler
-    cipher: TokenCipher
-    limiter: Any = None
-    read_limiter: Any = None  # POLYSMS_READ_RATE_LIMIT, counted by every authenticated route
-    emulator: Any = None  # a TwilioEmulator the app started in-process (the embedded demo)
-    inbound_limits: Any = None  # built on first inbound message (inbound.inbound_limits)
-
-    @property
-    def agent(self) -> AgentFunc | None:
-        return self.extension.agent_func
 
 
 def _in_instance_folder(app: Flask, url: str) -> str:
@@ -72,20 +46,6 @@ def _refuse_newer_schema(store: Store) -> None:
         log.warning("schema version not checked at start-up: %s", type(exc).__name__)
     finally:
         store.disconnect()
-
-
-def get_state(app: Flask | None = None) -> PolySMSState:
-    """The extension state of ``app`` (default: the current app)."""
-    if app is None:
-        if not has_app_context():
-            raise NotConfigured("no Flask app context: push one or pass the app")
-        app = current_app._get_current_object()  # type: ignore[attr-defined]
-    state = app.extensions.get(EXTENSION_KEY)
-    if state is None:
-        raise NotConfigured(
-            f"flask-polysms is not set up on app {app.name!r}: did you call polysms.init_app(app)?"
-        )
-    return state
 
 
 class PolySMS:
@@ -136,7 +96,7 @@ class PolySMS:
                 base_url=settings.twilio_base_url,
                 timeout=settings.twilio_timeout,
             ),
-            scheduler=create_scheduler(app, settings),
+            scheduler=create_scheduler(app, settings, run_job_in_app),
             cipher=build_cipher(
                 settings.encryption_keys,
                 settings.secret_key,
@@ -147,9 +107,9 @@ class PolySMS:
         self._apps.add(app)
         self._warn_unsafe_defaults(app, settings)
 
-        from . import hosting
-        from .api import register_api
         from .cli import polysms_cli
+        from .web import hosting
+        from .web.api import register_api
 
         # flask-smorest adds its own `flask openapi` command: a host's own stays the host's.
         host_openapi_command = app.cli.commands.get("openapi")
@@ -172,7 +132,7 @@ class PolySMS:
                 state.scheduler.start()
 
         if settings.dashboard:
-            from .dashboard import register_dashboard
+            from .web.dashboard import register_dashboard
 
             register_dashboard(app, state)
         hosting.refuse_url_clashes(app, settings.url_prefix)
@@ -233,7 +193,7 @@ class PolySMS:
 
         Works outside an app context when this object serves one app (its context is pushed for
         the call)."""
-        from .lifecycle import run_due_timers
+        from .services.lifecycle import run_due_timers
 
         if has_app_context():
             return run_due_timers(get_state())

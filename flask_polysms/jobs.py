@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from flask import Flask, current_app, has_app_context
 
 if TYPE_CHECKING:
-    from .extension import PolySMSState
+    from .services.state import PolySMSState
 
 log = logging.getLogger("flask_polysms.jobs")
 
@@ -27,13 +27,13 @@ def set_worker_app(app: Flask) -> None:
 
 
 def _handlers() -> dict[str, Any]:
-    from . import inbound, lifecycle, sending
+    from .services import inbound, lifecycle, sending
 
     return {
         "send": sending.send_job,
         "agent": inbound.agent_job,
-        "timer": lifecycle.wake_job,  # one session's wake-up (jobs scheduled by 0.1.0)
-        "wake": lifecycle.wake_due_job,
+        "wake": lifecycle.wake_job,
+        "timer": lifecycle.wake_job,  # one session's wake-up, as 0.1.0 scheduled it: the same job
         "sweep": lifecycle.sweep,
     }
 
@@ -50,7 +50,7 @@ def preload() -> None:
 
 def run_job_in_app(app: Flask, name: str, *args: Any) -> Any:
     """Run the named job with ``app``'s state, in its app context, with a store connection."""
-    from .extension import get_state
+    from .services.state import get_state
 
     handler = _handlers()[name]
     if has_app_context() and current_app._get_current_object() is app:  # type: ignore[attr-defined]

@@ -37,7 +37,7 @@ class Phone:
     def webhook_url(self) -> str:
         """The URL Twilio would call and sign: the app's configured public URL, else the one the
         test client uses (``PREFERRED_URL_SCHEME``, ``SERVER_NAME``, ``APPLICATION_ROOT``)."""
-        from .extension import get_state
+        from .services.state import get_state
 
         settings = get_state(self.app).settings
         config = self.app.config
@@ -50,7 +50,7 @@ class Phone:
 
     def send(self, body: str, *, to: str | None = None, **extra: str):
         """Post one inbound SMS; returns the response (200 with empty TwiML when accepted)."""
-        from .extension import get_state
+        from .services.state import get_state
         from .testing import sign_twilio_request
 
         params = {
@@ -87,7 +87,7 @@ def polysms_tenant(app) -> Provisioned:
     The number is the first of :data:`TENANT_NUMBERS` not provisioned yet, so a suite whose
     ``app`` (and store) lives across tests gets a fresh tenant in each test.
     """
-    from .extension import get_state
+    from .services.state import get_state
     from .testing import provision
 
     with app.app_context():

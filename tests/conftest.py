@@ -98,7 +98,7 @@ from typing import Any  # noqa: E402
 from flask import Flask  # noqa: E402
 
 from flask_polysms import PolySMS  # noqa: E402
-from flask_polysms.extension import get_state  # noqa: E402
+from flask_polysms.services.state import get_state  # noqa: E402
 from flask_polysms.testing import (  # noqa: E402
     Provisioned,
     TwilioEmulator,

@@ -16,8 +16,8 @@ from pathlib import Path
 from flask import Flask
 
 from flask_polysms import PolySMS
-from flask_polysms.extension import get_state
-from flask_polysms.gateways import GatewayError
+from flask_polysms.ports.gateways import GatewayError
+from flask_polysms.services.state import get_state
 
 CONFIG_ENV = "POLYSMS_FAULT_CONFIG"
 TIMEOUT_LOG_ENV = "POLYSMS_FAULT_TIMEOUT_LOG"

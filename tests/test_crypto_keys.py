@@ -21,7 +21,7 @@ from flask import Flask
 from flask_polysms import PolySMS, backends
 from flask_polysms.config import ConfigError
 from flask_polysms.crypto import TokenCipher
-from flask_polysms.extension import get_state
+from flask_polysms.services.state import get_state
 from flask_polysms.testing import provision, sign_twilio_request
 
 PUBLIC_URL = "https://sms.example.com"

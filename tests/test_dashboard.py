@@ -17,13 +17,14 @@ from pathlib import Path
 import pytest
 from flask import Flask
 
-from flask_polysms import PolySMS, templates
+from flask_polysms import PolySMS
 from flask_polysms.config import ConfigError
 from flask_polysms.crypto import hash_api_key
-from flask_polysms.dashboard import chart
-from flask_polysms.dashboard.access import COOKIE_NAME, CSRF_SESSION_KEY
-from flask_polysms.extension import get_state
-from flask_polysms.tenancy import revoke_api_key
+from flask_polysms.services import templates
+from flask_polysms.services.state import get_state
+from flask_polysms.services.tenancy import revoke_api_key
+from flask_polysms.web.dashboard import chart
+from flask_polysms.web.dashboard.access import COOKIE_NAME, CSRF_SESSION_KEY
 
 AGENT = "+14155552671"
 OTHER_AGENT = "+14155552673"
@@ -136,7 +137,7 @@ def test_wheel_ships_the_templates_and_static_files(tmp_path):
     )
     (wheel,) = tmp_path.glob("flask_polysms-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    package = root / "flask_polysms" / "dashboard"
+    package = root / "flask_polysms" / "web" / "dashboard"
     shipped = [
         path.relative_to(root).as_posix()
         for folder in ("templates", "static")
@@ -145,7 +146,7 @@ def test_wheel_ships_the_templates_and_static_files(tmp_path):
     ]
     assert len(shipped) > 10
     assert set(shipped) <= names
-    assert "flask_polysms/dashboard/views.py" in names
+    assert "flask_polysms/web/dashboard/views.py" in names
 
 
 def test_security_headers(signed_in):
@@ -249,7 +250,7 @@ def test_revoked_key_ends_the_sign_in_at_the_next_request(signed_in, sms):
 
 def test_a_sign_in_naming_another_accounts_connector_shows_nothing(browser, sms):
     from flask_polysms.clock import utcnow
-    from flask_polysms.store import DashboardSignIn
+    from flask_polysms.ports.store import DashboardSignIn
 
     other = sms.provision(numbers=(OTHER_AGENT,))
     key = sms.store.get_api_key_by_hash(hash_api_key(sms.tenant.api_key))
@@ -627,7 +628,7 @@ def test_conversation_filters(signed_in, sms):
 def test_conversations_are_those_of_the_connectors_environment(signed_in, sms):
     # The same project's sandbox: another connector of the same project, its own number.
     with sms.app.app_context():
-        from flask_polysms import provisioning
+        from flask_polysms.services import provisioning
 
         connector = provisioning.create_connector(sms.state, sms.tenant.project_id, "sandbox")
         provisioning.add_sender(sms.state, sms.tenant.project_id, "+14155552672", "sandbox")
@@ -666,7 +667,7 @@ def test_the_pages_say_what_is_project_wide(signed_in, sms):
 
 
 def test_conversation_pages(signed_in, sms, monkeypatch):
-    from flask_polysms.dashboard import views
+    from flask_polysms.web.dashboard import views
 
     monkeypatch.setattr(views, "PAGE_SIZE", 1)
     for number in (USER, USER_2):

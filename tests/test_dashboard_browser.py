@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from flask_polysms.extension import get_state
+from flask_polysms.services.state import get_state
 
 pytestmark = pytest.mark.browser
 

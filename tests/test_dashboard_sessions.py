@@ -15,8 +15,8 @@ import pytest
 from freezegun import freeze_time
 
 from flask_polysms import backends
-from flask_polysms.dashboard.access import COOKIE_NAME, LEGACY_SESSION_KEYS
-from flask_polysms.store import Conflict, DashboardSignIn, Store
+from flask_polysms.ports.store import Conflict, DashboardSignIn, Store
+from flask_polysms.web.dashboard.access import COOKIE_NAME, LEGACY_SESSION_KEYS
 
 AGENT = "+14155552671"
 USER = "+14155552674"
@@ -313,7 +313,7 @@ def test_a_bad_timeout_fails_at_start_naming_the_key(make_sms, key, value):
 
 def test_a_revoked_key_ends_the_sign_in_record(make_dashboard):
     from flask_polysms.crypto import hash_api_key
-    from flask_polysms.tenancy import revoke_api_key
+    from flask_polysms.services.tenancy import revoke_api_key
 
     sms = make_dashboard()
     browser = Browser(sms)

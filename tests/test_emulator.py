@@ -25,7 +25,7 @@ from twilio.base.exceptions import TwilioRestException
 from twilio.request_validator import RequestValidator
 from werkzeug.serving import make_server
 
-from flask_polysms.emulator import TwilioEmulator
+from flask_polysms.testing.emulator import TwilioEmulator
 
 ACCOUNT_SID = "AC" + "a1" * 16
 AUTH_TOKEN = "emulator-test-token"

@@ -12,7 +12,7 @@ from flask_polysms.backends import BackendError, backend_for, create_store, regi
 from flask_polysms.backends.memory import MemoryStore
 from flask_polysms.config import DEFAULTS, ConfigError, ConfigVars
 from flask_polysms.errors import NotConfigured
-from flask_polysms.schedulers import ManualScheduler, RQScheduler, ThreadScheduler
+from flask_polysms.ports.schedulers import ManualScheduler, RQScheduler, ThreadScheduler
 
 
 def make_app(testing: bool = True, **config) -> Flask:

@@ -50,8 +50,8 @@ from flask import Flask
 
 from flask_polysms import PolySMS
 from flask_polysms.clock import utcnow
-from flask_polysms.extension import get_state
-from flask_polysms.lifecycle import sweep
+from flask_polysms.services.lifecycle import sweep
+from flask_polysms.services.state import get_state
 from flask_polysms.testing import TwilioEmulator, provision, sign_twilio_request
 
 pytestmark = pytest.mark.services

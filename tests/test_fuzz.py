@@ -33,7 +33,7 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from flask_polysms import PolySMS
-from flask_polysms.extension import get_state
+from flask_polysms.services.state import get_state
 from flask_polysms.testing import provision, sign_twilio_request
 
 pytestmark = pytest.mark.slow

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from flask_polysms.gateways import OutboxGateway, OutgoingSMS, TwilioGateway
+from flask_polysms.ports.gateways import OutboxGateway, OutgoingSMS, TwilioGateway
 from flask_polysms.testing import TwilioEmulator
 
 SID, TOKEN = "AC" + "1" * 32, "2" * 32
@@ -33,7 +33,7 @@ def test_region_and_edge_in_the_environment_do_not_redirect_sends(emulator, monk
     [(20429, True), (500, True), (21211, False), (21610, False), (21614, False), (21408, False)],
 )
 def test_error_verdicts_through_the_real_client(emulator, code, retryable):
-    from flask_polysms.gateways import GatewayError
+    from flask_polysms.ports.gateways import GatewayError
 
     emulator.fail_next(1, code)
     gateway = TwilioGateway(base_url=emulator.base_url, timeout=2)
@@ -44,7 +44,7 @@ def test_error_verdicts_through_the_real_client(emulator, code, retryable):
 
 
 def test_timeout_is_retryable(emulator):
-    from flask_polysms.gateways import GatewayError
+    from flask_polysms.ports.gateways import GatewayError
 
     emulator.hang_next(1, 2.0)
     gateway = TwilioGateway(base_url=emulator.base_url, timeout=0.3)

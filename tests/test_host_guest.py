@@ -161,7 +161,7 @@ def test_error_handlers_answer_for_their_own_routes_in_either_order(order, caplo
     assert client.get("/v1/boom").json == {"host_error": "crash"}
 
     # An unexpected failure in one of our views: ours, logged with the id the client is given.
-    from flask_polysms.extension import get_state
+    from flask_polysms.services.state import get_state
 
     def broken(*args, **kwargs):
         raise RuntimeError("database password is hunter2")
@@ -219,7 +219,7 @@ def test_a_testing_app_records_sends_in_the_outbox_unless_it_names_a_gateway():
     named = Flask("testing_named")
     named.config.update(TESTING=True, SECRET_KEY="k", POLYSMS_GATEWAY="twilio")
     PolySMS(named)
-    from flask_polysms.extension import get_state
+    from flask_polysms.services.state import get_state
 
     assert get_state(testing).settings.gateway == "outbox"
     assert get_state(named).settings.gateway == "twilio"

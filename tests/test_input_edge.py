@@ -19,11 +19,11 @@ import pytest
 import requests
 from flask import Flask, request
 
-from flask_polysms.api.blueprint import Parser
 from flask_polysms.backends import create_store
 from flask_polysms.crypto import hash_api_key
 from flask_polysms.errors import InvalidInput
-from flask_polysms.sender_facts import describe_address
+from flask_polysms.services.sender_facts import describe_address
+from flask_polysms.web.api.blueprint import Parser
 
 AGENT = "+14155552671"
 USER = "+14155552674"

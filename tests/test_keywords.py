@@ -1,4 +1,4 @@
-"""Compliance keywords (flask_polysms.keywords): DESIGN section 4.1, exactly."""
+"""Compliance keywords (flask_polysms.services.keywords): DESIGN section 4.1, exactly."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from flask_polysms.keywords import (
+from flask_polysms.services.keywords import (
     DEFAULT_REPLIES,
     HELP_WORDS,
     KEYWORDS,

@@ -180,7 +180,7 @@ def test_activity_in_either_direction_restarts_idle_timer(app, tenant, phone, po
         phone.send("hi")  # agent answers at once: last activity now
         clock.tick(timedelta(hours=12))
         with app.app_context():
-            from flask_polysms.conversation import Conversation
+            from flask_polysms.services.conversation import Conversation
 
             Conversation(get_state(app), session(app, conv)).send_sms(USER, AGENT, "reminder")
         clock.tick(timedelta(hours=23))
@@ -238,22 +238,22 @@ def test_closed_session_is_never_reopened(app, tenant, phone, polysms):
 
 def test_timer_fires_once_when_run_twice(app, tenant, phone, polysms):
     """Two wake-ups of the same due timer (two workers, a job run twice): one transition."""
-    from flask_polysms.lifecycle import timer_job
+    from flask_polysms.services.lifecycle import fire_due
 
     with freeze_time(START) as clock:
-        conv = start_conversation(app, tenant)
+        start_conversation(app, tenant)
         phone.send("hi")
         clock.tick(timedelta(hours=24))
         with app.app_context():
             state = get_state(app)
-            results = [timer_job(state, conv), timer_job(state, conv)]
-        assert results == [True, False]
+            results = [fire_due(state), fire_due(state)]
+        assert results == [1, 0]
         assert bodies(app, polysms).count(state.settings.warning_message) == 1
 
 
 def test_sweep_fires_overdue_deadline_without_a_scheduled_job(app, tenant, phone, polysms):
     """The deadline lives in the Store: losing every scheduled job (a Redis flush) loses nothing."""
-    from flask_polysms.lifecycle import sweep
+    from flask_polysms.services.lifecycle import sweep
 
     with freeze_time(START) as clock:
         conv = start_conversation(app, tenant)
@@ -343,7 +343,7 @@ def test_agent_goodbye_is_sent_when_it_ends_the_conversation(app, tenant, phone,
 
 def test_sweep_leaves_a_message_waiting_for_its_retry_alone(app, tenant, polysms):
     """A queued retry whose backoff has not run out is not 'stuck' (no early resend)."""
-    from flask_polysms.lifecycle import reap_stuck_messages
+    from flask_polysms.services.lifecycle import reap_stuck_messages
 
     state = get_state(app)
     with freeze_time(START) as clock:
@@ -364,7 +364,7 @@ def test_sweep_leaves_a_message_waiting_for_its_retry_alone(app, tenant, polysms
 def test_sweep_runs_a_lost_agent_turn_again(app, tenant, phone, polysms, left_as):
     """An agent job lost with Redis (received) or with a killed worker (processing) is run again
     by the sweep once it is POLYSMS_STUCK_AFTER old; the user gets one answer."""
-    from flask_polysms.lifecycle import sweep
+    from flask_polysms.services.lifecycle import sweep
 
     state = get_state(app)
     with freeze_time(START) as clock:
@@ -390,7 +390,7 @@ def test_sweep_runs_a_lost_agent_turn_again(app, tenant, phone, polysms, left_as
 
 
 def test_agent_job_run_twice_answers_once(app, tenant, phone, polysms):
-    from flask_polysms.inbound import agent_job
+    from flask_polysms.services.inbound import agent_job
 
     conv = start_conversation(app, tenant)
     phone.send("hello")
@@ -403,10 +403,9 @@ def test_agent_job_run_twice_answers_once(app, tenant, phone, polysms):
 
 def test_one_wake_up_fires_every_timer_due_with_it(app, tenant, polysms):
     """Wake-ups come due in crowds: the first drains them; the others find nothing left."""
-    from flask_polysms.lifecycle import wake_job
+    from flask_polysms.jobs import run_job_in_app
 
     users = ["+14155552673", "+14155552674", "+14155552675"]
-    state = get_state(app)
     with freeze_time(START) as clock:
         convs = []
         for user in users:
@@ -418,8 +417,10 @@ def test_one_wake_up_fires_every_timer_due_with_it(app, tenant, polysms):
             convs.append(response.json["conversation_id"])
         clock.tick(timedelta(hours=24))
         with app.app_context():
-            assert wake_job(state, convs[0]) == 3
-            assert [wake_job(state, c) for c in convs] == [0, 0, 0]
+            # 0.1.0's one-session `timer` job is the same wake-up as the shared `wake` job.
+            assert run_job_in_app(app, "timer", convs[0]) == 3
+            assert [run_job_in_app(app, "timer", c) for c in convs] == [0, 0, 0]
+            assert run_job_in_app(app, "wake") == 0
         assert {session(app, c).end_reason for c in convs} == {"unengaged"}
         # Through the scheduler: the wake-ups still waiting there fire nothing more.
         assert fire(app, polysms) == 0

@@ -30,7 +30,7 @@ from playhouse.migrations import Migration
 from flask_polysms import PolySMS, backends, get_state
 from flask_polysms.backends.peewee_migrations import DIRECTORY, HISTORY_TABLE, SchemaMigrations
 from flask_polysms.crypto import hash_api_key
-from flask_polysms.store import DashboardSignIn, SchemaTooNew, SchemaUpgrade, migration_number
+from flask_polysms.ports.store import DashboardSignIn, SchemaTooNew, SchemaUpgrade, migration_number
 
 #: The last commit of 0.1.0 (tag v0.1.0).
 V0_1_0 = "e6319d04492c6fe4a5df33718fa62f2d5e5cda02"
@@ -492,7 +492,7 @@ def test_two_upgrades_at_once_apply_each_migration_once(empty_url):
 
 def test_a_partial_schema_without_history_is_refused(tmp_path):
     """Some of 0.1.0's tables and no history: no release made that, so nothing is guessed."""
-    from flask_polysms.store import SchemaError
+    from flask_polysms.ports.store import SchemaError
 
     url = f"sqlite:///{tmp_path / 'partial.db'}"
     store = _store(url)

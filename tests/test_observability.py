@@ -504,7 +504,7 @@ def test_the_store_reads_of_the_endpoint(storage):
 
 
 def test_a_store_without_totals_leaves_the_sends_out(make_sms, monkeypatch):
-    from flask_polysms.store import Store
+    from flask_polysms.ports.store import Store
 
     sms = make_sms(POLYSMS_METRICS_ENDPOINT="/metrics")
     # A third-party backend written before these reads: the contract's defaults.
@@ -523,11 +523,11 @@ def test_a_store_without_totals_leaves_the_sends_out(make_sms, monkeypatch):
 def test_without_prometheus_client_the_setting_fails_at_start_up(monkeypatch):
     import sys
 
-    import flask_polysms
+    import flask_polysms.services
     from flask_polysms.config import ConfigError
 
-    monkeypatch.delitem(sys.modules, "flask_polysms.observability", raising=False)
-    monkeypatch.delattr(flask_polysms, "observability", raising=False)
+    monkeypatch.delitem(sys.modules, "flask_polysms.services.observability", raising=False)
+    monkeypatch.delattr(flask_polysms.services, "observability", raising=False)
     monkeypatch.setitem(sys.modules, "prometheus_client", None)  # an import of it fails
     app = Flask("no_prometheus")
     app.config.update(TESTING=True, SECRET_KEY="k", POLYSMS_METRICS_ENDPOINT="/metrics")

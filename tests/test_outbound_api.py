@@ -9,11 +9,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from flask_polysms import provisioning
 from flask_polysms.crypto import hash_api_key
-from flask_polysms.extension import get_state
-from flask_polysms.lifecycle import end_session
-from flask_polysms.tenancy import AUTH_HEADER, CONNECTOR_HEADER, revoke_api_key
+from flask_polysms.services import provisioning
+from flask_polysms.services.lifecycle import end_session
+from flask_polysms.services.state import get_state
+from flask_polysms.services.tenancy import AUTH_HEADER, CONNECTOR_HEADER, revoke_api_key
 
 AGENT_NUMBERS = ("+14155552671", "+14155552672", "+14155552673")
 USER_NUMBERS = ("+14155552674", "+14155552675", "+14155552676", "+14155552677")

@@ -29,7 +29,10 @@ def test_wheel_contains_the_backends_and_data(tmp_path):
         "flask_polysms/backends/peewee/__init__.py",
         "flask_polysms/backends/peewee/store.py",
         "flask_polysms/backends/peewee/postgres.py",
-        "flask_polysms/api/__init__.py",
+        "flask_polysms/web/api/__init__.py",
+        "flask_polysms/services/lifecycle.py",
+        "flask_polysms/ports/store.py",
+        "flask_polysms/testing/emulator.py",
         "flask_polysms/data/countries.json",
     ):
         assert required in names, required

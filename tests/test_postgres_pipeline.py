@@ -13,8 +13,8 @@ import pytest
 
 from flask_polysms import backends
 from flask_polysms.clock import utcnow
+from flask_polysms.ports.store import Conflict
 from flask_polysms.records import Message, Session, new_id
-from flask_polysms.store import Conflict
 
 pytestmark = pytest.mark.services
 

@@ -13,8 +13,8 @@ import re
 import pytest
 
 from flask_polysms.config import DEFAULTS, ConfigError, ConfigVars
-from flask_polysms.extension import get_state
-from flask_polysms.tenancy import AUTH_HEADER
+from flask_polysms.services.state import get_state
+from flask_polysms.services.tenancy import AUTH_HEADER
 
 USER = "+14155552674"
 OTHER_NUMBER = "+14155552678"

@@ -18,11 +18,10 @@ from flask import Flask
 from rq.job import Job
 from test_faults import PrivateRedis, private_redis_server
 
-from flask_polysms import PolySMS, get_state, lifecycle
+from flask_polysms import PolySMS, get_state
 from flask_polysms.clock import utcnow
 from flask_polysms.jobs import set_worker_app
-from flask_polysms.lifecycle import run_sweep
-from flask_polysms.schedulers import (
+from flask_polysms.ports.schedulers import (
     ALIVE_TTL,
     LOST,
     MISSING,
@@ -35,6 +34,8 @@ from flask_polysms.schedulers import (
     send_job_id,
     worker_class,
 )
+from flask_polysms.services import lifecycle
+from flask_polysms.services.lifecycle import run_sweep
 from flask_polysms.testing import provision, sign_twilio_request
 
 pytestmark = pytest.mark.services

@@ -82,10 +82,11 @@ def test_one_authorisation_rule_for_the_api_the_dashboard_and_the_store():
     """The API's refusals, in order, come from the one rule the store and dashboard also use."""
     from datetime import datetime
 
-    from flask_polysms import authorisation, store
-    from flask_polysms.dashboard import access
+    from flask_polysms import authorisation
     from flask_polysms.errors import Forbidden, InvalidInput, NotFoundError, Unauthorized
+    from flask_polysms.ports import store
     from flask_polysms.records import ApiKey, Connector, Project
+    from flask_polysms.web.dashboard import access
 
     at = datetime(2026, 1, 1)
     key = ApiKey(id="key_1", account_id="acc_1", key_hash="h", prefix="pk_", created_at=at)

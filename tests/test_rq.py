@@ -48,7 +48,7 @@ def make_app(redis_url: str, storage_url: str = "memory://", **config) -> tuple[
 def work(app: Flask) -> None:
     """One burst of a real RQ worker (with its scheduler) in this process: the worker class of
     `flask polysms worker`, whose exit takes no more than a second or two."""
-    from flask_polysms.schedulers import worker_class
+    from flask_polysms.ports.schedulers import worker_class
 
     state = get_state(app)
     set_worker_app(app)

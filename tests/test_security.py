@@ -28,8 +28,8 @@ from flask import Flask
 
 from flask_polysms import PolySMS
 from flask_polysms.backends import create_store
-from flask_polysms.extension import get_state
-from flask_polysms.provisioning import create_api_key
+from flask_polysms.services.provisioning import create_api_key
+from flask_polysms.services.state import get_state
 from flask_polysms.testing import TwilioEmulator, sign_twilio_request
 
 A_NUMBER = "+14155552671"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from flask_polysms import sender_facts as sf
 from flask_polysms.clock import utcnow
 from flask_polysms.records import Sender
+from flask_polysms.services import sender_facts as sf
 
 MG_SID = "MG" + "0123456789abcdef" * 2
 

@@ -7,10 +7,11 @@ import json
 import pytest
 from flask import Flask
 
-from flask_polysms import PolySMS, provisioning
-from flask_polysms import senders as senders_service
-from flask_polysms.extension import get_state
-from flask_polysms.sender_facts import REGISTRATION_STATES
+from flask_polysms import PolySMS
+from flask_polysms.services import provisioning
+from flask_polysms.services import senders as senders_service
+from flask_polysms.services.sender_facts import REGISTRATION_STATES
+from flask_polysms.services.state import get_state
 from flask_polysms.testing import provision, sign_twilio_request
 
 US_LONG = "+14155552671"  # the blocked one in most tests

@@ -64,7 +64,7 @@ def test_a_send_reaches_twilio_with_a_status_callback(emulated):
 def test_no_request_host_ever_becomes_a_status_callback(make_sms):
     """Requests with forged Host headers (unsigned webhooks included) leave the callback URL of
     every later send, in a request or in a job, to configuration alone."""
-    from flask_polysms.sending import status_callback_url
+    from flask_polysms.services.sending import status_callback_url
 
     sms = make_sms(numbers=(AGENT,), POLYSMS_PUBLIC_URL="https://sms.example.com")
     conversation = f"/v1/conversations/conv_{'0' * 32}"

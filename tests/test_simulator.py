@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 from flask import abort, request
 
-from flask_polysms.extension import get_state
+from flask_polysms.services.state import get_state
 
 AGENT = "+14155552671"
 USER = "+14155552674"

@@ -1,4 +1,5 @@
-"""The Store contract (flask_polysms.store.Store): one suite, run unchanged against every backend.
+"""The Store contract (flask_polysms.ports.store.Store): one suite, run unchanged against every
+backend.
 
 Backends: ``memory``, ``sqlite`` (a temporary file), ``postgresql`` and ``mysql`` (the servers of
 conftest.py; skipped when absent, a failure under CI=true). Each test gets a fresh schema under its
@@ -21,6 +22,7 @@ import pytest
 from freezegun import freeze_time
 
 from flask_polysms import backends
+from flask_polysms.ports.store import Conflict, NotFound, StaleVersion, Store
 from flask_polysms.records import (
     ACTIVE,
     CLOSED,
@@ -40,7 +42,6 @@ from flask_polysms.records import (
     Template,
     new_id,
 )
-from flask_polysms.store import Conflict, NotFound, StaleVersion, Store
 
 BACKENDS = [
     "memory",

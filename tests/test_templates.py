@@ -11,8 +11,8 @@ import pytest
 from flask import Flask
 
 from flask_polysms import PolySMS, get_state
-from flask_polysms.provisioning import add_sender
-from flask_polysms.templates import copy_titles, send_template
+from flask_polysms.services.provisioning import add_sender
+from flask_polysms.services.templates import copy_titles, send_template
 from flask_polysms.testing import provision, sign_twilio_request
 
 LIVE = "+14155552671"

@@ -20,14 +20,14 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from flask_polysms import conversation_reads, cursors, provisioning
-from flask_polysms import senders as senders_service
 from flask_polysms.backends import create_store
 from flask_polysms.errors import InvalidInput, NotFoundError
-from flask_polysms.extension import get_state
 from flask_polysms.phone import region_of
 from flask_polysms.records import Message, Session, new_id
-from flask_polysms.tenancy import CONNECTOR_HEADER, authenticate
+from flask_polysms.services import conversation_reads, cursors, provisioning
+from flask_polysms.services import senders as senders_service
+from flask_polysms.services.state import get_state
+from flask_polysms.services.tenancy import CONNECTOR_HEADER, authenticate
 
 LIVE_NUMBER = "+14155552671"
 SANDBOX_NUMBER = "+14155552678"
@@ -313,7 +313,7 @@ def test_cursors_follow_the_encryption_keys_through_a_rotation():
 
 
 def test_the_dashboard_pages_with_the_same_sealed_cursors(make_sms, monkeypatch):
-    from flask_polysms.dashboard import views
+    from flask_polysms.web.dashboard import views
 
     monkeypatch.setattr(views, "PAGE_SIZE", 2)
     sms = make_sms(POLYSMS_DASHBOARD=True, numbers=(LIVE_NUMBER,))

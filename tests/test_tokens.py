@@ -1,4 +1,5 @@
-"""Template tokens (flask_polysms.tokens): parsing, syntax errors and all-or-nothing rendering."""
+"""Template tokens (flask_polysms.services.tokens): parsing, syntax errors and all-or-nothing
+rendering."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flask_polysms.tokens import (
+from flask_polysms.services.tokens import (
     TemplateSyntaxError,
     Token,
     missing_tokens,

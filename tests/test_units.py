@@ -14,9 +14,9 @@ from flask_polysms import PolySMS, get_state
 from flask_polysms import backends as store_backends
 from flask_polysms.clock import utcnow
 from flask_polysms.crypto import hash_api_key
+from flask_polysms.ports.schedulers import RUN_JOB, JobSerializer
 from flask_polysms.records import Session, new_id
-from flask_polysms.schedulers import RUN_JOB, JobSerializer
-from flask_polysms.units import unit_of_work
+from flask_polysms.services.units import unit_of_work
 
 
 def make_app(storage_url: str) -> Flask:
@@ -51,7 +51,7 @@ def test_jobs_wait_for_the_end_of_the_unit(sqlite_app, monkeypatch):
     state = get_state(sqlite_app)
     ran: list[tuple] = []
     monkeypatch.setattr(
-        state.scheduler, "_enqueue", lambda job, *args, job_id=None: ran.append((job, args))
+        state.scheduler, "_enqueue", lambda job, *args, **_: ran.append((job, args))
     )
     with sqlite_app.app_context():
 
@@ -69,7 +69,7 @@ def test_a_failed_unit_writes_nothing_and_enqueues_nothing(sqlite_app, monkeypat
     state = get_state(sqlite_app)
     ran: list[tuple] = []
     monkeypatch.setattr(
-        state.scheduler, "_enqueue", lambda job, *args, job_id=None: ran.append((job, args))
+        state.scheduler, "_enqueue", lambda job, *args, **_: ran.append((job, args))
     )
     session = a_session()
     with sqlite_app.app_context():
@@ -88,9 +88,7 @@ def test_a_failed_unit_writes_nothing_and_enqueues_nothing(sqlite_app, monkeypat
 def test_nested_units_hand_over_once_at_the_outermost(sqlite_app, monkeypatch):
     state = get_state(sqlite_app)
     ran: list[str] = []
-    monkeypatch.setattr(
-        state.scheduler, "_enqueue", lambda job, *args, job_id=None: ran.append(args[0])
-    )
+    monkeypatch.setattr(state.scheduler, "_enqueue", lambda job, *args, **_: ran.append(args[0]))
     with sqlite_app.app_context():
 
         def inner(n: int) -> None:

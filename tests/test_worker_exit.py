@@ -206,7 +206,7 @@ def test_many_burst_exits_in_a_row_stay_bounded(worker_app, cpu_load):
     """The worker class itself, in this process: two hundred bursts of one job under load, none
     of whose exits takes seconds (RQ's own class hung in about one exit in ten here)."""
     from flask_polysms.jobs import set_worker_app
-    from flask_polysms.schedulers import worker_class
+    from flask_polysms.ports.schedulers import worker_class
 
     scheduler = get_state(worker_app).scheduler
     queue = scheduler.queue

@@ -10,8 +10,8 @@ from typing import Any
 import peewee as pw
 
 from flask_polysms.clock import utcnow
+from flask_polysms.ports.store import Conflict, DashboardSignIn, NotFound
 from flask_polysms.records import Account, ApiKey, Connector, Project, Sender, new_id
-from flask_polysms.store import Conflict, DashboardSignIn, NotFound
 
 from .statements import StatementRunner, _prefixed_record, _record, _values
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import peewee as pw
 
+from flask_polysms.ports.store import Conflict, SendClaim
 from flask_polysms.records import (
     INBOUND,
     OUTBOUND,
@@ -21,7 +22,6 @@ from flask_polysms.records import (
     Sender,
     StatusEvent,
 )
-from flask_polysms.store import Conflict, SendClaim
 
 from .postgres import send_statements
 from .statements import StatementRunner, _record, _values

@@ -8,8 +8,8 @@ from typing import Any
 
 import peewee as pw
 
+from flask_polysms.ports.store import Conflict, NotFound, StaleVersion, check_cursor
 from flask_polysms.records import CLOSED, Sender, Session
-from flask_polysms.store import Conflict, NotFound, StaleVersion, check_cursor
 
 from .statements import StatementRunner, _record, _values
 

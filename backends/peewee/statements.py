@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import peewee as pw
 
-from flask_polysms.store import NotFound
+from flask_polysms.ports.store import NotFound
 
 from .fields import UTCDateTimeField
 

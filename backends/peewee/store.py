@@ -16,7 +16,7 @@ import peewee as pw
 from playhouse.pool import PooledDatabase
 
 from flask_polysms.backends.peewee_migrations import SchemaMigrations
-from flask_polysms.store import SchemaUpgrade, SchemaVersion, Store
+from flask_polysms.ports.store import SchemaUpgrade, SchemaVersion, Store
 
 from .accounts import AccountRecords
 from .connections import _open_database

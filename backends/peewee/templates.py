@@ -6,8 +6,8 @@ from typing import Any
 
 import peewee as pw
 
+from flask_polysms.ports.store import Conflict, NotFound
 from flask_polysms.records import Template
-from flask_polysms.store import Conflict, NotFound
 
 from .statements import StatementRunner, _record, _values
 

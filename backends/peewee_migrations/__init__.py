@@ -27,12 +27,7 @@ from contextvars import ContextVar
 import peewee as pw
 from playhouse.migrations import Migration, Runner
 
-from flask_polysms.store import (
-    SchemaError,
-    SchemaTooNew,
-    SchemaUpgrade,
-    SchemaVersion,
-)
+from flask_polysms.ports.store import SchemaError, SchemaTooNew, SchemaUpgrade, SchemaVersion
 
 #: The history table's name after the store's table prefix.
 HISTORY_TABLE = "schema_migration"

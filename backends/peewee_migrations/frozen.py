@@ -12,7 +12,7 @@ from typing import Any
 
 import peewee as pw
 
-from flask_polysms.store import SchemaError
+from flask_polysms.ports.store import SchemaError
 
 
 class MicrosecondDateTimeField(pw.DateTimeField):

@@ -111,8 +111,8 @@ def test_the_banners_curl_status_callbacks_and_simulator_use_the_servers_port(em
     assert state.settings.public_url == "http://127.0.0.1:5150"
     record = json.loads((Path(app.instance_path) / "demo.json").read_text())
     with app.test_request_context(base_url="http://localhost:9999"):  # the request plays no part
-        from flask_polysms.dashboard.simulator import webhook_url
-        from flask_polysms.sending import status_callback_url
+        from flask_polysms.services.sending import status_callback_url
+        from flask_polysms.web.dashboard.simulator import webhook_url
 
         assert status_callback_url(state) == "http://127.0.0.1:5150/v1/twilio/status"
         assert webhook_url(state, "http://localhost:9999/") == (

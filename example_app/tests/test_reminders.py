@@ -9,7 +9,7 @@ from freezegun import freeze_time
 
 from example_app import polysms
 from flask_polysms import get_state
-from flask_polysms.templates import create_template
+from flask_polysms.services.templates import create_template
 
 REMINDER = "You have an appointment tomorrow at 10:00. Reply 1 to confirm."
 

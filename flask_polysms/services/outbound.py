@@ -1,0 +1,120 @@
+"""The outbound service: count the project's limit, choose the sender, open the session, queue
+the greeting.
+
+Every caller that starts a message for a project (the API, the dashboard, operator routes) goes
+through :func:`count_outbound`, so ``POLYSMS_RATE_LIMIT`` holds whoever starts it, and the API
+counts once.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import TYPE_CHECKING
+
+from ..errors import InvalidInput, NotFoundError
+from ..phone import region_of
+from ..records import Message, Sender, Session
+from .lifecycle import new_session
+from .sender_facts import guard_error, two_way_supported
+from .senders import guard_enabled
+from .sending import queue_message
+from .tenancy import Tenant
+from .units import unit_of_work
+
+if TYPE_CHECKING:
+    from .state import PolySMSState
+
+
+def choose_agent_number(
+    state: PolySMSState, tenant: Tenant, user_number: str, requested: str | None
+) -> Sender:
+    """The sender for a new outbound conversation (number selection)."""
+    provisioned, previous = state.store.senders_for_user(
+        tenant.project_id, tenant.environment, user_number
+    )
+    senders = {s.address: s for s in provisioned if s.kind == "number"}
+    numbers = list(senders)
+    if requested is not None:
+        if requested not in senders:
+            raise InvalidInput(
+                f"agent_number {requested} is not provisioned for this project's "
+                f"{tenant.environment} environment",
+                errors={"agent_number": ["not a provisioned number for this environment"]},
+            )
+        return senders[requested]
+    if not numbers:
+        raise NotFoundError(
+            f"no numbers are provisioned for this project's {tenant.environment} environment"
+        )
+    if len(numbers) == 1:
+        return senders[numbers[0]]
+    # Keep talking to the user from the number they already know.
+    if previous in senders:
+        return senders[previous]
+    # Otherwise spread users across numbers; a stable hash keeps one user on one number.
+    return senders[numbers[zlib.crc32(user_number.encode()) % len(numbers)]]
+
+
+def count_outbound(state: PolySMSState, project_id: str) -> None:
+    """Count one message started by the project against ``POLYSMS_RATE_LIMIT``.
+
+    Raises :class:`~flask_polysms.services.rate_limits.RateLimited` (429, ``Retry-After``) when the
+    project
+    is over its limit; nothing is written then.
+    """
+    state.limiter.hit(project_id)
+
+
+def start_outbound(
+    state: PolySMSState,
+    tenant: Tenant,
+    user_number: str,
+    text: str,
+    agent_number: str | None = None,
+) -> tuple[Session, Message]:
+    """Open a session whose greeting is ``text`` and queue it for sending.
+
+    Counts against the project's ``POLYSMS_RATE_LIMIT`` first (RateLimited, 429, when over it),
+    whoever the caller is.
+    """
+    count_outbound(state, tenant.project_id)
+    sender = choose_agent_number(state, tenant, user_number, agent_number)
+    chosen = sender.address
+    if guard_enabled(state, tenant.project):
+        problem = guard_error(sender)
+        if problem:
+            raise InvalidInput(problem)
+    metadata = None
+    country = region_of(user_number)
+    if country and two_way_supported(country) is False:
+        warning = (
+            f"{country} does not support two-way SMS: replies from {user_number} will not come back"
+        )
+        metadata = {"warnings": [warning]}
+
+    def open_and_queue() -> tuple[Session, Message]:
+        session = new_session(
+            state, tenant.project_id, tenant.environment, user_number, chosen, metadata
+        )
+        # Opted out now: recorded `suppressed` at once (DESIGN §3.1), never queued, so no later
+        # path (a sweep, a retry, a START before the send) can send it.
+        opted_out = state.store.is_opted_out(user_number, chosen)
+        message = queue_message(
+            state,
+            project_id=tenant.project_id,
+            environment=tenant.environment,
+            session=session,
+            kind="greeting",
+            body=text,
+            to=user_number,
+            sender=chosen,
+            suppressed=opted_out,
+        )
+        return session, message
+
+    # One commit for the session, its greeting and the counter; the send job and the wake-up
+    # leave together after it.
+    session, message = unit_of_work(state, open_and_queue)
+    if state.scheduler.inline:  # the send job has run already: answer with its outcome
+        message = state.store.get_message(message.id) or message
+    return session, message

@@ -1,0 +1,164 @@
+"""Per-project limits: the outbound limit (``POLYSMS_RATE_LIMIT``) and the request budget of every
+authenticated route (``POLYSMS_READ_RATE_LIMIT``).
+
+They run on the ``limits`` library, the engine under flask-limiter: the same limit strings, the same
+storages (``memory://`` per process, ``redis://`` shared by every process) and flask-limiter's
+default fixed-window strategy. Each is checked once, right after authentication, keyed on the
+authenticated project (never on a raw header). flask-limiter's request middleware resolved routes,
+blueprints and exemptions on every request of the whole app, which cost more CPU than the check
+itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from typing import Any
+
+from limits import parse_many
+from limits.storage import Storage, storage_from_string
+from limits.strategies import FixedWindowRateLimiter
+
+from ..errors import PolySMSError
+
+KEY_PREFIX = "polysms"
+
+log = logging.getLogger("flask_polysms.rate_limits")
+
+#: Seconds a limit's Redis may take to accept a connection, then to answer, before the request
+#: goes on uncounted (a URL's own ``socket_timeout``/``socket_connect_timeout`` win).
+STORAGE_TIMEOUT = 2.0
+#: While a storage stays down, its warning is repeated at most this often (seconds).
+OUTAGE_WARN_EVERY = 60.0
+
+
+def limit_storage(url: str) -> Storage:
+    """The ``limits`` storage of ``url``; a Redis one with bounded timeouts, so that a Redis that
+    does not answer (a host gone from the network) costs a request seconds, not minutes."""
+    options: dict[str, Any] = {}
+    if url.split("://", 1)[0] in ("redis", "rediss", "redis+unix"):
+        options = {"socket_connect_timeout": STORAGE_TIMEOUT, "socket_timeout": STORAGE_TIMEOUT}
+    return storage_from_string(url, **options)
+
+
+class StorageOutage:
+    """Logs that a limit goes uncounted because its storage is down: a warning when it starts,
+    again at most every OUTAGE_WARN_EVERY seconds with how many checks went uncounted meanwhile,
+    and an info line when counting works again. One line per request would flood the log for
+    the whole outage."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self._lock = threading.Lock()
+        self._down_since: float | None = None
+        self._warned_at = 0.0
+        self._uncounted = 0
+
+    def failed(self, exc: BaseException) -> None:
+        """A check could not reach the storage and let the request through."""
+        now = time.monotonic()
+        with self._lock:
+            self._uncounted += 1
+            if self._down_since is not None and now - self._warned_at < OUTAGE_WARN_EVERY:
+                return
+            first = self._down_since is None
+            if first:
+                self._down_since = now
+            self._warned_at = now
+            uncounted, self._uncounted = self._uncounted, 0
+        if first:
+            log.warning("%s not counted, its storage is unavailable: %s", self.what, exc)
+        else:
+            log.warning(
+                "%s still not counted, its storage is unavailable (%d checks let through in "
+                "the last %.0f s): %s",
+                self.what,
+                uncounted,
+                OUTAGE_WARN_EVERY,
+                exc,
+            )
+
+    def worked(self) -> None:
+        """A check reached the storage."""
+        if self._down_since is None:  # the common case: no lock taken
+            return
+        with self._lock:
+            if self._down_since is None:
+                return
+            down_for = time.monotonic() - self._down_since
+            self._down_since = None
+            uncounted, self._uncounted = self._uncounted, 0
+        log.info(
+            "%s counted again: its storage answers after %.0f s (%d more checks let through)",
+            self.what,
+            down_for,
+            uncounted,
+        )
+
+
+class RateLimited(PolySMSError):
+    """429: the project's limit is used up for now; ``Retry-After`` says when to try again."""
+
+    def __init__(self, limit: str, retry_after: int, what: str = "rate limit") -> None:
+        super().__init__(
+            f"{what} exceeded for this project ({limit}); retry later",
+            status=429,
+            headers={"Retry-After": str(retry_after)},
+        )
+
+
+class ProjectRateLimit:
+    """A limit per project (``POLYSMS_RATE_LIMIT`` by default), counted in
+    ``POLYSMS_RATE_LIMIT_STORAGE_URL``.
+
+    ``namespace`` keeps the counts of two limits apart in one storage (two limits with the same
+    string would otherwise share a counter); ``storage`` shares another limit's storage (one Redis
+    connection pool); ``what`` names the limit in the 429's detail. ``fail_open`` (the default):
+    when the storage cannot be reached, log a warning (see :class:`StorageOutage`) and let the
+    request through instead of raising; accepting a message needs the database only.
+    """
+
+    def __init__(
+        self,
+        limit: str,
+        storage_url: str | None = None,
+        *,
+        namespace: str = "project",
+        storage: Storage | None = None,
+        what: str = "rate limit",
+        fail_open: bool = True,
+    ) -> None:
+        if storage is None and storage_url is None:
+            raise ValueError("give storage_url or storage")
+        self.items = parse_many(limit)
+        self.storage = storage if storage is not None else limit_storage(storage_url)
+        self.strategy = FixedWindowRateLimiter(self.storage)
+        self.namespace = namespace
+        self.what = what
+        self.fail_open = fail_open
+        self.outage = StorageOutage(what)
+
+    def hit(self, project_id: str) -> None:
+        """Count one request of the project; raise :class:`RateLimited` when over a limit."""
+        key = f"{self.namespace}:{project_id}"
+        for item in self.items:
+            try:
+                allowed = self.strategy.hit(item, KEY_PREFIX, key)
+                # Only on a 429: when the window that is full starts again.
+                stats = None if allowed else self.strategy.get_window_stats(item, KEY_PREFIX, key)
+            except self.storage.base_exceptions as exc:
+                if not self.fail_open:
+                    raise
+                # A limit must not take every route down with its storage: count nothing now.
+                self.outage.failed(exc)
+                return
+            self.outage.worked()
+            if stats is not None:
+                retry_after = max(1, math.ceil(stats.reset_time - time.time()))
+                raise RateLimited(str(item), min(retry_after, item.get_expiry()), self.what)
+
+    def reset(self) -> None:
+        """Forget every count (tests)."""
+        self.storage.reset()

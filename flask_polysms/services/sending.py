@@ -1,0 +1,329 @@
+"""The one send path: record the message, then a job re-checks, sends and records the outcome.
+
+Every outbound message — API greeting, agent reply, ``conv.send_sms``, templates, keyword replies,
+warnings, closings — goes through :func:`queue_message` and :func:`send_job`.
+
+Each send attempt logs one line on the ``flask_polysms.sending`` logger, as ``key=value`` text
+and as the record's ``extra`` fields (see :func:`log_attempt`); never a body or a phone number.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from ..clock import utcnow
+from ..phone import is_messaging_service_sid
+from ..ports.gateways import GatewayError, OutgoingSMS
+from ..records import (
+    FAILED,
+    OUTBOUND,
+    QUEUED,
+    SENDING,
+    STATUS_RANK,
+    SUPPRESSED,
+    Message,
+    Session,
+    new_id,
+)
+from ..segments import count_segments
+from .metrics import count
+from .sender_facts import guard_error
+from .senders import guard_enabled
+
+if TYPE_CHECKING:
+    from .state import PolySMSState
+
+log = logging.getLogger("flask_polysms.sending")
+
+# Keyword confirmations must reach the user even right after STOP (carriers require the reply).
+UNSUPPRESSED_KINDS = frozenset({"compliance"})
+
+
+def queue_message(
+    state: PolySMSState,
+    *,
+    project_id: str,
+    environment: str,
+    session: Session | None,
+    kind: str,
+    body: str,
+    to: str,
+    sender: str,
+    template: str | None = None,
+    max_attempts: int | None = None,
+    error: tuple[int | None, str] | None = None,
+    suppressed: bool = False,
+) -> Message:
+    """Record an outbound message as ``queued`` and hand it to the send job.
+
+    ``sender`` is an E.164 number or a Messaging Service SID. With ``error`` the message is recorded
+    as ``failed`` at once (a send that cannot even be attempted) and counted in ``api_failures``.
+    With ``suppressed`` (its recipient opted out when it was accepted) it is recorded as
+    ``suppressed`` (drop reason ``opted_out``) at once and counted: no job, so no later path
+    (a sweep, a retry, a START in between) can ever send it.
+    """
+    now = utcnow()
+    segments = count_segments(body)
+    service = sender if is_messaging_service_sid(sender) else None
+    message = Message(
+        id=new_id("msg_"),
+        project_id=project_id,
+        environment=environment,
+        session_id=session.id if session else None,
+        direction=OUTBOUND,
+        kind=kind,
+        body=body,
+        to=to,
+        from_=None if service else sender,
+        messaging_service_sid=service,
+        created_at=now,
+        updated_at=now,
+        segments=segments.segments,
+        encoding=segments.encoding,
+        template=template,
+        max_attempts=state.settings.send_max_attempts if max_attempts is None else max_attempts,
+    )
+    if error is not None:
+        message.status = FAILED
+        message.error_code, message.error_message = error
+        message.last_error_code, message.last_error_message = error
+        message.last_error_at = now
+        state.store.add_message(message)
+        count(state, project_id, environment, "api_failures")
+        return message
+    if suppressed:
+        message.status = SUPPRESSED
+        message.drop_reason = "opted_out"
+        state.store.add_message(message)
+        count(state, project_id, environment, "suppressed")
+        log_attempt(message, SUPPRESSED_OUTCOME, time.perf_counter(), reason="opted_out")
+        return message
+    state.store.add_message(message)
+    state.scheduler.enqueue("send", message.id)
+    return message
+
+
+def status_callback_url(state: PolySMSState) -> str | None:
+    """Where Twilio posts delivery updates: the configured public URL (``POLYSMS_PUBLIC_URL`` or
+    ``SERVER_NAME``); None without one (debug and testing only), never a request's host."""
+    if state.settings.public_url:
+        return f"{state.settings.public_url}{state.settings.url_prefix}/v1/twilio/status"
+    return None
+
+
+# Outcomes of a send attempt, as logged.
+SENT_OUTCOME, RETRY, TIMEOUT, FAILED_OUTCOME, SUPPRESSED_OUTCOME = (
+    "sent",
+    "retry",
+    "timeout",
+    "failed",
+    "suppressed",
+)
+# Daily counters of attempts that will be tried again (besides sent/suppressed/api_failures).
+RETRY_COUNTERS = {RETRY: "send_retries", TIMEOUT: "send_timeouts"}
+
+
+def log_attempt(
+    message: Message,
+    outcome: str,
+    started: float,
+    *,
+    error_code: int | None = None,
+    reason: str | None = None,
+    twilio_sid: str | None = None,
+    retry_in: timedelta | None = None,
+) -> None:
+    """Log one send attempt: ``send message_id=… project_id=… attempt=N/M outcome=…
+    error_code=… duration_ms=…`` (then ``reason=``, ``twilio_sid=``, ``retry_in_s=`` when they
+    apply), the same fields in the record's ``extra`` for JSON handlers.
+
+    INFO for ``sent`` and ``suppressed``, WARNING for ``retry``, ``timeout`` and ``failed``.
+    ``reason`` is one of a fixed set of words, never an error's text: Twilio's messages can
+    quote the phone number.
+    """
+    level = logging.INFO if outcome in (SENT_OUTCOME, SUPPRESSED_OUTCOME) else logging.WARNING
+    if not log.isEnabledFor(level):
+        return
+    fields = {
+        "message_id": message.id,
+        "project_id": message.project_id,
+        "attempt": message.attempts,
+        "max_attempts": message.max_attempts,
+        "outcome": outcome,
+        "error_code": error_code,
+        "duration_ms": round((time.perf_counter() - started) * 1000, 1),
+    }
+    if reason is not None:
+        fields["reason"] = reason
+    if twilio_sid is not None:
+        fields["twilio_sid"] = twilio_sid
+    if retry_in is not None:
+        fields["retry_in_s"] = round(retry_in.total_seconds(), 3)
+    shown = {**fields, "attempt": f"{message.attempts}/{message.max_attempts}"}
+    del shown["max_attempts"]
+    text = " ".join(f"{key}={'-' if value is None else value}" for key, value in shown.items())
+    log.log(level, "send %s", text, extra=fields)
+
+
+def _fail(
+    state: PolySMSState,
+    message: Message,
+    code: int | None,
+    text: str,
+    started: float,
+    reason: str,
+) -> None:
+    now = utcnow()
+    updated = state.store.update_message(
+        message.id,
+        expected_status=SENDING,
+        status=FAILED,
+        error_code=code,
+        error_message=text,
+        last_error_code=code,
+        last_error_message=text,
+        last_error_at=now,
+        updated_at=now,
+    )
+    if updated is not None:
+        count(state, message.project_id, message.environment, "api_failures")
+    log_attempt(message, FAILED_OUTCOME, started, error_code=code, reason=reason)
+
+
+def send_job(state: PolySMSState, message_id: str) -> bool:
+    """Send one queued message; idempotent (only the job that moves it to ``sending`` sends).
+
+    Two Store calls besides the error paths, each one round trip on PostgreSQL: the claim (which
+    also reads the opt-out, the project and the sender) and the ``sent`` record (which also counts
+    it and reads the status callbacks that raced ahead).
+    """
+    store = state.store
+    started = time.perf_counter()
+    claim = store.claim_send(message_id, utcnow())
+    if claim is None:
+        return False
+    message = claim.message
+    # The opt-out is checked here, at send time, not only when the message was accepted.
+    if message.kind not in UNSUPPRESSED_KINDS and claim.opted_out:
+        if store.update_message(
+            message_id,
+            expected_status=SENDING,
+            status=SUPPRESSED,
+            drop_reason="opted_out",
+            updated_at=utcnow(),
+        ):
+            count(state, message.project_id, message.environment, "suppressed")
+        log_attempt(message, SUPPRESSED_OUTCOME, started, reason="opted_out")
+        return True
+    project = claim.project
+    if project is None or not project.twilio_account_sid or not project.twilio_auth_token_encrypted:
+        text = "the project has no Twilio connection (connect-twilio)"
+        _fail(state, message, None, text, started, "no_twilio_connection")
+        return True
+    if guard_enabled(state, project):
+        problem = guard_error(claim.sender) if claim.sender is not None else None
+        if problem:
+            _fail(state, message, None, problem, started, "sender_guard")
+            return True
+    try:
+        auth_token = state.cipher.decrypt(project.twilio_auth_token_encrypted)
+    except ValueError as exc:
+        # The secret key changed: no retry can help, and a message left `sending` would be
+        # re-sent by every sweep, forever.
+        _fail(state, message, None, str(exc), started, "auth_token_undecryptable")
+        return True
+    try:
+        result = state.gateway.send(
+            project.twilio_account_sid,
+            auth_token,
+            OutgoingSMS(
+                to=message.to,
+                body=message.body,
+                from_=message.from_,
+                messaging_service_sid=message.messaging_service_sid,
+                status_callback=status_callback_url(state),
+            ),
+        )
+    except GatewayError as exc:
+        _handle_gateway_error(state, message, exc, started)
+        return True
+    # Counted in the `sent` metric by the same Store call.
+    sent, raced = store.record_sent(message_id, result.sid, utcnow())
+    log_attempt(message, SENT_OUTCOME, started, twilio_sid=result.sid)
+    if sent is not None:
+        # A status callback may have raced ahead of this update: apply what already arrived.
+        for event in raced:
+            apply_status(state, sent, event.status, event.error_code)
+    return True
+
+
+def _handle_gateway_error(
+    state: PolySMSState, message: Message, exc: GatewayError, started: float
+) -> None:
+    if exc.retryable and message.attempts < message.max_attempts:
+        # Back to queued, then wake again after an exponential delay: 1x, 2x, 4x, 8x the base.
+        now = utcnow()
+        delay = retry_delay(state, message.attempts)
+        requeued = state.store.update_message(
+            message.id,
+            expected_status=SENDING,
+            status=QUEUED,
+            error_code=exc.code,
+            error_message=str(exc),
+            last_error_code=exc.code,
+            last_error_message=str(exc),
+            last_error_at=now,
+            updated_at=now,
+        )
+        outcome = TIMEOUT if exc.timed_out else RETRY
+        if requeued is not None:
+            count(state, message.project_id, message.environment, RETRY_COUNTERS[outcome])
+            state.scheduler.enqueue_at(
+                now + delay,
+                "send",
+                message.id,
+                job_id=f"send-{message.id}-{message.attempts}",
+            )
+        log_attempt(message, outcome, started, error_code=exc.code, retry_in=delay)
+        return
+    reason = (
+        "timeout" if exc.timed_out else "retries_exhausted" if exc.retryable else "twilio_error"
+    )
+    _fail(state, message, exc.code, str(exc), started, reason)
+    if exc.code == 21610:
+        # Twilio says the recipient unsubscribed (e.g. STOP sent to Twilio directly): agree with it.
+        state.store.set_opt_out(
+            message.project_id,
+            message.to,
+            message.messaging_service_sid or message.from_,
+            True,
+            "twilio:21610",
+            utcnow(),
+        )
+
+
+def apply_status(
+    state: PolySMSState, message: Message, status: str, error_code: int | None
+) -> bool:
+    """Move a message to a Twilio status if that is forward; counts the metric once per message."""
+    rank = STATUS_RANK.get(status)
+    if rank is None:
+        return False
+    lower = tuple(s for s, r in STATUS_RANK.items() if r < rank)
+    fields = {"status": status, "updated_at": utcnow()}
+    if error_code is not None:
+        fields["error_code"] = error_code
+    updated = state.store.update_message(message.id, expected_status=lower, **fields)
+    if updated is None:
+        return False
+    if status in ("delivered", "undelivered", "failed"):
+        count(state, message.project_id, message.environment, status)
+    return True
+
+
+def retry_delay(state: PolySMSState, attempt: int) -> timedelta:
+    """The wait before retry number ``attempt`` (1-based)."""
+    return state.settings.retry_base_delay * (2 ** (attempt - 1))

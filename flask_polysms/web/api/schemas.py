@@ -1,0 +1,81 @@
+"""marshmallow schemas shared by the blueprints (marshmallow 4: unknown fields raise)."""
+
+from __future__ import annotations
+
+import marshmallow as ma
+
+from ...phone import validate_e164
+
+
+class E164(ma.fields.String):
+    """A strict E.164 phone number (phonenumbers plus the E.164 pattern)."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        value = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            return validate_e164(value)
+        except ValueError as exc:
+            raise ma.ValidationError(str(exc)) from exc
+
+
+class LastErrorSchema(ma.Schema):
+    code = ma.fields.Integer(
+        allow_none=True, metadata={"description": "Twilio's error code; null for a timeout"}
+    )
+    message = ma.fields.String(allow_none=True)
+    at = ma.fields.DateTime()
+
+
+class MessageSchema(ma.Schema):
+    id = ma.fields.String()
+    direction = ma.fields.String(metadata={"enum": ["outbound", "inbound"]})
+    kind = ma.fields.String(
+        metadata={"enum": ["greeting", "agent", "user", "compliance", "warning", "closing"]}
+    )
+    body = ma.fields.String()
+    status = ma.fields.String()
+    error_code = ma.fields.Integer(allow_none=True)
+    error_message = ma.fields.String(allow_none=True)
+    twilio_sid = ma.fields.String(allow_none=True)
+    segments = ma.fields.Integer()
+    encoding = ma.fields.String()
+    template = ma.fields.String(allow_none=True)
+    drop_reason = ma.fields.String(allow_none=True)
+    created_at = ma.fields.DateTime()
+    attempts = ma.fields.Integer(metadata={"description": "sends tried"})
+    last_error = ma.fields.Nested(
+        LastErrorSchema,
+        allow_none=True,
+        metadata={"description": "the last failed send attempt, kept after a successful retry"},
+    )
+
+
+class SmsSendSchema(ma.Schema):
+    message_id = ma.fields.String()
+    template = ma.fields.String(allow_none=True)
+    to = ma.fields.String()
+    from_ = ma.fields.String(data_key="from", allow_none=True)
+    status = ma.fields.String()
+    twilio_sid = ma.fields.String(allow_none=True)
+    time = ma.fields.DateTime()
+
+
+class ConversationMetadataSchema(ma.Schema):
+    sms_sends = ma.fields.List(ma.fields.Nested(SmsSendSchema))
+    warnings = ma.fields.List(ma.fields.String())
+
+
+class ConversationSchema(ma.Schema):
+    id = ma.fields.String()
+    environment = ma.fields.String()
+    channel = ma.fields.String()
+    user_number = ma.fields.String()
+    agent_number = ma.fields.String()
+    state = ma.fields.String(metadata={"enum": ["active", "warned", "closed"]})
+    engaged = ma.fields.Boolean()
+    created_at = ma.fields.DateTime()
+    last_activity_at = ma.fields.DateTime()
+    closed_at = ma.fields.DateTime(allow_none=True)
+    end_reason = ma.fields.String(allow_none=True)
+    messages = ma.fields.List(ma.fields.Nested(MessageSchema))
+    metadata = ma.fields.Nested(ConversationMetadataSchema)
