@@ -31,7 +31,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ),
     ("web", ("flask_polysms.web",)),
     ("services", ("flask_polysms.services",)),
-    ("ports", ("flask_polysms.ports", "flask_polysms.backends")),
+    # flask_polysms.store: the port's old address, for third-party backends.
+    ("ports", ("flask_polysms.ports", "flask_polysms.backends", "flask_polysms.store")),
     (
         "core",
         (
@@ -176,3 +177,10 @@ def test_the_check_sees_a_cycle_and_an_upward_import():
     assert _layer("flask_polysms.services.a") > _layer("flask_polysms.web.b")
     graph["flask_polysms.web.b"].add("flask_polysms.services.a")
     assert _cycles(graph) == [["flask_polysms.services.a", "flask_polysms.web.b"]]
+
+
+def test_third_party_backends_keep_the_stores_old_address():
+    from flask_polysms.ports import store as port
+    from flask_polysms.store import Store
+
+    assert Store is port.Store
