@@ -1,0 +1,195 @@
+"""The Scheduler port: the abstract scheduler, job ids, and what the broker says about a job."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import weakref
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from flask import Flask
+
+log = logging.getLogger("flask_polysms.scheduler")
+
+#: How a scheduler runs one named job in its app: ``run_job(app, name, *args)``. Schedulers run
+#: jobs without knowing them; the extension hands them :func:`flask_polysms.jobs.run_job_in_app`.
+JobRunner = Callable[..., Any]
+
+
+# -- job ids ---------------------------------------------------------------------------------------
+# A job that works on one message has an id the Store can name: the sweep asks the broker about
+# exactly that job (is it waiting, running on a live worker, or lost?) instead of waiting
+# POLYSMS_STUCK_AFTER to guess.
+
+
+def send_job_id(message_id: str, attempt: int) -> str:
+    """The id of the job that makes a message's send attempt ``attempt + 1``: ``send-<id>-0``
+    for its first send, ``send-<id>-N`` for the retry after attempt N (what the send job
+    schedules) or the send again after a lost attempt N (what the sweep enqueues)."""
+    return f"send-{message_id}-{attempt}"
+
+
+def agent_job_id(message_id: str) -> str:
+    """The id of the job that runs the agent's turn on one inbound message."""
+    return f"agent-{message_id}"
+
+
+def default_job_id(job: str, args: tuple) -> str | None:
+    """The id of an immediate job enqueued without one: a message's first send, an agent turn."""
+    if job == "send" and len(args) == 1:
+        return send_job_id(args[0], 0)
+    if job == "agent" and len(args) == 2:
+        return agent_job_id(args[1])
+    return None
+
+
+#: What the broker says about a job the Store expects (see :meth:`Scheduler.check_jobs`):
+#: waiting to run (queued, scheduled, deferred);
+PENDING = "pending"
+#: started on a worker known to be alive, or reported running by one;
+RUNNING = "running"
+#: ended (finished, failed, stopped, canceled) or started on a worker that died, or not in the
+#: broker while every live worker has reported what it runs: it will never run;
+LOST = "lost"
+#: not in the broker, and the workers may not all have reported what they run yet (the broker
+#: was emptied moments ago): lost unless a worker is running it;
+MISSING = "missing"
+#: started on a worker the broker knows but this package does not watch: ask again later.
+UNSURE = "unsure"
+
+
+class Scheduler(ABC):
+    """Runs named jobs now (``enqueue``) or later (``enqueue_at``)."""
+
+    #: Whether ``enqueue`` runs the job before it returns (so its outcome can be read at once).
+    inline = False
+
+    def __init__(self, app: Flask, run_job: JobRunner | None = None) -> None:
+        # The app is needed to push a context around each job; the scheduler lives in the app's
+        # extension state (one app per scheduler) and holds it weakly, so a background thread
+        # never keeps an app alive after everything else has let it go.
+        self._app_ref = weakref.ref(app)
+        self._held = threading.local()
+        self._run_job = run_job
+
+    @property
+    def app(self) -> Flask:
+        """The app whose jobs this scheduler runs."""
+        app = self._app_ref()
+        if app is None:
+            raise RuntimeError("the app of this scheduler is gone")
+        return app
+
+    def enqueue(self, job: str, *args: Any, job_id: str | None = None) -> None:
+        """Run the job as soon as possible; ``job_id`` names it for the broker (RQ), which
+        otherwise names a message's first send and an agent turn itself
+        (:func:`default_job_id`)."""
+        held = getattr(self._held, "jobs", None)
+        if held is not None:
+            held.append((None, job, args, job_id))
+        else:
+            self._enqueue(job, *args, job_id=job_id)
+
+    def enqueue_at(self, when: datetime, job: str, *args: Any, job_id: str | None = None) -> None:
+        """Run the job at ``when``; a later call with the same ``job_id`` replaces the earlier."""
+        held = getattr(self._held, "jobs", None)
+        if held is not None:
+            held.append((when, job, args, job_id))
+        else:
+            self._enqueue_at(when, job, *args, job_id=job_id)
+
+    @contextmanager
+    def holding(self) -> Iterator[list]:
+        """Hold the jobs this thread enqueues inside the block, and hand them over together when
+        the outermost block ends (RQ: one Redis round trip); drop them if it raises.
+
+        Used around a Store transaction, so that no job runs before the rows it reads are
+        committed. Yields the list of held jobs: a caller that runs its transaction again cuts
+        the list back to its length before the first try
+        (:func:`flask_polysms.services.units.unit_of_work`).
+        """
+        held = getattr(self._held, "jobs", None)
+        if held is not None:  # nested: the outermost block hands everything over
+            yield held
+            return
+        held = self._held.jobs = []
+        try:
+            yield held
+        finally:
+            self._held.jobs = None
+        if held:
+            self._hand_over(held)
+
+    def _hand_over(self, held: list) -> None:
+        for when, job, args, job_id in held:
+            if when is None:
+                self._enqueue(job, *args, job_id=job_id)
+            else:
+                self._enqueue_at(when, job, *args, job_id=job_id)
+
+    @abstractmethod
+    def _enqueue(self, job: str, *args: Any, job_id: str | None = None) -> None:
+        """Run the job as soon as possible (not held)."""
+
+    @abstractmethod
+    def _enqueue_at(self, when: datetime, job: str, *args: Any, job_id: str | None = None) -> None:
+        """Run the job at ``when`` (not held)."""
+
+    def run_due(self, now: datetime) -> int:
+        """Run the timed jobs due at ``now`` (manual only); returns how many jobs ran."""
+        return 0
+
+    def start(self) -> None:  # noqa: B027 - nothing to start for inline schedulers
+        """Start background work, if any."""
+
+    def stop(self) -> None:  # noqa: B027
+        """Stop background work, if any."""
+
+    def broker_available(self) -> bool | None:
+        """Whether the broker this scheduler needs answers now; None when it needs none."""
+        return None
+
+    def outage(self, exc: BaseException) -> bool:
+        """Whether ``exc`` means the broker cannot be reached (try again later)."""
+        return False
+
+    def forget_pending(self) -> None:  # noqa: B027 - nothing kept by schedulers that hand jobs on
+        """Drop the timed jobs kept in this process (between tests)."""
+
+    # -- what the sweep asks (see flask_polysms.services.lifecycle.run_sweep) ----------------------
+    def check_jobs(self, job_ids: Iterable[str]) -> dict[str, str] | None:
+        """What the broker says about each job (PENDING, RUNNING, LOST, MISSING or UNSURE);
+        None when this scheduler cannot tell (its jobs live in one process's memory)."""
+        return None
+
+    def requeue(
+        self,
+        job: str,
+        *args: Any,
+        job_id: str,
+        when: datetime | None = None,
+        stale: Iterable[str] = (),
+    ) -> bool:
+        """Enqueue a job again under ``job_id`` (at ``when``, or now), first discarding the
+        ``stale`` jobs the broker still holds for the same work; False when the broker could not
+        be reached (nothing enqueued)."""
+        if when is None:
+            self.enqueue(job, *args, job_id=job_id)
+        else:
+            self.enqueue_at(when, job, *args, job_id=job_id)
+        return True
+
+    def move_due_jobs(self) -> int:
+        """Hand the broker's timed jobs whose time has come to the workers when nothing else
+        does (no broker scheduler holds its lock); how many moved."""
+        return 0
+
+    def _run(self, job: str, args: tuple) -> Any:
+        if self._run_job is None:
+            raise RuntimeError("this scheduler was given no run_job: it cannot run jobs in-process")
+        return self._run_job(self.app, job, *args)
