@@ -32,6 +32,8 @@ PG_URL = os.environ.get(
 REDIS_URL = os.environ.get("POLYSMS_BENCH_REDIS_URL", "redis://127.0.0.1:6379/11")
 QUEUE = "polysms-bench"
 SECRET_KEY = "bench-secret"
+#: The Fernet key the benchmark app encrypts Auth Tokens with (an app outside debug needs one).
+ENCRYPTION_KEY = "dMNOlYNhCuKwH-ZYn7106kPfZ9WPjhBc5U2KtgI0sXw="
 
 
 def log(*parts: object) -> None:
@@ -159,7 +161,9 @@ def gunicorn(app_spec: str, env: dict[str, str] | None = None, workers: int = 2)
         "2048",
         app_spec,
     ]
-    process = subprocess.Popen(command, env={**os.environ, **(env or {})})
+    # The app's public URL is where it is served (signatures are checked over it).
+    served = {"POLYSMS_BENCH_SERVED_URL": f"http://127.0.0.1:{port}"}
+    process = subprocess.Popen(command, env={**os.environ, **served, **(env or {})})
     try:
         wait_for_port(port)
         yield port

@@ -16,7 +16,7 @@ from flask import Flask
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import PG_URL, QUEUE, REDIS_URL, SECRET_KEY  # noqa: E402
+from harness import ENCRYPTION_KEY, PG_URL, QUEUE, REDIS_URL, SECRET_KEY  # noqa: E402
 
 # POLYSMS_BENCH_CODE: another checkout of the project (harness.checkout) to serve instead of the
 # installed one, for a side-by-side run of two commits (bench_outbound.py --against). Put first
@@ -61,7 +61,10 @@ def create_app() -> Flask:
         POLYSMS_TWILIO_BASE_URL=os.environ.get("POLYSMS_BENCH_TWILIO_BASE_URL"),
         # Where Twilio posts status callbacks (set by the worker benchmark: send jobs run outside
         # any request, so without it they would pass no StatusCallback).
-        POLYSMS_PUBLIC_URL=os.environ.get("POLYSMS_BENCH_PUBLIC_URL"),
+        # Else where gunicorn serves it (signatures are checked over it), else any fixed origin.
+        POLYSMS_PUBLIC_URL=os.environ.get("POLYSMS_BENCH_PUBLIC_URL")
+        or os.environ.get("POLYSMS_BENCH_SERVED_URL", "http://127.0.0.1"),
+        POLYSMS_ENCRYPTION_KEYS=[ENCRYPTION_KEY],
         # "outbox" where a benchmark sends nothing to Twilio (the timers' warnings).
         POLYSMS_GATEWAY=os.environ.get("POLYSMS_BENCH_GATEWAY", "twilio"),
     )
