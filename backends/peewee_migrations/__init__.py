@@ -19,6 +19,7 @@ compares the schema the scripts build with the one the models build, per dialect
 from __future__ import annotations
 
 import os
+import time
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,6 +36,9 @@ HISTORY_TABLE = "schema_migration"
 DIRECTORY = os.path.dirname(os.path.abspath(__file__))
 #: How long an upgrade on MySQL/MariaDB waits for another process's upgrade to finish.
 MYSQL_LOCK_WAIT_S = 600
+#: Tries of an SQLite upgrade that met "database is locked" before its lock was taken: switching
+#: a new file to WAL (a pragma of every connection) needs the file to itself and does not wait.
+SQLITE_LOCKED_TRIES = 20
 
 _table_prefix: ContextVar[str] = ContextVar("polysms_migration_table_prefix")
 
@@ -91,6 +95,20 @@ class SchemaMigrations:
         missing ones, in order (up to ``target`` included, when given), one process at a time.
         Refuses a database a newer version upgraded (:class:`SchemaTooNew`) before changing
         anything."""
+        for attempt in range(1, SQLITE_LOCKED_TRIES + 1):
+            try:
+                return self._upgrade_once(target)
+            except pw.OperationalError as exc:
+                sqlite = isinstance(self.database, pw.SqliteDatabase)
+                if not sqlite or "locked" not in str(exc) or attempt == SQLITE_LOCKED_TRIES:
+                    raise
+                # Another process holds the file (its upgrade, or its connection's WAL switch):
+                # connect again, pragmas included, once it is done.
+                self.database.close()
+                time.sleep(0.05 * attempt)
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+    def _upgrade_once(self, target: str | None) -> SchemaUpgrade:
         with _prefix(self.table_prefix), self._exclusive():
             version = self._version()
             if version.unknown:
