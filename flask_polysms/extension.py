@@ -15,6 +15,7 @@ from .jobs import run_job_in_app
 from .ports.gateways import create_gateway
 from .ports.schedulers import Scheduler, create_scheduler
 from .ports.store import Store
+from .services.job_ids import SWEEP_JOB
 from .services.state import EXTENSION_KEY, AgentFunc, PolySMSState, get_state
 
 __all__ = ["PolySMS", "PolySMSState", "get_state"]
@@ -96,7 +97,7 @@ class PolySMS:
                 base_url=settings.twilio_base_url,
                 timeout=settings.twilio_timeout,
             ),
-            scheduler=create_scheduler(app, settings, run_job_in_app),
+            scheduler=create_scheduler(app, settings, run_job_in_app, SWEEP_JOB),
             cipher=build_cipher(
                 settings.encryption_keys,
                 settings.secret_key,

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Flask, current_app, has_app_context
 
+from .services.job_ids import SWEEP_JOB
+
 if TYPE_CHECKING:
     from .services.state import PolySMSState
 
@@ -34,7 +36,7 @@ def _handlers() -> dict[str, Any]:
         "agent": inbound.agent_job,
         "wake": lifecycle.wake_job,
         "timer": lifecycle.wake_job,  # one session's wake-up, as 0.1.0 scheduled it: the same job
-        "sweep": lifecycle.sweep,
+        SWEEP_JOB: lifecycle.sweep,
     }
 
 

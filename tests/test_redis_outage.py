@@ -29,12 +29,11 @@ from flask_polysms.ports.schedulers import (
     RUNNING,
     SWEEP_JOB_ID,
     UNSURE,
-    agent_job_id,
     keep_worker,
-    send_job_id,
     worker_class,
 )
 from flask_polysms.services import lifecycle
+from flask_polysms.services.job_ids import agent_job_id, send_job_id
 from flask_polysms.services.lifecycle import run_sweep
 from flask_polysms.testing import provision, sign_twilio_request
 

@@ -25,6 +25,7 @@ from ..records import (
     new_id,
 )
 from ..segments import count_segments
+from .job_ids import agent_job_id
 from .keywords import DEFAULT_REPLIES, classify
 from .lifecycle import new_session, note_activity
 from .metrics import count
@@ -243,7 +244,7 @@ def _handle_inbound(
         kind="user",
     )
     note_activity(state, session.id, user_reply=True, session=session)
-    state.scheduler.enqueue("agent", session.id, message.id)
+    state.scheduler.enqueue("agent", session.id, message.id, job_id=agent_job_id(message.id))
     return "routed"
 
 

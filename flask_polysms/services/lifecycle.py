@@ -20,7 +20,7 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..clock import utcnow
-from ..ports.schedulers import LOST, MISSING, PENDING, RUNNING, UNSURE, agent_job_id, send_job_id
+from ..ports.schedulers import LOST, MISSING, PENDING, RUNNING, UNSURE
 from ..ports.store import StaleVersion
 from ..records import (
     ACTIVE,
@@ -40,6 +40,7 @@ from ..records import (
     Session,
     new_id,
 )
+from .job_ids import agent_job_id, send_job_id
 from .metrics import count
 from .units import unit_of_work
 

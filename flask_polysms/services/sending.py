@@ -29,6 +29,7 @@ from ..records import (
     new_id,
 )
 from ..segments import count_segments
+from .job_ids import send_job_id
 from .metrics import count
 from .sender_facts import guard_error
 from .senders import guard_enabled
@@ -102,7 +103,7 @@ def queue_message(
         log_attempt(message, SUPPRESSED_OUTCOME, time.perf_counter(), reason="opted_out")
         return message
     state.store.add_message(message)
-    state.scheduler.enqueue("send", message.id)
+    state.scheduler.enqueue("send", message.id, job_id=send_job_id(message.id, 0))
     return message
 
 
@@ -285,7 +286,7 @@ def _handle_gateway_error(
                 now + delay,
                 "send",
                 message.id,
-                job_id=f"send-{message.id}-{message.attempts}",
+                job_id=send_job_id(message.id, message.attempts),
             )
         log_attempt(message, outcome, started, error_code=exc.code, retry_in=delay)
         return

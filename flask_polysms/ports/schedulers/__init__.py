@@ -24,9 +24,6 @@ from .base import (
     UNSURE,
     JobRunner,
     Scheduler,
-    agent_job_id,
-    default_job_id,
-    send_job_id,
 )
 from .inprocess import ManualScheduler, ThreadScheduler
 from .keeper import BEAT, RECONNECT_WAIT, WorkerKeeper, keep_worker
@@ -85,22 +82,23 @@ __all__ = [
     "Scheduler",
     "ThreadScheduler",
     "WorkerKeeper",
-    "agent_job_id",
     "create_scheduler",
-    "default_job_id",
     "keep_worker",
-    "send_job_id",
     "worker_class",
 ]
 
 
-def create_scheduler(app: Flask, settings, run_job: JobRunner) -> Scheduler:
-    """The scheduler ``settings`` name; ``run_job(app, name, *args)`` runs a job in-process."""
+def create_scheduler(app: Flask, settings, run_job: JobRunner, sweep_job: str) -> Scheduler:
+    """The scheduler ``settings`` name; ``run_job(app, name, *args)`` runs a job in-process, and
+    the schedulers that run on their own run ``sweep_job`` every sweep interval."""
     if settings.scheduler == "manual":
         return ManualScheduler(app, run_job)
     if settings.scheduler == "thread":
         return ThreadScheduler(
-            app, sweep_interval=settings.sweep_interval.total_seconds(), run_job=run_job
+            app,
+            sweep_interval=settings.sweep_interval.total_seconds(),
+            run_job=run_job,
+            sweep_job=sweep_job,
         )
     return RQScheduler(
         app,
@@ -108,4 +106,5 @@ def create_scheduler(app: Flask, settings, run_job: JobRunner) -> Scheduler:
         settings.queue_name,
         sweep_interval=min(settings.sweep_interval.total_seconds(), WORKER_SWEEP_EVERY),
         run_job=run_job,
+        sweep_job=sweep_job,
     )

@@ -21,33 +21,6 @@ log = logging.getLogger("flask_polysms.scheduler")
 JobRunner = Callable[..., Any]
 
 
-# -- job ids ---------------------------------------------------------------------------------------
-# A job that works on one message has an id the Store can name: the sweep asks the broker about
-# exactly that job (is it waiting, running on a live worker, or lost?) instead of waiting
-# POLYSMS_STUCK_AFTER to guess.
-
-
-def send_job_id(message_id: str, attempt: int) -> str:
-    """The id of the job that makes a message's send attempt ``attempt + 1``: ``send-<id>-0``
-    for its first send, ``send-<id>-N`` for the retry after attempt N (what the send job
-    schedules) or the send again after a lost attempt N (what the sweep enqueues)."""
-    return f"send-{message_id}-{attempt}"
-
-
-def agent_job_id(message_id: str) -> str:
-    """The id of the job that runs the agent's turn on one inbound message."""
-    return f"agent-{message_id}"
-
-
-def default_job_id(job: str, args: tuple) -> str | None:
-    """The id of an immediate job enqueued without one: a message's first send, an agent turn."""
-    if job == "send" and len(args) == 1:
-        return send_job_id(args[0], 0)
-    if job == "agent" and len(args) == 2:
-        return agent_job_id(args[1])
-    return None
-
-
 #: What the broker says about a job the Store expects (see :meth:`Scheduler.check_jobs`):
 #: waiting to run (queued, scheduled, deferred);
 PENDING = "pending"
@@ -86,9 +59,8 @@ class Scheduler(ABC):
         return app
 
     def enqueue(self, job: str, *args: Any, job_id: str | None = None) -> None:
-        """Run the job as soon as possible; ``job_id`` names it for the broker (RQ), which
-        otherwise names a message's first send and an agent turn itself
-        (:func:`default_job_id`)."""
+        """Run the job as soon as possible; ``job_id`` names it for the broker (RQ), so that the
+        caller can ask about it later (:meth:`check_jobs`)."""
         held = getattr(self._held, "jobs", None)
         if held is not None:
             held.append((None, job, args, job_id))

@@ -72,9 +72,14 @@ class ThreadScheduler(Scheduler):
     """
 
     def __init__(
-        self, app: Flask, sweep_interval: float = 60.0, run_job: JobRunner | None = None
+        self,
+        app: Flask,
+        sweep_interval: float = 60.0,
+        run_job: JobRunner | None = None,
+        sweep_job: str | None = None,
     ) -> None:
         super().__init__(app, run_job)
+        self._sweep_job = sweep_job
         self._heap: list[tuple[datetime, int, str, str, tuple]] = []
         self._live_ids: dict[str, int] = {}
         self._counter = itertools.count()
@@ -146,11 +151,12 @@ class ThreadScheduler(Scheduler):
                     wait = self._sweep_interval
                     if self._heap:
                         wait = min(wait, (self._heap[0][0] - now).total_seconds())
-                    sweep_due = now.timestamp() >= next_sweep
-                    if not sweep_due:
+                    if self._sweep_job is None:
+                        next_sweep = now.timestamp() + wait
+                    if now.timestamp() < next_sweep or self._sweep_job is None:
                         self._cond.wait(timeout=max(0.01, min(wait, next_sweep - now.timestamp())))
                         continue
-                    job, args = "sweep", ()
+                    job, args = self._sweep_job, ()
                     next_sweep = now.timestamp() + self._sweep_interval
             try:
                 self._run(job, args)

@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from ...clock import as_utc, utcnow
-from .base import LOST, MISSING, PENDING, RUNNING, UNSURE, JobRunner, Scheduler, default_job_id
+from .base import LOST, MISSING, PENDING, RUNNING, UNSURE, JobRunner, Scheduler
 from .serializer import RUN_JOB, JobSerializer
 
 if TYPE_CHECKING:
@@ -48,8 +48,10 @@ class RQScheduler(Scheduler):
         queue_name: str,
         sweep_interval: float = WORKER_SWEEP_EVERY,
         run_job: JobRunner | None = None,
+        sweep_job: str | None = None,
     ) -> None:
         super().__init__(app, run_job)
+        self.sweep_job = sweep_job
         from redis import Redis
         from redis.exceptions import ConnectionError as RedisConnectionError
         from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -118,7 +120,7 @@ class RQScheduler(Scheduler):
             RUN_JOB,
             job,
             *args,
-            job_id=job_id or default_job_id(job, args),
+            job_id=job_id,
             result_ttl=0,
             description=_description(job, args),
             **options,
@@ -326,7 +328,10 @@ class RQScheduler(Scheduler):
 
     def request_sweep(self, worker_name: str) -> bool:
         """Enqueue the sweep at the front of the queue, at most once per ``sweep_interval``
-        across every worker, and not while an earlier one still waits; True when enqueued."""
+        across every worker, and not while an earlier one still waits; True when enqueued.
+        Never without a sweep job (``sweep_job``)."""
+        if self.sweep_job is None:
+            return False
         if not self.connection.set(
             self.keys.sweep, worker_name, nx=True, px=max(1, int(self.sweep_interval * 1000))
         ):
@@ -335,7 +340,7 @@ class RQScheduler(Scheduler):
 
         if _text(self.connection.hget(Job.key_for(SWEEP_JOB_ID), "status")) == "queued":
             return False
-        self._put("sweep", (), SWEEP_JOB_ID, at_front=True)
+        self._put(self.sweep_job, (), SWEEP_JOB_ID, at_front=True)
         return True
 
 
