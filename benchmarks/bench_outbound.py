@@ -37,6 +37,7 @@ from harness import (  # noqa: E402
     ratio,
     ratio_of_rounds,
     reset_services,
+    served_cpu_seconds,
     wrk,
 )
 
@@ -59,6 +60,12 @@ end
 
 
 HELLO_LUA = 'request = function() return wrk.format("GET", "/hello") end'
+
+
+def _cpu_ratio(runs: dict[str, list[dict]], ours: str, other: str) -> float:
+    """Median over the rounds of our CPU per request divided by the other side's."""
+    pairs = zip(runs[ours], runs[other], strict=True)
+    return round(median([a["cpu_ms_per_request"] / b["cpu_ms_per_request"] for a, b in pairs]), 3)
 
 
 def main() -> None:
@@ -106,13 +113,19 @@ def main() -> None:
         runs: dict[str, list[dict]] = {name: [] for name in ports}
         for round_no in range(args.rounds):
             for name, port in ports.items():
+                cpu_before = served_cpu_seconds(port)
                 run = wrk(
                     f"http://127.0.0.1:{port}",
                     lua_for(name),
                     connections=args.connections,
                     seconds=args.seconds,
                 )
-                log(f"round {round_no + 1} {name}: {run['requests_per_s']} req/s")
+                cpu = served_cpu_seconds(port) - cpu_before
+                run["cpu_ms_per_request"] = round(cpu * 1000 / max(1, run["requests"]), 3)
+                log(
+                    f"round {round_no + 1} {name}: {run['requests_per_s']} req/s, "
+                    f"{run['cpu_ms_per_request']} CPU ms per request"
+                )
                 runs[name].append(run)
         peak = {name: median([r["requests_per_s"] for r in rs]) for name, rs in runs.items()}
 
@@ -145,6 +158,11 @@ def main() -> None:
             "ratio_of_medians": ratio(peak["polysms"], peak["baseline"]),
             "ratio_to_hello": ratio_of_rounds(runs, "polysms", "hello"),
             "baseline_ratio_to_hello": ratio_of_rounds(runs, "baseline", "hello"),
+            # The Python side's CPU per request (gunicorn workers): steadier than req/s on a
+            # busy machine.
+            "cpu_ms_per_request": {
+                name: median([r["cpu_ms_per_request"] for r in rs]) for name, rs in runs.items()
+            },
             "peak_latency_ms": {
                 name: {
                     "p50": median([r["p50_ms"] for r in rs]),
@@ -160,6 +178,7 @@ def main() -> None:
                         "peak_requests_per_s": peak["against"],
                         "ratio_to_against": ratio_of_rounds(runs, "polysms", "against"),
                         "against_ratio_to_baseline": ratio_of_rounds(runs, "against", "baseline"),
+                        "cpu_per_request_to_against": _cpu_ratio(runs, "polysms", "against"),
                     }
                 }
                 if args.against
