@@ -180,6 +180,14 @@ class Message:
     last_error_code: int | None = None
     last_error_message: str | None = None
     last_error_at: datetime | None = None
+    # Pictures (MMS): ``{"url", "content_type"}`` each, in order; ``content_type`` is None on
+    # outbound ones (Twilio finds it when it fetches the URL).
+    media: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        # Rows written before messages had pictures read back as NULL.
+        if self.media is None:
+            self.media = []
 
 
 @dataclass

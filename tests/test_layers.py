@@ -42,6 +42,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "flask_polysms.config",
             "flask_polysms.crypto",
             "flask_polysms.errors",
+            "flask_polysms.media",
             "flask_polysms.phone",
             "flask_polysms.records",
             "flask_polysms.segments",

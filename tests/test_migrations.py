@@ -309,6 +309,8 @@ def test_a_v0_1_0_database_upgrades_in_place_with_every_row(empty_url, prefix, v
     assert [m["body"] for m in response.json["messages"]] == [
         m["body"] for m in records["messages"]
     ]
+    # Messages written before pictures existed have none (the column added by 0004 is NULL).
+    assert [m["media"] for m in response.json["messages"]] == [[] for _ in records["messages"]]
     listed = app.test_client().get("/v1/conversations", headers=headers)
     assert [c["id"] for c in listed.json["conversations"]] == [session["id"]]
 
@@ -334,6 +336,9 @@ def test_a_v0_1_0_database_upgrades_in_place_with_every_row(empty_url, prefix, v
             as_written(store.list_messages(session["id"]), records["messages"])
             == records["messages"]
         )
+        assert [m.media for m in store.list_messages(session["id"])] == [
+            [] for _ in records["messages"]
+        ]
         sid = records["messages"][0]["twilio_sid"]
         assert (
             as_written(store.get_message_by_sid(sid), records["messages"][0])

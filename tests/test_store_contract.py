@@ -637,6 +637,41 @@ def test_messages_add_get_and_list_in_recording_order(store: Store) -> None:
     assert store.get_message_by_sid("SM" + "2" * 32) is None
 
 
+def test_a_messages_media_round_trips_through_every_read(store: Store) -> None:
+    """A message's pictures (a list of {"url", "content_type"}) come back as written, in order,
+    from every read, the send job's claim and ``sent`` record included; none is ``[]``."""
+    session = store.create_session(a_session())
+    media = [
+        {
+            "url": "https://api.twilio.com/2010-04-01/Accounts/AC1/Media/ME1",
+            "content_type": "image/jpeg",
+        },
+        {"url": "https://example.org/é?q=1&x=<b>", "content_type": None},
+    ]
+    plain = store.add_message(a_message(session.id))
+    inbound = store.add_message(
+        a_message(
+            session.id, direction=INBOUND, status=RECEIVED, twilio_sid="MM" + "1" * 32, media=media
+        )
+    )
+    outbound = store.add_message(a_message(session.id, status=QUEUED, media=media[1:]))
+    assert plain.media == [] and store.get_message(plain.id).media == []
+    assert inbound.media == media and store.get_message(inbound.id).media == media
+    assert store.get_message_by_sid("MM" + "1" * 32).media == media
+    assert [m.media for m in store.list_messages(session.id)] == [[], media, media[1:]]
+    assert [m.media for m in store.list_messages_of_sessions([session.id])[session.id]] == [
+        [],
+        media,
+        media[1:],
+    ]
+    claim = store.claim_send(outbound.id, T0 + timedelta(seconds=1))
+    assert claim.message.media == media[1:]
+    sent, _ = store.record_sent(outbound.id, "MM" + "2" * 32, T0 + timedelta(seconds=2))
+    assert sent.media == media[1:]
+    updated = store.update_message(inbound.id, RECEIVED, status="processing")
+    assert updated.media == media
+
+
 def test_update_message_with_expected_status(store: Store) -> None:
     message = store.add_message(a_message())
     later = T0 + timedelta(seconds=30)

@@ -144,6 +144,8 @@ def _build_models(database: pw.Database, prefix: str) -> SimpleNamespace:
         last_error_code = pw.IntegerField(null=True)
         last_error_message = pw.TextField(null=True)
         last_error_at = UTCDateTimeField(null=True)
+        # Pictures (migration 0004): a JSON list; NULL on rows written before, read as [].
+        media = JSONTextField(null=True)
 
         class Meta:
             table_name = prefix + "message"

@@ -31,6 +31,8 @@ class OutgoingSMS:
     from_: str | None = None
     messaging_service_sid: str | None = None
     status_callback: str | None = None
+    #: Pictures to send with it (an MMS): Twilio's ``MediaUrl``, one per URL.
+    media_urls: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -142,6 +144,8 @@ class TwilioGateway(Gateway):
             params["from_"] = message.from_
         if message.status_callback:
             params["status_callback"] = message.status_callback
+        if message.media_urls:
+            params["media_url"] = list(message.media_urls)
         try:
             created = self._client(account_sid, auth_token).messages.create(**params)
         except (TwilioException, requests.RequestException) as exc:
@@ -157,7 +161,8 @@ class OutboxGateway(Gateway):
         self._lock = threading.Lock()
 
     def send(self, account_sid: str, auth_token: str, message: OutgoingSMS) -> SendResult:
-        sid = "SM" + uuid.uuid4().hex
+        # Twilio's MMS SIDs start with MM.
+        sid = ("MM" if message.media_urls else "SM") + uuid.uuid4().hex
         with self._lock:
             self.outbox.append(
                 {
@@ -167,6 +172,7 @@ class OutboxGateway(Gateway):
                     "body": message.body,
                     "sid": sid,
                     "status_callback": message.status_callback,
+                    "media_urls": list(message.media_urls),
                 }
             )
         return SendResult(sid=sid, status="queued")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from typing import TYPE_CHECKING, Any
 
+from ..media import check_media_urls
 from ..phone import validate_e164
 from ..records import END_AGENT, Message, Session
 from .lifecycle import end_session, note_activity, update_with_retry
@@ -32,6 +33,7 @@ def message_dict(message: Message) -> dict[str, Any]:
         "created_at": message.created_at,
         "attempts": message.attempts,
         "last_error": last_error(message),
+        "media": [dict(item) for item in message.media],
     }
 
 
@@ -68,6 +70,9 @@ class Conversation:
         self.entities: dict[str, Any] = copy.deepcopy(session.entities)
         self._saved_state = copy.deepcopy(session.data)
         self._saved_entities = copy.deepcopy(session.entities)
+        #: The pictures of the user message being answered (``{"url", "content_type"}`` each);
+        #: ``[]`` for a text alone, and outside a turn.
+        self.attachments: list[dict[str, Any]] = []
 
     @property
     def variant(self) -> dict[str, Any]:
@@ -82,12 +87,20 @@ class Conversation:
         return [message_dict(m) for m in self._state.store.list_messages(self.id)]
 
     def send_sms(
-        self, to_number: str, from_number: str, content: str, retry_count: int | None = None
+        self,
+        to_number: str,
+        from_number: str,
+        content: str,
+        retry_count: int | None = None,
+        media_urls: list[str] | None = None,
     ) -> dict[str, Any]:
-        """Send a free-form SMS; returns the queued message. A send to an opted-out pair is
-        suppressed and still returns success (``status`` is ``suppressed``)."""
+        """Send a free-form SMS (an MMS with ``media_urls``: 1 to 10 ``https://`` URLs of
+        pictures); returns the queued message. A send to an opted-out pair is suppressed and still
+        returns success (``status`` is ``suppressed``)."""
         from .sending import queue_message
 
+        if media_urls is not None:
+            media_urls = check_media_urls(media_urls)
         to_number = validate_e164(to_number)
         sender = self._state.store.get_sender(from_number)
         if sender is None or sender.project_id != self.project_id:
@@ -108,6 +121,7 @@ class Conversation:
             to=to_number,
             sender=from_number,
             max_attempts=None if retry_count is None else 1 + retry_count,
+            media_urls=media_urls,
         )
         note_activity(self._state, self.id, user_reply=False)
         return self._current(message)

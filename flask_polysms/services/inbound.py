@@ -3,10 +3,11 @@ the session and the agent (as a job, never inside the webhook request)."""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from limits import parse
 from limits.strategies import MovingWindowRateLimiter
@@ -57,8 +58,10 @@ class InboundLimits:
 
     def check(self, project_id: str, number: str, body: str) -> str | None:
         """The reason to drop this message, or None to accept it (also when the limits' storage
-        cannot be reached)."""
-        digest = hashlib.sha256(body.strip().lower().encode("utf-8")).hexdigest()[:16]
+        cannot be reached). An empty text (a picture alone) is never a repeated text: several
+        photos in a row are not spam."""
+        text = body.strip().lower()
+        digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16] if text else None
         try:
             reason = self._hit(project_id, number, digest)
         except self.storage.base_exceptions as exc:
@@ -67,8 +70,10 @@ class InboundLimits:
         self.outage.worked()
         return reason
 
-    def _hit(self, project_id: str, number: str, digest: str) -> str | None:
-        if not self.window.hit(self.same_text, "polysms-text", project_id, number, digest):
+    def _hit(self, project_id: str, number: str, digest: str | None) -> str | None:
+        if digest is not None and not self.window.hit(
+            self.same_text, "polysms-text", project_id, number, digest
+        ):
             return "duplicate_text"
         if not self.window.hit(self.per_sender, "polysms-sender", project_id, number):
             return "sender_rate_limited"
@@ -101,6 +106,7 @@ def _record_inbound(
     kind: str,
     status: str = RECEIVED,
     drop_reason: str | None = None,
+    media: list[dict[str, Any]] | None = None,
 ) -> Message:
     now = utcnow()
     segments = count_segments(body)
@@ -118,9 +124,11 @@ def _record_inbound(
         updated_at=now,
         status=status,
         twilio_sid=message_sid,
-        segments=segments.segments,
+        # An MMS is one message, whatever the length of its text (as Twilio counts it).
+        segments=1 if media else segments.segments,
         encoding=segments.encoding,
         drop_reason=drop_reason,
+        media=list(media or ()),
     )
     stored = state.store.add_message(message)
     count(state, sender.project_id, sender.environment, "inbound")
@@ -137,15 +145,18 @@ def handle_inbound(
     body: str,
     message_sid: str,
     project: Project | None = None,
+    media: list[dict[str, Any]] | None = None,
 ) -> str:
     """Process one inbound SMS already authenticated for ``sender``'s project.
 
     Returns what happened (``duplicate``, ``keyword:STOP``, ``dropped:<reason>``, ``routed``).
     Everything it writes, the claim of the MessageSid included, is one transaction: a failure
     leaves the message unclaimed for Twilio's retry. ``project``: the sender's, if already read.
+    ``media``: the message's pictures (MMS), ``{"url", "content_type"}`` each.
     """
     return unit_of_work(
-        state, lambda: _handle_inbound(state, sender, user_number, body, message_sid, project)
+        state,
+        lambda: _handle_inbound(state, sender, user_number, body, message_sid, project, media),
     )
 
 
@@ -156,6 +167,7 @@ def _handle_inbound(
     body: str,
     message_sid: str,
     project: Project | None,
+    media: list[dict[str, Any]] | None = None,
 ) -> str:
     store = state.store
     now = utcnow()
@@ -179,6 +191,7 @@ def _handle_inbound(
             message_sid=message_sid,
             kind="compliance",
             status=HANDLED,  # answered right here: never the agent's
+            media=media,
         )
         if keyword in ("STOP", "START"):
             store.set_opt_out(
@@ -228,6 +241,7 @@ def _handle_inbound(
             kind="user",
             status=DROPPED,
             drop_reason=drop_reason,
+            media=media,
         )
         return f"dropped:{drop_reason}"
 
@@ -242,6 +256,7 @@ def _handle_inbound(
         body=body,
         message_sid=message_sid,
         kind="user",
+        media=media,
     )
     note_activity(state, session.id, user_reply=True, session=session)
     state.scheduler.enqueue("agent", session.id, message.id, job_id=agent_job_id(message.id))
@@ -276,6 +291,7 @@ def _run_agent(state: PolySMSState, session_id: str, message: Message) -> bool:
     if agent is None or session is None:
         return False
     conv = Conversation(state, session)
+    conv.attachments = copy.deepcopy(message.media)
     try:
         reply = agent(conv, message.body)
     except Exception:

@@ -71,8 +71,10 @@ def start_outbound(
     user_number: str,
     text: str,
     agent_number: str | None = None,
+    media_urls: list[str] | None = None,
 ) -> tuple[Session, Message]:
-    """Open a session whose greeting is ``text`` and queue it for sending.
+    """Open a session whose greeting is ``text`` (with pictures: ``media_urls``, already
+    checked) and queue it for sending.
 
     Counts against the project's ``POLYSMS_RATE_LIMIT`` first (RateLimited, 429, when over it),
     whoever the caller is.
@@ -109,6 +111,7 @@ def start_outbound(
             to=user_number,
             sender=chosen,
             suppressed=opted_out,
+            media_urls=media_urls,
         )
         return session, message
 

@@ -15,6 +15,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from ..clock import utcnow
+from ..media import media_from_urls, urls_of
 from ..phone import is_messaging_service_sid
 from ..ports.gateways import GatewayError, OutgoingSMS
 from ..records import (
@@ -57,6 +58,7 @@ def queue_message(
     max_attempts: int | None = None,
     error: tuple[int | None, str] | None = None,
     suppressed: bool = False,
+    media_urls: list[str] | None = None,
 ) -> Message:
     """Record an outbound message as ``queued`` and hand it to the send job.
 
@@ -64,7 +66,8 @@ def queue_message(
     as ``failed`` at once (a send that cannot even be attempted) and counted in ``api_failures``.
     With ``suppressed`` (its recipient opted out when it was accepted) it is recorded as
     ``suppressed`` (drop reason ``opted_out``) at once and counted: no job, so no later path
-    (a sweep, a retry, a START in between) can ever send it.
+    (a sweep, a retry, a START in between) can ever send it. ``media_urls``: pictures to send with
+    it (an MMS), already checked.
     """
     now = utcnow()
     segments = count_segments(body)
@@ -82,10 +85,12 @@ def queue_message(
         messaging_service_sid=service,
         created_at=now,
         updated_at=now,
-        segments=segments.segments,
+        # An MMS is one message, whatever the length of its text (as Twilio counts it).
+        segments=1 if media_urls else segments.segments,
         encoding=segments.encoding,
         template=template,
         max_attempts=state.settings.send_max_attempts if max_attempts is None else max_attempts,
+        media=media_from_urls(media_urls),
     )
     if error is not None:
         message.status = FAILED
@@ -246,6 +251,7 @@ def send_job(state: PolySMSState, message_id: str) -> bool:
                 from_=message.from_,
                 messaging_service_sid=message.messaging_service_sid,
                 status_callback=status_callback_url(state),
+                media_urls=tuple(urls_of(message.media)),
             ),
         )
     except GatewayError as exc:

@@ -22,6 +22,7 @@ from .emulator_wire import (
     E164,
     ERRORS,
     MAX_BODY_CHARACTERS,
+    MAX_MEDIA,
     MESSAGING_SERVICE_SID,
     _basic_credentials,
     _new_sid,
@@ -85,6 +86,8 @@ class MessagesApi:
             "messaging_service_sid": form.get("MessagingServiceSid") or None,
             "body": form.get("Body") or "",
             "status_callback": form.get("StatusCallback") or None,
+            # Repeated, one per picture, as Twilio takes it.
+            "media_urls": form.getlist("MediaUrl"),
         }
         with self._lock:
             fault = self._faults.popleft() if self._faults else None
@@ -96,7 +99,7 @@ class MessagesApi:
         elif fault is not None:
             return self._error(fault.code, status=fault.status, message=fault.message, **fields)
         invalid = self._validate(
-            fields, has_media=bool(form.get("MediaUrl") or form.get("ContentSid"))
+            fields, has_media=bool(fields["media_urls"] or form.get("ContentSid"))
         )
         if invalid is not None:
             return invalid
@@ -116,6 +119,13 @@ class MessagesApi:
             return self._error(21602)
         if len(fields["body"]) > MAX_BODY_CHARACTERS:
             return self._error(21617)
+        if len(fields["media_urls"]) > MAX_MEDIA:
+            return self._error(21623)
+        if any(
+            urllib.parse.urlsplit(url).scheme not in ("http", "https")
+            for url in fields["media_urls"]
+        ):
+            return self._error(21620)
         callback = fields["status_callback"]
         if callback and urllib.parse.urlsplit(callback).scheme not in ("http", "https"):
             return self._error(21609, **fields)
@@ -123,7 +133,9 @@ class MessagesApi:
 
     def _store(self, account_sid: str, fields: dict[str, Any]) -> dict[str, Any]:
         now = _now()
-        sid = _new_sid()
+        media_urls = list(fields["media_urls"])
+        # An MMS has an MM SID and is one message whatever its text, as Twilio reports it.
+        sid = _new_sid("MM" if media_urls else "SM")
         message = {
             "sid": sid,
             "account_sid": account_sid,
@@ -135,7 +147,9 @@ class MessagesApi:
             # Twilio answers "accepted" when a Messaging Service still has to pick the sender.
             "status": "queued" if fields["from"] else "accepted",
             "error_code": None,
-            "num_segments": count_segments(fields["body"]).segments,
+            "media_urls": media_urls,
+            "num_media": len(media_urls),
+            "num_segments": 1 if media_urls else count_segments(fields["body"]).segments,
             "date_created": now,
             "date_updated": now,
             "date_sent": None,
@@ -231,7 +245,7 @@ class MessagesApi:
             "error_message": None if error_code is None else f"Error {error_code}",
             "from": message["from"],
             "messaging_service_sid": message["messaging_service_sid"],
-            "num_media": "0",
+            "num_media": str(message["num_media"]),
             "num_segments": str(message["num_segments"]),
             "price": None,
             "price_unit": "USD",
@@ -244,7 +258,11 @@ class MessagesApi:
 
     @staticmethod
     def _inspect(message: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in message.items() if not k.startswith("_")}
+        return {
+            k: list(v) if isinstance(v, list) else v
+            for k, v in message.items()
+            if not k.startswith("_")
+        }
 
     @staticmethod
     def _json(

@@ -18,6 +18,8 @@ API_VERSION = "2010-04-01"
 E164 = re.compile(r"^\+[1-9]\d{1,14}$", re.ASCII)
 MESSAGING_SERVICE_SID = re.compile(r"^MG[0-9a-fA-F]{32}$")
 MAX_BODY_CHARACTERS = 1600
+#: Pictures per message (Twilio's limit; error 21623 above it).
+MAX_MEDIA = 10
 
 CallbackMode = Literal["auto", "manual"]
 Outcome = Literal["delivered", "undelivered", "failed", "sent"]
@@ -44,6 +46,8 @@ ERRORS: dict[int, tuple[int, str]] = {
     21610: (400, "Attempt to send to unsubscribed recipient"),
     21614: (400, "'To' number {to} is not a valid mobile number"),
     21617: (400, "The concatenated message body exceeds the 1600 character limit."),
+    21620: (400, "Invalid media URL(s)"),
+    21623: (400, "Number of media files exceeds allowed limit"),
     21701: (400, "The Messaging Service Sid {messaging_service_sid} is invalid."),
 }
 # ``fail_next`` takes these; 500 is accepted as a name for 20500 (HTTP 500).

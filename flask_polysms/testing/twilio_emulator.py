@@ -214,7 +214,8 @@ class TwilioEmulator(MessagesApi, StatusCallbacks):
 
         Each has ``sid``, ``account_sid``, ``to``, ``from``, ``messaging_service_sid``, ``body``,
         ``status_callback``, ``status`` (as Twilio would report it now), ``error_code``,
-        ``num_segments`` and ``date_created``.
+        ``num_segments``, ``media_urls`` (the ``MediaUrl`` values, ``[]`` for an SMS),
+        ``num_media`` and ``date_created``.
         """
         with self._lock:
             return [self._inspect(m) for m in self._messages.values()]

@@ -11,7 +11,7 @@ from . import conversations
 from .auth import AUTH_PARAMETERS, authenticated
 from .blueprint import Blueprint
 from .errors import ErrorSchema
-from .schemas import E164
+from .schemas import E164, MediaUrls
 
 URL_PREFIX = "/v1"
 
@@ -26,6 +26,7 @@ class OutboundRequestSchema(ma.Schema):
     user_number = E164(required=True, metadata={"example": "+14155552671"})
     message = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=1600))
     agent_number = E164(load_default=None, metadata={"description": "a provisioned number"})
+    media_urls = MediaUrls()
 
 
 class OutboundResponseSchema(ma.Schema):
@@ -56,7 +57,12 @@ def send_outbound(body, tenant):
     state = get_state()
     # start_outbound counts the project's POLYSMS_RATE_LIMIT (429), as for every other caller.
     session, message = start_outbound(
-        state, tenant, body["user_number"], body["message"], body.get("agent_number")
+        state,
+        tenant,
+        body["user_number"],
+        body["message"],
+        body.get("agent_number"),
+        media_urls=body.get("media_urls"),
     )
     # The path of GET /v1/conversations/<id>, as url_for would build it (ids are URL-safe):
     # a third of the cost of url_for, on the route the API serves most.

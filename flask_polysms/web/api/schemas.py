@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import marshmallow as ma
 
+from ...media import MAX_MEDIA, MAX_URL_LENGTH, https_url_problem
 from ...phone import validate_e164
 
 
@@ -16,6 +17,43 @@ class E164(ma.fields.String):
             return validate_e164(value)
         except ValueError as exc:
             raise ma.ValidationError(str(exc)) from exc
+
+
+class HttpsUrl(ma.fields.String):
+    """A picture's URL for Twilio to fetch: absolute ``https://``, at most 2048 characters."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        value = super()._deserialize(value, attr, data, **kwargs)
+        problem = https_url_problem(value)
+        if problem is not None:
+            raise ma.ValidationError(problem)
+        return value
+
+
+class MediaUrls(ma.fields.List):
+    """``media_urls``: 1 to 10 pictures (an MMS); null or absent for none."""
+
+    def __init__(self, **kwargs):
+        super().__init__(
+            HttpsUrl(
+                metadata={"format": "uri", "pattern": "^https://", "maxLength": MAX_URL_LENGTH}
+            ),
+            load_default=None,
+            allow_none=True,
+            validate=ma.validate.Length(min=1, max=MAX_MEDIA),
+            metadata={
+                "description": f"pictures to send as an MMS: 1 to {MAX_MEDIA} https:// URLs",
+                "example": ["https://example.org/map.png"],
+            },
+            **kwargs,
+        )
+
+
+class MediaSchema(ma.Schema):
+    url = ma.fields.String()
+    content_type = ma.fields.String(
+        allow_none=True, metadata={"description": "as Twilio reported it; null when we sent it"}
+    )
 
 
 class LastErrorSchema(ma.Schema):
@@ -47,6 +85,9 @@ class MessageSchema(ma.Schema):
         LastErrorSchema,
         allow_none=True,
         metadata={"description": "the last failed send attempt, kept after a successful retry"},
+    )
+    media = ma.fields.List(
+        ma.fields.Nested(MediaSchema), metadata={"description": "pictures (MMS); [] for none"}
     )
 
 

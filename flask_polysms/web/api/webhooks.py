@@ -7,6 +7,7 @@ from flask import Response, request
 from twilio.request_validator import RequestValidator
 
 from ...errors import Forbidden, InvalidInput
+from ...media import received_media
 from ...records import Project
 from ...services.inbound import handle_inbound, handle_status
 from ...services.state import get_state
@@ -39,6 +40,11 @@ class InboundSmsSchema(ma.Schema):
     To = ma.fields.String()
     MessagingServiceSid = ma.fields.String()
     Body = ma.fields.String(load_default="")
+    # Pictures (MMS): MediaUrl{i} and MediaContentType{i} for i below NumMedia, read by
+    # received_media (their names are not fixed); documented here for the first one.
+    NumMedia = ma.fields.String()
+    MediaUrl0 = ma.fields.String()
+    MediaContentType0 = ma.fields.String()
 
 
 class StatusCallbackSchema(ma.Schema):
@@ -135,8 +141,17 @@ def inbound_sms():
             sender, project = state.store.get_sender_with_project(address)
     verify_signature(project)
     form = _load(INBOUND_SMS)
+    media, problems = received_media(raw)
+    if problems:
+        raise InvalidInput("invalid webhook parameters", errors=problems)
     handle_inbound(
-        state, sender, form["From"], form.get("Body", ""), form["MessageSid"], project=project
+        state,
+        sender,
+        form["From"],
+        form.get("Body", ""),
+        form["MessageSid"],
+        project=project,
+        media=media,
     )
     return twiml()
 

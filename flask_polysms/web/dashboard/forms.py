@@ -3,10 +3,12 @@ body that is being typed (not saved yet)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from ...errors import InvalidInput
+from ...media import https_url_problem
 from ...records import ENVIRONMENTS
 from ...segments import count_segments
 from ...services import templates as template_service
@@ -19,6 +21,11 @@ SENDER_FIELDS = {
     for env in sorted(ENVIRONMENTS, key=lambda e: e != "live")
 }
 
+#: A MIME type name (RFC 6838: type "/" subtype, each 1 to 127 restricted characters).
+_CONTENT_TYPE = re.compile(
+    r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}", re.ASCII
+)
+
 
 def template_fields(form: Mapping[str, str]) -> dict[str, Any]:
     """``title``, ``body`` and ``env_phone_numbers`` from the template form, as the service takes
@@ -29,6 +36,22 @@ def template_fields(form: Mapping[str, str]) -> dict[str, Any]:
         "body": form.get("body", ""),
         "env_phone_numbers": {env: value for env, value in senders.items() if value},
     }
+
+
+def simulator_picture(form: Mapping[str, str]) -> list[dict[str, Any]]:
+    """The picture of the phone simulator's reply form as inbound ``media`` (``[]`` without
+    one). Raises ValueError when the URL is not an http(s) URL or the content type is not a
+    ``type/subtype`` name."""
+    url = (form.get("media_url") or "").strip()
+    if not url:
+        return []
+    problem = https_url_problem(url, ("https", "http"))
+    if problem is not None:
+        raise ValueError(f"the picture URL {problem}")
+    content_type = (form.get("media_content_type") or "").strip() or "image/jpeg"
+    if not _CONTENT_TYPE.fullmatch(content_type):
+        raise ValueError("the content type must look like image/jpeg")
+    return [{"url": url, "content_type": content_type}]
 
 
 def template_form_values(fields: Mapping[str, Any]) -> dict[str, str]:

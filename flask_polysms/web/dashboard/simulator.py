@@ -15,12 +15,13 @@ import secrets
 import threading
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from twilio.request_validator import RequestValidator
 from werkzeug.test import Client
 
 from ...clock import as_utc
+from ...media import media_from_urls
 from ...records import INBOUND
 from ...services.tenancy import Tenant
 
@@ -45,6 +46,8 @@ class PhoneMessage:
     at: datetime
     twilio_sid: str | None
     error_code: int | None = None
+    #: Pictures: ``{"url", "content_type"}`` each (content type None for what the phone got).
+    media: tuple[dict[str, Any], ...] = ()
 
 
 def phone_messages(state: PolySMSState, tenant: Tenant, user_number: str) -> list[PhoneMessage]:
@@ -69,6 +72,7 @@ def phone_messages(state: PolySMSState, tenant: Tenant, user_number: str) -> lis
                 at=as_utc(recorded.created_at),
                 twilio_sid=sent["sid"],
                 error_code=sent["error_code"],
+                media=tuple(media_from_urls(sent.get("media_urls"))),
             )
         )
     for message in _inbound_from(state, tenant, user_number):
@@ -81,6 +85,7 @@ def phone_messages(state: PolySMSState, tenant: Tenant, user_number: str) -> lis
                 status=message.status,
                 at=as_utc(message.created_at),
                 twilio_sid=message.twilio_sid,
+                media=tuple(message.media),
             )
         )
     thread.sort(key=lambda m: m.at)
@@ -143,10 +148,17 @@ class ReplyFailed(Exception):
 
 
 def post_reply(
-    state: PolySMSState, tenant: Tenant, url: str, user_number: str, to: str, body: str
+    state: PolySMSState,
+    tenant: Tenant,
+    url: str,
+    user_number: str,
+    to: str,
+    body: str,
+    media: list[dict[str, Any]] | None = None,
 ) -> str:
     """Hand ``body`` from ``user_number`` to our number ``to`` to the app as Twilio's signed inbound
-    webhook, as if Twilio had called ``url`` (from :func:`webhook_url`).
+    webhook, as if Twilio had called ``url`` (from :func:`webhook_url`); with ``media``
+    (``{"url", "content_type"}`` each) it is an MMS, posted as Twilio posts one.
 
     Returns the new MessageSid; raises ReplyFailed when the webhook does not answer 200.
     """
@@ -156,7 +168,9 @@ def post_reply(
     path = _webhook_path(state)
     if not url.endswith(path):
         raise ReplyFailed("the reply can only go to this app's own webhook")
-    message_sid = "SM" + secrets.token_hex(16)
+    media = list(media or ())
+    # Twilio's inbound MMS SIDs start with MM.
+    message_sid = ("MM" if media else "SM") + secrets.token_hex(16)
     params = {
         "MessageSid": message_sid,
         "SmsSid": message_sid,
@@ -165,10 +179,14 @@ def post_reply(
         "From": user_number,
         "To": to,
         "Body": body,
-        "NumMedia": "0",
+        "NumMedia": str(len(media)),
         "NumSegments": "1",
         "ApiVersion": "2010-04-01",
     }
+    for i, item in enumerate(media):
+        params[f"MediaUrl{i}"] = item["url"]
+        if item.get("content_type"):
+            params[f"MediaContentType{i}"] = item["content_type"]
     token = state.cipher.decrypt(project.twilio_auth_token_encrypted)
     headers = {
         "X-Twilio-Signature": RequestValidator(token).compute_signature(url, dict(params)),

@@ -526,12 +526,15 @@ def simulator_reply():
         validate_e164(number)
         if to not in {s.address for s in _numbers(state, tenant, None)}:
             raise ValueError(f"{to or 'no number'} is not one of this project's numbers")
-        if not 1 <= len(body) <= MESSAGE_MAX_LENGTH:
+        media = forms.simulator_picture(form)
+        # A picture may go alone, as a phone sends it; a text alone needs a character.
+        if len(body) > MESSAGE_MAX_LENGTH or not (body or media):
             raise ValueError(f"the reply must be 1 to {MESSAGE_MAX_LENGTH} characters")
         url = simulator.webhook_url(state, request.url_root)
-        simulator.post_reply(state, tenant, url, number, to, body)
+        simulator.post_reply(state, tenant, url, number, to, body, media)
     except (ValueError, simulator.ReplyFailed) as exc:
         flash(str(exc), "error")
     else:
-        flash(f"Sent {body!r} from {number} to {to}.", "ok")
+        what = f"{body!r} with a picture" if media else repr(body)
+        flash(f"Sent {what} from {number} to {to}.", "ok")
     return redirect(url_for(".simulator_page", number=number or None))
