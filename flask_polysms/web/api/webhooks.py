@@ -9,6 +9,7 @@ from twilio.request_validator import RequestValidator
 from ...errors import Forbidden, InvalidInput
 from ...records import Project
 from ...services.inbound import handle_inbound, handle_status
+from ...services.pools import note_membership
 from ...services.state import get_state
 from .blueprint import Blueprint
 from .errors import ErrorSchema
@@ -135,6 +136,7 @@ def inbound_sms():
             sender, project = state.store.get_sender_with_project(address)
     verify_signature(project)
     form = _load(INBOUND_SMS)
+    sender = note_membership(state, sender, form.get("MessagingServiceSid"))
     handle_inbound(
         state, sender, form["From"], form.get("Body", ""), form["MessageSid"], project=project
     )
