@@ -1,4 +1,5 @@
-"""``/v1/senders``: the caller's senders, their compliance reports and their registration state.
+"""``/v1/senders``: the caller's senders, their compliance reports, their registration state and
+the Messaging Service a number belongs to.
 
 Scoped to the authenticated project, across its environments (a sender's facts do not depend on the
 connector's environment); another project's sender answers 404. ``<sender>`` is an E.164 number
