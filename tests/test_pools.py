@@ -227,6 +227,19 @@ def test_an_inbound_webhook_through_a_service_records_the_membership(make_pool_s
     assert senders(sms)[POOL_A]["messaging_service_sid"] == MG
 
 
+def test_a_stop_through_a_service_not_recorded_yet_covers_the_service(make_pool_sms):
+    sms = _pool(make_pool_sms(), members=())
+    params = sms.inbound_params(USER, "STOP", to=POOL_B)
+
+    response = sms.post_signed("/v1/twilio/sms", {**params, "MessagingServiceSid": MG})
+
+    assert response.status_code == 200
+    assert history(sms) == [(MG, "opt_out", "STOP", "keyword")]
+    assert sms.send_ok(USER, "from B", agent_number=POOL_B)["status"] == "suppressed"
+    # POOL_A was never seen in the service: it is not covered.
+    assert sms.send_ok(USER, "from A", agent_number=POOL_A)["status"] == "sent"
+
+
 def test_an_inbound_webhook_naming_an_unknown_service_is_handled_and_changes_no_membership(
     make_pool_sms,
 ):
