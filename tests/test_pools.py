@@ -516,6 +516,11 @@ def test_the_dashboard_shows_the_drop_reason(make_pool_sms):
     assert signed.status_code == 302
 
     shown = browser.get(f"/dashboard/conversations/{suppressed['conversation_id']}")
+    opt_outs = browser.get("/dashboard/opt-outs", query_string={"number": USER})
 
     assert shown.status_code == 200
     assert "(opted_out)" in shown.get_data(as_text=True)
+    page = opt_outs.get_data(as_text=True)
+    assert opt_outs.status_code == 200
+    assert f"(in {MG})" in page and page.count("data-opted-out") == 3  # two members, the service
+    assert "<td>keyword</td>" in page
