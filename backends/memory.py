@@ -38,6 +38,8 @@ from flask_polysms.records import (
     new_id,
 )
 
+from .memory_opt_outs import MemoryOptOuts
+
 
 def _copy(record):
     # Callers get copies: mutating a returned record must never change the store behind a lock.
@@ -53,7 +55,7 @@ def _apply(record, fields: dict[str, Any], frozen: tuple[str, ...] = ("id",)) ->
         setattr(record, name, copy.deepcopy(value))
 
 
-class MemoryStore(Store):
+class MemoryStore(MemoryOptOuts, Store):
     """Everything in dictionaries guarded by one lock; every method is atomic."""
 
     schemes = ("memory",)
@@ -473,52 +475,6 @@ class MemoryStore(Store):
                 return False
             del self._templates[template_id]
             return True
-
-    # -- opt-outs ---------------------------------------------------------------------------------
-    def set_opt_out(
-        self,
-        project_id: str,
-        recipient: str,
-        sender: str,
-        opted_out: bool,
-        keyword: str | None,
-        at: datetime,
-    ) -> bool:
-        with self._lock:
-            pair = (recipient, sender)
-            if (pair in self._opt_outs) == opted_out:
-                return False
-            if opted_out:
-                self._opt_outs.add(pair)
-            else:
-                self._opt_outs.discard(pair)
-            self._opt_out_history.append(
-                OptOutEvent(
-                    project_id=project_id,
-                    recipient=recipient,
-                    sender=sender,
-                    action="opt_out" if opted_out else "opt_in",
-                    keyword=keyword,
-                    at=at,
-                )
-            )
-            return True
-
-    def is_opted_out(self, recipient: str, sender: str) -> bool:
-        with self._lock:
-            return (recipient, sender) in self._opt_outs
-
-    def opt_out_history(
-        self, project_id: str, recipient: str, sender: str | None = None
-    ) -> list[OptOutEvent]:
-        with self._lock:
-            return [
-                _copy(e)
-                for e in self._opt_out_history
-                if e.project_id == project_id
-                and e.recipient == recipient
-                and sender in (None, e.sender)
-            ]
 
     # -- metrics ----------------------------------------------------------------------------------
     def incr_metric(

@@ -54,6 +54,9 @@ STATUS_RANK = {
 
 OUTBOUND, INBOUND = "outbound", "inbound"
 
+# Where an opt-out (or opt-in) came from.
+SOURCE_KEYWORD, SOURCE_CARRIER, SOURCE_API, SOURCE_IMPORT = "keyword", "carrier", "api", "import"
+
 
 def new_id(prefix: str = "") -> str:
     """A fresh, URL-safe, unguessable identifier."""
@@ -110,6 +113,9 @@ class Sender:
     number_type: str | None = None  # long_code, toll_free, short_code, messaging_service, mobile
     registration: str = "unknown"  # unknown, registered, verified, not_registered, not_verified...
     campaign_id: str | None = None
+    # The Messaging Service (a sender of the same project) this number belongs to: an opt-out
+    # through any member covers the whole service, as on Twilio.
+    messaging_service_sid: str | None = None
 
 
 @dataclass
@@ -172,7 +178,9 @@ class Message:
     attempts: int = 0
     max_attempts: int = 5
     template: str | None = None
-    # Why an inbound message was not handed on (opted_out, rate_limited, duplicate_text...).
+    # Why a message was not sent (outbound: ``opted_out``) or not handed on (inbound:
+    # ``opted_out``, ``blocked``, ``duplicate_text``, ``sender_rate_limited``,
+    # ``project_rate_limited``); None for every other message.
     drop_reason: str | None = None
     # The last failed send attempt: Twilio's code (None for a timeout or a failure before any
     # call), its text and when. Kept when a later attempt succeeds, unlike ``error_code``,
@@ -219,3 +227,6 @@ class OptOutEvent:
     action: str  # "opt_out" or "opt_in"
     keyword: str | None
     at: datetime
+    # Who made the change: "keyword" (the user texted it), "carrier" (Twilio's 21610), "api",
+    # "import"; None for changes recorded before sources were kept.
+    source: str | None = None

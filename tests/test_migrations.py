@@ -360,6 +360,8 @@ def test_a_v0_1_0_database_upgrades_in_place_with_every_row(empty_url, prefix, v
         assert store.is_opted_out(recipient, sender_address) is True
         history = store.opt_out_history(project_id, recipient, sender_address)
         assert as_written(history, records["opt_out_history"]) == records["opt_out_history"]
+        assert [e.source for e in history] == ["keyword"]  # 0005: 0.1 recorded STOPs
+        assert store.get_sender(sender["address"]).messaging_service_sid is None
         day = datetime.fromisoformat(session["created_at"]).date()
         assert (
             as_written(store.get_metrics(project_id, "live", day, day), records["metrics"])
@@ -395,6 +397,34 @@ def test_a_v0_1_0_database_upgrades_in_place_with_every_row(empty_url, prefix, v
     finally:
         fresh.disconnect()
         store.disconnect()
+
+
+def test_0005_gives_the_recorded_opt_out_changes_their_source(empty_url):
+    """0.1 recorded Twilio's 21610 with the keyword ``twilio:21610``: those changes are the
+    carrier's, every other one a user's keyword."""
+    store = _store(empty_url)
+    migrations = SchemaMigrations(store.database, "polysms_")
+    before = EVERY_MIGRATION[EVERY_MIGRATION.index("0005_sender_messaging_service") - 1]
+    migrations.upgrade(before)
+    quote = store.database.quote
+    table = quote[0] + "polysms_opt_out_event" + quote[1]
+    for keyword in ("STOP", "twilio:21610", "START"):
+        store.database.execute_sql(
+            f"INSERT INTO {table} (project_id, recipient, sender, action, keyword, at) "
+            "VALUES ('prj_a', '+14155550123', '+14155550100', 'opt_out', "
+            f"{store.database.param}, '2026-03-01 12:00:00')",
+            (keyword,),
+        )
+
+    store.upgrade_schema()
+
+    history = store.opt_out_history("prj_a", "+14155550123")
+    assert [(e.keyword, e.source) for e in history] == [
+        ("STOP", "keyword"),
+        ("twilio:21610", "carrier"),
+        ("START", "keyword"),
+    ]
+    store.disconnect()
 
 
 def test_init_db_is_an_upgrade_from_empty_and_current_follows(empty_url):

@@ -1,6 +1,7 @@
 """The send path through the real ``twilio`` client and the local Twilio emulator (DESIGN §4.3):
 retryable errors are retried with exponential backoff, permanent ones fail at once with Twilio's
-code, 21610 records an opt-out, an opted-out pair is suppressed at send time."""
+code, 21610 suppresses the message and records an opt-out, an opted-out pair is suppressed at send
+time."""
 
 from __future__ import annotations
 
@@ -238,7 +239,7 @@ def test_the_fifth_try_can_still_succeed(emulated):
 # -- permanent errors ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("code", [21211, 21614, 21408, 21610])
+@pytest.mark.parametrize("code", [21211, 21614, 21408])
 def test_a_permanent_error_fails_at_once_with_twilios_code(emulated, code):
     sms, emulator = emulated
     with freeze_time(START) as clock:
@@ -259,7 +260,33 @@ def test_a_permanent_error_fails_at_once_with_twilios_code(emulated, code):
     assert sms.metrics(**DAY)["api_failures"] == 1
     with sms.app.app_context():
         assert stored_greeting(sms, body["conversation_id"]).attempts == 1
-        assert sms.store.is_opted_out(USER, AGENT) is (code == 21610)
+        assert sms.store.is_opted_out(USER, AGENT) is False
+    assert message["drop_reason"] is None
+
+
+def test_21610_suppresses_at_once_and_counts_as_suppressed(emulated):
+    sms, emulator = emulated
+    with freeze_time(START) as clock:
+        emulator.fail_next(1, 21610)
+
+        body = sms.send_ok(USER, agent_number=AGENT)
+
+        assert body["status"] == "suppressed"
+        clock.tick(timedelta(minutes=30))
+        sms.run_due_timers()
+
+    assert emulator.requests_count == 1 and emulator.messages == []
+    message = greeting(sms, body["conversation_id"])
+    assert (message["status"], message["drop_reason"], message["error_code"]) == (
+        "suppressed",
+        "opted_out",
+        21610,
+    )
+    assert message["last_error"]["code"] == 21610
+    figures = sms.metrics(**DAY)
+    assert (figures["suppressed"], figures["failed"], figures["api_failures"]) == (1, 0, 0)
+    with sms.app.app_context():
+        assert stored_greeting(sms, body["conversation_id"]).attempts == 1
 
 
 def test_21610_records_an_opt_out_for_the_pair_only(emulated):
@@ -272,6 +299,7 @@ def test_21610_records_an_opt_out_for_the_pair_only(emulated):
         assert not sms.store.is_opted_out(USER, OTHER_AGENT)
         [event] = sms.store.opt_out_history(sms.tenant.project_id, USER, AGENT)
     assert (event.recipient, event.sender, event.action) == (USER, AGENT, "opt_out")
+    assert (event.source, event.keyword) == ("carrier", None)
 
     # The next send to that pair never reaches Twilio; another number still does.
     suppressed = sms.send_ok(USER, "again", agent_number=AGENT)

@@ -837,6 +837,45 @@ def test_opt_out_changes_and_history(store: Store) -> None:
     ]
 
 
+def test_an_opt_out_of_a_messaging_service_covers_its_member_numbers(store: Store) -> None:
+    project = a_project(store)
+    service, other_service = "MG" + "c" * 32, "MG" + "d" * 32
+    store.add_sender(a_sender(project, service, kind="messaging_service"))
+    store.add_sender(a_sender(project, other_service, kind="messaging_service"))
+    store.add_sender(a_sender(project, AGENT, messaging_service_sid=service))
+    store.add_sender(a_sender(project, OTHER_AGENT))
+    assert store.get_sender(AGENT).messaging_service_sid == service
+
+    assert store.set_opt_out(project, USER, service, True, None, T0, "carrier") is True
+
+    assert store.is_opted_out(USER, service) and store.is_opted_out(USER, AGENT)
+    assert not store.is_opted_out(USER, OTHER_AGENT)
+    assert not store.is_opted_out(USER, other_service)
+    assert not store.is_opted_out("+14155550124", AGENT)
+    assert store.inbound_context(project, USER, AGENT)[2] is True
+    assert store.inbound_context(project, USER, OTHER_AGENT)[2] is False
+    [event] = store.opt_out_history(project, USER)
+    assert (event.sender, event.action, event.keyword, event.source) == (
+        service,
+        "opt_out",
+        None,
+        "carrier",
+    )
+    # Membership decides: a number that leaves the service leaves its opt-outs; one that joins
+    # another takes that service's.
+    store.update_sender(AGENT, messaging_service_sid=None)
+    assert not store.is_opted_out(USER, AGENT)
+    assert store.inbound_context(project, USER, AGENT)[2] is False
+    store.update_sender(OTHER_AGENT, messaging_service_sid=service)
+    assert store.is_opted_out(USER, OTHER_AGENT)
+    store.set_opt_out(project, USER, service, False, "START", T0 + timedelta(seconds=1))
+    assert not store.is_opted_out(USER, OTHER_AGENT)
+    assert [e.source for e in store.opt_out_history(project, USER, service)] == [
+        "carrier",
+        "keyword",
+    ]
+
+
 def test_opt_out_pairs_are_isolated(store: Store) -> None:
     assert store.set_opt_out("prj_a", USER, AGENT, True, "STOP", T0) is True
     assert store.is_opted_out(USER, OTHER_AGENT) is False
@@ -1210,6 +1249,27 @@ def test_claim_send_reads_the_opt_out_of_the_messages_own_sender(store: Store) -
     assert third is not None and third.opted_out is True
     # Neither the project ("prj_a" was never created) nor the senders exist: None, not an error.
     assert (first.project, first.sender, third.sender) == (None, None, None)
+
+
+def test_claim_send_reads_the_opt_out_of_the_senders_messaging_service(store: Store) -> None:
+    project_id = a_project(store)
+    service = "MG" + "b" * 32
+    store.add_sender(a_sender(project_id, service, kind="messaging_service"))
+    store.add_sender(a_sender(project_id, AGENT, messaging_service_sid=service))
+    store.add_sender(a_sender(project_id, OTHER_AGENT))
+    # The member's own row, opted back in, must not hide its service's opt-out.
+    store.set_opt_out(project_id, USER, AGENT, True, "STOP", T0)
+    store.set_opt_out(project_id, USER, AGENT, False, "START", T0)
+    store.set_opt_out(project_id, USER, service, True, "STOP", T0)
+    member = store.add_message(a_message(project_id=project_id))
+    outside = store.add_message(a_message(project_id=project_id, from_=OTHER_AGENT))
+    other_user = store.add_message(a_message(project_id=project_id, to="+14155550124"))
+
+    claims = [store.claim_send(m.id, T0) for m in (member, outside, other_user)]
+
+    assert [c.opted_out for c in claims] == [True, False, False]
+    assert claims[0].sender == store.get_sender(AGENT)
+    assert claims[0].sender.messaging_service_sid == service
 
 
 def test_claim_send_race_has_one_winner(store: Store) -> None:

@@ -77,6 +77,8 @@ def _build_models(database: pw.Database, prefix: str) -> SimpleNamespace:
         number_type = opt_key(32)
         registration = key(32)
         campaign_id = pw.TextField(null=True)
+        # The Messaging Service the number belongs to (migration 0005).
+        messaging_service_sid = opt_key()
 
         class Meta:
             table_name = prefix + "sender"
@@ -199,6 +201,7 @@ def _build_models(database: pw.Database, prefix: str) -> SimpleNamespace:
         action = key(16)
         keyword = pw.TextField(null=True)
         at = UTCDateTimeField()
+        source = opt_key(16)  # migration 0005
 
         class Meta:
             table_name = prefix + "opt_out_event"

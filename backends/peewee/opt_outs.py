@@ -8,7 +8,7 @@ from typing import Any
 
 import peewee as pw
 
-from flask_polysms.records import OptOutEvent
+from flask_polysms.records import SOURCE_KEYWORD, OptOutEvent
 
 from .statements import StatementRunner, _record
 
@@ -25,9 +25,11 @@ class OptOutRecords(StatementRunner):
         opted_out: bool,
         keyword: str | None,
         at: datetime,
+        source: str = SOURCE_KEYWORD,
     ) -> bool:
-        """Opt the pair out (or back in) and append the change to its history, atomically. False,
-        and nothing recorded, when the pair was in that state already."""
+        """Opt the pair out (or back in) and append the change to its history (with its
+        ``source``), atomically. False, and nothing recorded, when the pair was in that state
+        already."""
         O_, E = self._m.OptOut, self._m.OptOutEvent
         pair = (O_.recipient == recipient) & (O_.sender == sender)
         if opted_out:
@@ -51,6 +53,7 @@ class OptOutRecords(StatementRunner):
                 action="opt_out" if opted_out else "opt_in",
                 keyword=keyword,
                 at=at,
+                source=source,
             ).execute()
             return True
 
@@ -76,12 +79,14 @@ class OptOutRecords(StatementRunner):
             pass  # another caller created it a moment ago: the row is all that is needed
 
     def is_opted_out(self, recipient: str, sender: str) -> bool:
-        """Whether the recipient opted out from this sender."""
-        O_ = self._m.OptOut
+        """Whether the recipient opted out from this sender, or from the Messaging Service the
+        sender belongs to (one query: the service is read from the sender's row in it)."""
+        O_, S = self._m.OptOut, self._m.Sender
 
         def build(param: Callable[[int], pw.Value]) -> Any:
-            pair = (O_.recipient == param(0)) & (O_.sender == param(1))
-            return O_.select(O_.opted_out).where(pair).limit(1)
+            service = S.select(S.messaging_service_sid).where(S.address == param(1)).limit(1)
+            pair = (O_.recipient == param(0)) & ((O_.sender == param(1)) | (O_.sender == service))
+            return O_.select(O_.opted_out).where(pair & (O_.opted_out == True)).limit(1)  # noqa: E712
 
         row = self._row("is_opted_out", build, [recipient, sender], O_)
         return bool(row and row["opted_out"])

@@ -64,6 +64,7 @@ class SessionRecords(StatementRunner):
         if found is not None:
             return found[0]
         S, B, O_, C = self._m.Session, self._m.NumberBlock, self._m.OptOut, self._m.InboundClaim
+        SV = self._m.Sender
         q, p = self._db.quote, self._db.param
 
         def name(identifier: str) -> str:
@@ -77,8 +78,12 @@ class SessionRecords(StatementRunner):
             f"(SELECT b.{name('blocked_until')} FROM {name(B._meta.table_name)} AS b "
             f"WHERE b.{name('project_id')} = {p} AND b.{name('number')} = {p} LIMIT 1) "
             f"AS {name('ctx_blocked_until')}, "
+            # Opted out from the agent number, or from the Messaging Service it belongs to.
             f"(SELECT o.{name('opted_out')} FROM {name(O_._meta.table_name)} AS o "
-            f"WHERE o.{name('recipient')} = {p} AND o.{name('sender')} = {p} LIMIT 1) "
+            f"WHERE o.{name('recipient')} = {p} AND o.{name('opted_out')} = {p} "
+            f"AND (o.{name('sender')} = {p} OR o.{name('sender')} = "
+            f"(SELECT sv.{name('messaging_service_sid')} FROM {name(SV._meta.table_name)} AS sv "
+            f"WHERE sv.{name('address')} = {p} LIMIT 1)) LIMIT 1) "
             f"AS {name('ctx_opted_out')}"
             + (f", (SELECT count(*) FROM claim) AS {name('ctx_claimed')} " if claim else " ")
             + f"FROM (SELECT 1 AS {name('one')}) AS base "
@@ -118,8 +123,9 @@ class SessionRecords(StatementRunner):
     @staticmethod
     def _context_args(project_id: str, user_number: str, agent_number: str) -> list[Any]:
         """The context query's values, in the order of its markers (see _inbound_context_sql)."""
-        block_and_opt_out = [project_id, user_number, user_number, agent_number]
-        return [*block_and_opt_out, project_id, user_number, agent_number, CLOSED]
+        block = [project_id, user_number]
+        opt_out = [user_number, True, agent_number, agent_number]
+        return [*block, *opt_out, project_id, user_number, agent_number, CLOSED]
 
     def inbound_context(
         self, project_id: str, user_number: str, agent_number: str

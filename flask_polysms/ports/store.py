@@ -21,6 +21,7 @@ from ..records import (
     QUEUED,
     SENDING,
     SENT,
+    SOURCE_KEYWORD,
     Account,
     ApiKey,
     Connector,
@@ -54,7 +55,7 @@ class SendClaim:
     """What a send job needs once it holds a message (see :meth:`Store.claim_send`)."""
 
     message: Message  # now ``sending``, its attempt counted
-    opted_out: bool  # whether its recipient opted out from its sender
+    opted_out: bool  # whether its recipient opted out from its sender (or the sender's service)
     project: Project | None
     sender: Sender | None  # the sender's record (number or Messaging Service), if provisioned
 
@@ -275,7 +276,8 @@ class Store(ABC):
     ) -> tuple[Session | None, datetime | None, bool]:
         """What routing an inbound message reads: the open session of the triple (as
         :meth:`find_open_session`), when the user's number is blocked until (as
-        :meth:`blocked_until`) and whether the pair is opted out (as :meth:`is_opted_out`).
+        :meth:`blocked_until`) and whether the pair is opted out (as :meth:`is_opted_out`, so an
+        opt-out of the agent number's Messaging Service counts).
         Backends may answer all three in one query."""
         return (
             self.find_open_session(project_id, user_number, agent_number),
@@ -485,12 +487,19 @@ class Store(ABC):
         opted_out: bool,
         keyword: str | None,
         at: datetime,
+        source: str = SOURCE_KEYWORD,
     ) -> bool:
-        """Opt the pair out (or back in) and append the change to its history, atomically.
-        Returns False, and records nothing, when the pair was in that state already."""
+        """Opt the pair out (or back in) and append the change to its history (with ``source``:
+        ``keyword``, ``carrier``, ``api``, ``import``), atomically. Returns False, and records
+        nothing, when the pair was in that state already. ``sender`` is stored as given: callers
+        opting a user out of a Messaging Service's member pass the service's SID."""
 
     @abstractmethod
-    def is_opted_out(self, recipient: str, sender: str) -> bool: ...
+    def is_opted_out(self, recipient: str, sender: str) -> bool:
+        """Whether the recipient opted out from ``sender`` or, when ``sender`` is a number of a
+        Messaging Service (its record's ``messaging_service_sid``), from that service: an
+        opt-out through a pool is one record under the service's SID and covers every member.
+        Resolved in the backend's own query, not by the caller."""
 
     @abstractmethod
     def opt_out_history(

@@ -30,6 +30,7 @@ from .job_ids import agent_job_id
 from .keywords import DEFAULT_REPLIES, classify
 from .lifecycle import new_session, note_activity
 from .metrics import count
+from .pools import change_opt_out
 from .rate_limits import StorageOutage, limit_storage
 from .sending import apply_status, queue_message
 from .units import unit_of_work
@@ -194,14 +195,8 @@ def _handle_inbound(
             media=media,
         )
         if keyword in ("STOP", "START"):
-            store.set_opt_out(
-                sender.project_id,
-                user_number,
-                sender.address,
-                keyword == "STOP",
-                body.strip(),
-                now,
-            )
+            # Through a Messaging Service's number: the whole service.
+            change_opt_out(state, sender, user_number, keyword == "STOP", body.strip(), now)
         # Keyword messages never reach the agent, and do not count as activity: a STOP during the
         # warning must not keep the session open.
         queue_message(

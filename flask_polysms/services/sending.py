@@ -23,15 +23,18 @@ from ..records import (
     OUTBOUND,
     QUEUED,
     SENDING,
+    SOURCE_CARRIER,
     STATUS_RANK,
     SUPPRESSED,
     Message,
+    Sender,
     Session,
     new_id,
 )
 from ..segments import count_segments
 from .job_ids import send_job_id
 from .metrics import count
+from .pools import change_opt_out
 from .sender_facts import guard_error
 from .senders import guard_enabled
 
@@ -39,6 +42,9 @@ if TYPE_CHECKING:
     from .state import PolySMSState
 
 log = logging.getLogger("flask_polysms.sending")
+
+# Twilio's "Attempt to send to unsubscribed recipient".
+OPTED_OUT_CODE = 21610
 
 # Keyword confirmations must reach the user even right after STOP (carriers require the reply).
 UNSUPPRESSED_KINDS = frozenset({"compliance"})
@@ -255,7 +261,10 @@ def send_job(state: PolySMSState, message_id: str) -> bool:
             ),
         )
     except GatewayError as exc:
-        _handle_gateway_error(state, message, exc, started)
+        if exc.code == OPTED_OUT_CODE:
+            _carrier_opt_out(state, message, claim.sender, exc, started)
+        else:
+            _handle_gateway_error(state, message, exc, started)
         return True
     # Counted in the `sent` metric by the same Store call.
     sent, raced = store.record_sent(message_id, result.sid, utcnow())
@@ -300,16 +309,43 @@ def _handle_gateway_error(
         "timeout" if exc.timed_out else "retries_exhausted" if exc.retryable else "twilio_error"
     )
     _fail(state, message, exc.code, str(exc), started, reason)
-    if exc.code == 21610:
-        # Twilio says the recipient unsubscribed (e.g. STOP sent to Twilio directly): agree with it.
+
+
+def _carrier_opt_out(
+    state: PolySMSState,
+    message: Message,
+    sender: Sender | None,
+    exc: GatewayError,
+    started: float,
+) -> None:
+    """Twilio refused the send because the recipient unsubscribed (a STOP sent to Twilio itself,
+    or to another number of the service): the message is suppressed, as if we had known, and the
+    opt-out recorded (source ``carrier``) so that later sends stop before reaching Twilio."""
+    now = utcnow()
+    text = str(exc)
+    updated = state.store.update_message(
+        message.id,
+        expected_status=SENDING,
+        status=SUPPRESSED,
+        drop_reason="opted_out",
+        error_code=OPTED_OUT_CODE,
+        error_message=text,
+        last_error_code=OPTED_OUT_CODE,
+        last_error_message=text,
+        last_error_at=now,
+        updated_at=now,
+    )
+    if updated is not None:
+        count(state, message.project_id, message.environment, "suppressed")
+    address = message.messaging_service_sid or message.from_ or ""
+    if sender is not None and sender.address == address:
+        # A member number's opt-out is its service's, as Twilio keeps it.
+        change_opt_out(state, sender, message.to, True, None, now, SOURCE_CARRIER)
+    else:  # not provisioned (any more): the pair as sent
         state.store.set_opt_out(
-            message.project_id,
-            message.to,
-            message.messaging_service_sid or message.from_,
-            True,
-            "twilio:21610",
-            utcnow(),
+            message.project_id, message.to, address, True, None, now, SOURCE_CARRIER
         )
+    log_attempt(message, SUPPRESSED_OUTCOME, started, error_code=OPTED_OUT_CODE, reason="opted_out")
 
 
 def apply_status(
