@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from datetime import date, datetime
 from typing import Any
 
+from flask_polysms.backends.memory_turns import MemoryTurns
 from flask_polysms.clock import utcnow
 from flask_polysms.ports.store import (
     Conflict,
@@ -53,7 +54,7 @@ def _apply(record, fields: dict[str, Any], frozen: tuple[str, ...] = ("id",)) ->
         setattr(record, name, copy.deepcopy(value))
 
 
-class MemoryStore(Store):
+class MemoryStore(MemoryTurns, Store):
     """Everything in dictionaries guarded by one lock; every method is atomic."""
 
     schemes = ("memory",)
@@ -78,6 +79,7 @@ class MemoryStore(Store):
             self._messages_by_session: dict[str, list[str]] = {}
             self._events: dict[tuple[str, str], StatusEvent] = {}
             self._claims: dict[str, datetime] = {}
+            self._turns: dict[str, tuple[str, datetime]] = {}
             self._templates: dict[str, Template] = {}
             self._opt_outs: set[tuple[str, str]] = set()
             self._opt_out_history: list[OptOutEvent] = []

@@ -71,6 +71,13 @@ def _is_retryable(exc: pw.OperationalError) -> bool:
     return bool(codes) and codes[0] in _RETRYABLE_MYSQL_CODES
 
 
+def _is_open_clash(exc: pw.IntegrityError) -> bool:
+    """Whether ``exc`` is a clash on the sessions' open key (two sessions opened at once for one
+    user and number): PostgreSQL and MySQL name the index, SQLite its columns."""
+    text = str(exc)
+    return "session_one_open" in text or "open_mark" in text
+
+
 @functools.cache
 def _names(cls: type) -> tuple[tuple[str, str], ...]:
     """(attribute, column) of each field of a record class (``dataclasses.fields`` is slow)."""
@@ -182,6 +189,11 @@ class StatementRunner:
                     return work()
             except pw.OperationalError as exc:
                 if attempt == _RETRIES or not _is_retryable(exc):
+                    raise
+            except pw.IntegrityError as exc:
+                # Another transaction opened a session of the same triple since this one read:
+                # run again, and this one now sees (and supersedes) it.
+                if attempt == _RETRIES or not _is_open_clash(exc):
                     raise
         raise AssertionError("unreachable")
 
