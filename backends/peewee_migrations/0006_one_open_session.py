@@ -46,7 +46,9 @@ def up(migrator, db: pw.Database) -> None:
     """Add the columns, mark the newest open session of each triple, then add the index."""
     session = model(db)
     table = session._meta.table_name
-    migrator.migrate(*(migrator.add_column(table, name, getattr(session, name)) for name in COLUMNS))
+    migrator.migrate(
+        *(migrator.add_column(table, name, getattr(session, name)) for name in COLUMNS)
+    )
     q = db.quote
 
     def name(identifier: str) -> str:
@@ -54,12 +56,11 @@ def up(migrator, db: pw.Database) -> None:
 
     # The newest session not closed per triple. MySQL refuses a subquery on the table being
     # updated unless it is materialised in a derived table: hence the second SELECT.
+    triple = f"{name('project_id')}, {name('user_number')}, {name('agent_number')}"
     db.execute_sql(
         f"UPDATE {name(table)} SET {name('open_mark')} = 1 WHERE {name('seq')} IN ("
         f"SELECT newest FROM (SELECT MAX({name('seq')}) AS newest FROM {name(table)} "
-        f"WHERE {name('state')} <> %s "
-        f"GROUP BY {name('project_id')}, {name('user_number')}, {name('agent_number')}) AS n)"
-        .replace("%s", db.param),
+        f"WHERE {name('state')} <> {db.param} GROUP BY {triple}) AS n)",
         ("closed",),
     )
     db.execute(

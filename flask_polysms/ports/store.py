@@ -273,7 +273,9 @@ class Store(ABC):
         one just recorded)``. Two callers at once get one session: the built-in backends decide
         with a unique key (database backends, across processes) or under their lock (memory).
         This default, for third-party backends, reads then writes and does not decide a race."""
-        found = self.find_open_session(session.project_id, session.user_number, session.agent_number)
+        found = self.find_open_session(
+            session.project_id, session.user_number, session.agent_number
+        )
         if found is not None:
             return found, False
         return self.create_session(session), True
