@@ -33,16 +33,7 @@ class SessionRecords(StatementRunner):
 
         def work() -> None:
             if session.state != CLOSED:
-                self._defer(
-                    "supersede_open_session",
-                    lambda param: S.update({S.open_mark: None}).where(
-                        (S.project_id == param(0))
-                        & (S.user_number == param(1))
-                        & (S.agent_number == param(2))
-                        & (S.open_mark == 1)
-                    ),
-                    [session.project_id, session.user_number, session.agent_number],
-                )
+                self._supersede(session)
             # A fresh random id: no savepoint for a clash that does not happen.
             self._insert(S, values, may_fail=False)
 
@@ -53,6 +44,37 @@ class SessionRecords(StatementRunner):
                 raise
             raise Conflict(f"session {session.id} exists") from exc
         return self._roundtrip(S, Session, session)
+
+    def _supersede(self, session: Session) -> None:
+        """Take the open mark from the session of ``session``'s triple that holds it."""
+        S = self._m.Session
+        triple = [session.project_id, session.user_number, session.agent_number]
+        if self._is_mysql:
+            # By primary key: an update by the triple that finds no row takes a gap lock, and two
+            # transactions inserting into the same gap deadlock each other.
+            row = self._first(
+                S.select(S.seq).where(
+                    (S.project_id == triple[0])
+                    & (S.user_number == triple[1])
+                    & (S.agent_number == triple[2])
+                    & (S.open_mark == 1)
+                )
+            )
+            if row is not None:
+                S.update({S.open_mark: None}).where(
+                    (S.seq == row["seq"]) & (S.open_mark == 1)
+                ).execute()
+            return
+        self._defer(
+            "supersede_open_session",
+            lambda param: S.update({S.open_mark: None}).where(
+                (S.project_id == param(0))
+                & (S.user_number == param(1))
+                & (S.agent_number == param(2))
+                & (S.open_mark == 1)
+            ),
+            triple,
+        )
 
     def get_session(self, session_id: str) -> Session | None:
         """The session with this id, None when unknown."""

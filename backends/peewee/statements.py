@@ -28,6 +28,8 @@ T = TypeVar("T")
 # whole transaction back: running it again is correct, and these retries are rare.
 _RETRIES = 5
 _RETRYABLE_MYSQL_CODES = frozenset({1213})
+# Transactions that open a session of one user and number at the same moment: one wins per round.
+_OPEN_CLASH_RETRIES = 50
 _RETRYABLE_PG_CODES = frozenset({"40P01", "40001"})
 
 # Record attribute -> column, where the attribute's name is not a good column name.
@@ -181,21 +183,23 @@ class StatementRunner:
                 with self._db.atomic():
                     return work()
             return work()
-        for attempt in range(1, _RETRIES + 1):
+        failures = clashes = 0
+        while True:
             try:
                 if one_statement:
                     return work()
                 with self._transaction():
                     return work()
             except pw.OperationalError as exc:
-                if attempt == _RETRIES or not _is_retryable(exc):
+                failures += 1
+                if failures == _RETRIES or not _is_retryable(exc):
                     raise
             except pw.IntegrityError as exc:
                 # Another transaction opened a session of the same triple since this one read:
-                # run again, and this one now sees (and supersedes) it.
-                if attempt == _RETRIES or not _is_open_clash(exc):
+                # run again, and this one now sees (and supersedes) it. Each round has a winner.
+                clashes += 1
+                if clashes == _OPEN_CLASH_RETRIES or not _is_open_clash(exc):
                     raise
-        raise AssertionError("unreachable")
 
     # -- compiled statements -----------------------------------------------------------------------
     def _compiled(self, name: Any, build: Callable[[Callable[[int], pw.Value]], Any]) -> tuple:
