@@ -42,18 +42,18 @@ class TurnRecords(StatementRunner):
         raise RuntimeError(f"no open session could be recorded for {triple}")
 
     def _open_now(self, project_id: str, user_number: str, agent_number: str) -> Session | None:
-        """The session holding the triple's open mark, as committed now: a locking read, since a
-        MySQL transaction's plain reads keep the snapshot of its first read."""
+        """The session holding the triple's open mark. The clashing insert waited for its
+        winner to commit, and each statement reads what is committed when it starts (MySQL
+        connections read committed, as PostgreSQL does; SQLite has one writer at a time)."""
         S = self._m.Session
-        query = S.select().where(
-            (S.project_id == project_id)
-            & (S.user_number == user_number)
-            & (S.agent_number == agent_number)
-            & (S.open_mark == 1)
+        row = self._first(
+            S.select().where(
+                (S.project_id == project_id)
+                & (S.user_number == user_number)
+                & (S.agent_number == agent_number)
+                & (S.open_mark == 1)
+            )
         )
-        if not self._is_sqlite:  # SQLite has one writer at a time: a plain read is current
-            query = query.for_update()
-        row = self._first(query)
         return _record(Session, row) if row else None
 
     def claim_turn(self, session_id: str, owner: str, now: datetime, until: datetime) -> bool:
