@@ -39,6 +39,7 @@ from flask_polysms.records import (
 )
 
 from .memory_opt_outs import MemoryOptOuts
+from .memory_turns import MemoryTurns
 
 
 def _copy(record):
@@ -55,7 +56,7 @@ def _apply(record, fields: dict[str, Any], frozen: tuple[str, ...] = ("id",)) ->
         setattr(record, name, copy.deepcopy(value))
 
 
-class MemoryStore(MemoryOptOuts, Store):
+class MemoryStore(MemoryOptOuts, MemoryTurns, Store):
     """Everything in dictionaries guarded by one lock; every method is atomic."""
 
     schemes = ("memory",)
@@ -80,6 +81,7 @@ class MemoryStore(MemoryOptOuts, Store):
             self._messages_by_session: dict[str, list[str]] = {}
             self._events: dict[tuple[str, str], StatusEvent] = {}
             self._claims: dict[str, datetime] = {}
+            self._turns: dict[str, tuple[str, datetime]] = {}
             self._templates: dict[str, Template] = {}
             self._opt_outs: set[tuple[str, str]] = set()
             self._opt_out_history: list[OptOutEvent] = []

@@ -579,3 +579,73 @@ def test_the_wheel_ships_every_script(tmp_path):
     folder = "flask_polysms/backends/peewee_migrations/"
     for name in ("__init__", "frozen", *EVERY_MIGRATION):
         assert f"{folder}{name}.py" in names, name
+
+
+def test_0006_marks_the_newest_open_session_of_each_triple_before_its_unique_key(empty_url):
+    """A database holds several open sessions of one user and number (a newer outbound session
+    supersedes an older one, which stays open until its deadline): 0006 marks only the newest
+    open one, so its unique key goes on; the older ones stay open and unmarked."""
+    from flask_polysms.records import Session
+
+    store = _store(empty_url)
+    try:
+        db = store.database
+        migrations = SchemaMigrations(db, "polysms_")
+        before = [name for name in EVERY_MIGRATION if migration_number(name) < 6][-1]
+        migrations.upgrade(target=before)
+        table = pw.Table("polysms_session").bind(db)
+
+        def add(session_id: str, user: str, state: str = "active") -> None:
+            table.insert(
+                id=session_id,
+                project_id="prj_a",
+                environment="live",
+                user_number=user,
+                agent_number="+14155550100",
+                created_at="2026-01-01 10:00:00.000000",
+                last_activity_at="2026-01-01 10:00:00.000000",
+                state=state,
+                engaged=False,
+                version=1,
+                data="{}",
+                entities="{}",
+                metadata="{}",
+            ).execute()
+
+        add("conv_old", "+14155550123")
+        add("conv_warned", "+14155550123", state="warned")
+        add("conv_newest", "+14155550123")
+        add("conv_closed", "+14155550123", state="closed")
+        add("conv_other", "+14155550124")
+        assert (
+            store.upgrade_schema().applied == EVERY_MIGRATION[EVERY_MIGRATION.index(before) + 1 :]
+        )
+
+        marks = dict(table.select(table.c.id, table.c.open_mark).tuples())
+        assert marks == {
+            "conv_old": None,
+            "conv_warned": None,
+            "conv_newest": 1,
+            "conv_closed": None,
+            "conv_other": 1,
+        }
+        assert store.get_session("conv_old").state == "active"  # still open, superseded
+        assert store.get_session("conv_warned").state == "warned"
+        # The key holds: a first message joins the newest, a second marked row is refused.
+        joined, created = store.open_session(
+            Session(
+                id="conv_new",
+                project_id="prj_a",
+                environment="live",
+                user_number="+14155550123",
+                agent_number="+14155550100",
+                created_at=datetime(2026, 1, 2, tzinfo=timezone.utc),
+                last_activity_at=datetime(2026, 1, 2, tzinfo=timezone.utc),
+            )
+        )
+        assert (joined.id, created) == ("conv_newest", False)
+        with pytest.raises(pw.IntegrityError):
+            with db.atomic():
+                table.update(open_mark=1).where(table.c.id == "conv_old").execute()
+    finally:
+        store.disconnect()

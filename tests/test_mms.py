@@ -367,3 +367,23 @@ def test_the_simulator_sends_a_picture_as_a_signed_mms(make_emulated_sms, live_s
     page = client.get("/dashboard/simulator", query_string={"number": USER}).get_data(as_text=True)
     assert "the picture URL must be an" in page
     assert len(turns.seen) == 1
+
+
+def test_a_merged_turn_carries_the_pictures_of_every_message_it_joins(make_sms, storage_url, turns):
+    from freezegun import freeze_time
+
+    sms = make_sms(
+        agent=turns, numbers=(AGENT,), POLYSMS_STORAGE_URL=storage_url, POLYSMS_MERGE_WINDOW=5
+    )
+    with freeze_time("2026-03-02 10:00:00") as clock:
+        assert mms(sms, USER, "my dog", [(PHOTO, "image/jpeg")]).status_code == 200
+        clock.tick(1)
+        assert mms(sms, USER, "", [(MAP, "image/png")]).status_code == 200
+        clock.tick(6)  # both windows have closed
+        sms.run_due_timers()
+    (turn,) = turns.seen
+    assert turn["text"] == "my dog\n"
+    assert turn["attachments"] == [
+        {"url": PHOTO, "content_type": "image/jpeg"},
+        {"url": MAP, "content_type": "image/png"},
+    ]

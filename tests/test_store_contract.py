@@ -57,6 +57,7 @@ T0 = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
 USER = "+14155550123"
 AGENT = "+14155550100"
 OTHER_AGENT = "+14155550199"
+OTHER_USER = "+14155550124"
 THREADS = 16
 PROCESSES = 4
 
@@ -432,6 +433,95 @@ def test_find_open_session(store: Store) -> None:
     assert store.find_open_session("prj_a", USER, AGENT) is None
     assert store.get_session(closed.id).state == CLOSED
     assert store.find_open_session("prj_a", "+14155550999", AGENT) is None
+
+
+def test_open_session_records_one_unless_the_triple_has_one_open(store: Store) -> None:
+    first, created = store.open_session(a_session())
+    assert created is True
+    assert store.get_session(first.id) == first
+    again, created = store.open_session(a_session(state=WARNED))
+    assert (again.id, created) == (first.id, False)
+    other, created = store.open_session(a_session(agent_number=OTHER_AGENT))
+    assert created is True and other.id != first.id
+    store.update_session(first.id, 1, state=CLOSED, closed_at=T0)
+    after_close, created = store.open_session(a_session())
+    assert created is True and after_close.id not in (first.id, other.id)
+    assert store.find_open_session("prj_a", USER, AGENT).id == after_close.id
+
+
+def test_open_session_joins_a_session_created_by_outbound(store: Store) -> None:
+    """An outbound session (create_session) supersedes the open one; open_session joins the
+    newest, and a closed newest leaves the older one open."""
+    older = store.create_session(a_session())
+    newer = store.create_session(a_session())
+    assert store.open_session(a_session()) == (store.get_session(newer.id), False)
+    store.update_session(newer.id, 1, state=CLOSED)
+    assert store.open_session(a_session())[0].id == older.id
+
+
+def test_race_open_session_opens_one(store: Store) -> None:
+    results = outcomes(
+        run_in_threads(store, lambda i: store.atomic(lambda: store.open_session(a_session())))
+    )
+    assert [created for _, created in results].count(True) == 1
+    assert len({session.id for session, _ in results}) == 1
+    sessions, _ = store.list_sessions("prj_a")
+    assert len(sessions) == 1
+
+
+def test_race_create_session_leaves_one_open_session_per_triple(store: Store) -> None:
+    """Outbound sessions created at once: every one is recorded, the newest is the open one."""
+    results = outcomes(
+        run_in_threads(store, lambda i: store.atomic(lambda: store.create_session(a_session())))
+    )
+    assert len({session.id for session in results}) == THREADS
+    assert len(store.list_sessions("prj_a", limit=100)[0]) == THREADS
+    newest = store.list_sessions("prj_a", limit=1)[0][0]
+    assert store.find_open_session("prj_a", USER, AGENT).id == newest.id
+    assert store.open_session(a_session())[0].id == newest.id
+
+
+def test_claim_turn_holds_until_released_or_run_out(store: Store) -> None:
+    session = store.create_session(a_session())
+    later = T0 + timedelta(minutes=5)
+    assert store.claim_turn(session.id, "a", T0, later) is True
+    assert store.claim_turn(session.id, "b", T0 + timedelta(minutes=4), later) is False
+    assert store.claim_turn(session.id, "a", T0, later + timedelta(seconds=1)) is True  # renewed
+    assert store.release_turn(session.id, "b") is False
+    assert store.release_turn(session.id, "a") is True
+    assert store.release_turn(session.id, "a") is False
+    assert store.claim_turn(session.id, "b", T0, later) is True
+    # b crashed: its claim runs out and c takes it over.
+    assert store.claim_turn(session.id, "c", later - timedelta(microseconds=1), later) is False
+    assert store.claim_turn(session.id, "c", later + timedelta(microseconds=1), later) is True
+    assert store.release_turn(session.id, "b") is False
+    other = store.create_session(a_session(agent_number=OTHER_AGENT))
+    assert store.claim_turn(other.id, "b", T0, later) is True  # per session
+    # The claim is not part of the session's version.
+    assert store.get_session(session.id).version == 1
+
+
+def test_race_claim_turn_has_one_winner(store: Store) -> None:
+    session = store.create_session(a_session())
+    later = T0 + timedelta(minutes=5)
+    results = outcomes(
+        run_in_threads(store, lambda i: store.claim_turn(session.id, f"owner{i}", T0, later))
+    )
+    assert results.count(True) == 1 and results.count(False) == THREADS - 1
+
+
+def test_waiting_turn_messages_are_received_inbound_in_order(store: Store) -> None:
+    session = store.create_session(a_session())
+    inbound = {"direction": INBOUND, "kind": "user", "status": RECEIVED}
+    first = store.add_message(a_message(session.id, body="1", **inbound))
+    store.add_message(a_message(session.id, body="out"))
+    handled = store.add_message(a_message(session.id, body="2", **inbound))
+    third = store.add_message(a_message(session.id, body="3", **inbound))
+    store.add_message(a_message(None, body="none", **inbound))
+    store.update_message(handled.id, status="handled")
+    assert [m.id for m in store.waiting_turn_messages(session.id)] == [first.id, third.id]
+    assert store.waiting_turn_messages(session.id, limit=1) == [store.get_message(first.id)]
+    assert store.waiting_turn_messages("ses_none") == []
 
 
 def test_update_session_is_compare_and_set(store: Store) -> None:
@@ -1046,7 +1136,8 @@ def _race_in_process(
             updated = True
         except StaleVersion:
             updated = False
-        results.put((claimed, updated))
+        opened = store.atomic(lambda: store.open_session(a_session(user_number=OTHER_USER)))
+        results.put((claimed, updated, opened[0].id, opened[1]))
     except BaseException as exc:
         results.put(("error", repr(exc)))
     finally:
@@ -1083,8 +1174,11 @@ def test_race_across_processes_has_one_winner(
     assert all(process.exitcode == 0 for process in processes)
     errors = [o for o in outcomes_ if o[0] == "error"]
     assert not errors, errors
-    assert [claimed for claimed, _ in outcomes_].count(True) == 1
-    assert [updated for _, updated in outcomes_].count(True) == 1
+    assert [o[0] for o in outcomes_].count(True) == 1
+    assert [o[1] for o in outcomes_].count(True) == 1
+    # Two first messages at once, in processes: one session.
+    assert [o[3] for o in outcomes_].count(True) == 1
+    assert len({o[2] for o in outcomes_}) == 1
     stored = store.get_session(session.id)
     assert (stored.version, stored.state) == (2, WARNED)
 
@@ -1121,6 +1215,7 @@ def test_every_lookup_has_an_index(store: Store) -> None:
         "session": [
             (("id",), True),
             (("project_id", "user_number", "agent_number", "seq"), False),
+            (("project_id", "user_number", "agent_number", "open_mark"), True),
             (("state", "deadline_at"), False),
             (("state", "wake_at"), False),
             (("project_id", "seq"), False),

@@ -114,6 +114,13 @@ def _build_models(database: pw.Database, prefix: str) -> SimpleNamespace:
         entities = json_field()
         metadata = json_field()
         language = opt_key(32)
+        # 1 while this is its triple's open session (the one inbound messages join), NULL once
+        # closed or superseded: the unique index session_one_open allows one per triple.
+        open_mark = pw.SmallIntegerField(null=True)
+        # Who runs the session's agent turn, and until when the claim holds (a crashed worker's
+        # claim runs out and is taken over).
+        turn_owner = opt_key(64)
+        turn_until = UTCDateTimeField(null=True)
 
         class Meta:
             table_name = prefix + "session"
@@ -259,6 +266,16 @@ def _build_models(database: pw.Database, prefix: str) -> SimpleNamespace:
         Session.user_number,
         Session.agent_number,
         Session.seq,
+    )
+    # Two first messages at once open one session: the second insert clashes here.
+    index(
+        Session,
+        "session_one_open",
+        Session.project_id,
+        Session.user_number,
+        Session.agent_number,
+        Session.open_mark,
+        unique=True,
     )
     index(Session, "session_due", Session.state, Session.deadline_at)
     index(Session, "session_waking", Session.state, Session.wake_at)

@@ -28,6 +28,7 @@ from .opt_outs import OptOutRecords
 from .sessions import SessionRecords
 from .statements import StatementRunner, T
 from .templates import TemplateRecords
+from .turns import TurnRecords
 
 DEFAULT_TABLE_PREFIX = "polysms_"
 # Index names are the prefix plus up to 22 characters; PostgreSQL cuts identifiers at 63.
@@ -36,6 +37,7 @@ _PREFIX_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,39}$")
 
 class PeeweeStore(
     AccountRecords,
+    TurnRecords,
     SessionRecords,
     MessageRecords,
     TemplateRecords,

@@ -17,8 +17,10 @@ from datetime import date, datetime
 from typing import Any, TypeVar
 
 from ..records import (
+    INBOUND,
     OUTBOUND,
     QUEUED,
+    RECEIVED,
     SENDING,
     SENT,
     SOURCE_KEYWORD,
@@ -260,7 +262,24 @@ class Store(ABC):
 
     # -- sessions ---------------------------------------------------------------------------------
     @abstractmethod
-    def create_session(self, session: Session) -> Session: ...
+    def create_session(self, session: Session) -> Session:
+        """Record a new session. One not closed becomes its (project, user number, agent
+        number)'s open session, the one :meth:`find_open_session` returns; an older open session
+        of the triple stays open (superseded, it ends at its deadline). Raises Conflict when the
+        id is taken."""
+
+    def open_session(self, session: Session) -> tuple[Session, bool]:
+        """Record ``session`` unless its triple already has an open session (as
+        :meth:`find_open_session` finds it): ``(the triple's open session, whether it is the
+        one just recorded)``. Two callers at once get one session: the built-in backends decide
+        with a unique key (database backends, across processes) or under their lock (memory).
+        This default, for third-party backends, reads then writes and does not decide a race."""
+        found = self.find_open_session(
+            session.project_id, session.user_number, session.agent_number
+        )
+        if found is not None:
+            return found, False
+        return self.create_session(session), True
 
     @abstractmethod
     def get_session(self, session_id: str) -> Session | None: ...
@@ -299,6 +318,30 @@ class Store(ABC):
     def update_session(self, session_id: str, expected_version: int, **fields: Any) -> Session:
         """Compare-and-set: apply ``fields`` and bump the version only if the stored version is
         ``expected_version``; otherwise raise StaleVersion (NotFound if absent)."""
+
+    # -- agent turns: one at a time per session ----------------------------------------------------
+    def claim_turn(self, session_id: str, owner: str, now: datetime, until: datetime) -> bool:
+        """Take the session's turn for ``owner`` until ``until``, atomically: True when nobody
+        held it, ``owner`` held it already (the claim is extended), or the holder's claim ran out
+        before ``now`` (a crashed worker's claim is taken over); False when another owner holds
+        it. Across processes for the database backends. This default, for third-party backends
+        written before turns were claimed, always answers True (turns are then not serialised)."""
+        return True
+
+    def release_turn(self, session_id: str, owner: str) -> bool:
+        """Give the turn back if ``owner`` holds it; False (nothing changed) otherwise."""
+        return True
+
+    def waiting_turn_messages(self, session_id: str, limit: int = 100) -> list[Message]:
+        """The session's inbound messages still ``received`` (their agent turn not started), in
+        the order they were recorded, at most ``limit``. The built-in backends answer with one
+        indexed query; this default filters :meth:`list_messages`."""
+        waiting = [
+            m
+            for m in self.list_messages(session_id)
+            if m.direction == INBOUND and m.status == RECEIVED
+        ]
+        return waiting[:limit]
 
     @abstractmethod
     def list_sessions(
