@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from datetime import date, datetime
 from typing import Any
 
+from flask_polysms.backends.memory_idempotency import IdempotencyRecordsInMemory
 from flask_polysms.clock import utcnow
 from flask_polysms.ports.store import (
     Conflict,
@@ -53,7 +54,7 @@ def _apply(record, fields: dict[str, Any], frozen: tuple[str, ...] = ("id",)) ->
         setattr(record, name, copy.deepcopy(value))
 
 
-class MemoryStore(Store):
+class MemoryStore(IdempotencyRecordsInMemory, Store):
     """Everything in dictionaries guarded by one lock; every method is atomic."""
 
     schemes = ("memory",)
@@ -84,6 +85,7 @@ class MemoryStore(Store):
             self._metrics: dict[tuple[str, str, date, str], int] = {}
             self._blocks: dict[tuple[str, str], datetime] = {}
             self._sign_ins: dict[str, DashboardSignIn] = {}
+            self._idempotent_requests = {}
             self._seq = 0
 
     def _next_seq(self) -> int:

@@ -211,3 +211,23 @@ class OptOutEvent:
     action: str  # "opt_out" or "opt_in"
     keyword: str | None
     at: datetime
+
+
+@dataclass
+class IdempotentRequest:
+    """A request made with an ``Idempotency-Key``: held while its first try runs, then its
+    response, until ``expires_at``.
+
+    ``id`` is a digest of (project, route, key): the key itself is never stored. ``fingerprint``
+    is a digest of what the request asked (method, path, body). ``token`` names the try that
+    holds it; ``response`` (``{"status", "body", "headers"}``) is None while that try runs.
+    """
+
+    id: str
+    project_id: str
+    route: str
+    fingerprint: str
+    token: str
+    created_at: datetime
+    expires_at: datetime
+    response: dict[str, Any] | None = None
