@@ -91,13 +91,13 @@ def test_a_repeat_answers_the_first_response_and_sends_nothing(sms):
 def test_json_spacing_and_key_order_are_the_same_body(sms):
     first = sms.client.post(
         "/v1/outbound-sms",
-        data='{"user_number": "%s", "message": "Hello"}' % USER,
+        data=f'{{"user_number": "{USER}", "message": "Hello"}}',
         content_type="application/json",
         headers={**sms.tenant.headers, "Idempotency-Key": "k"},
     )
     again = sms.client.post(
         "/v1/outbound-sms",
-        data='{"message":"Hello","user_number":"%s"}' % USER,
+        data=f'{{"message":"Hello","user_number":"{USER}"}}',
         content_type="application/json",
         headers={**sms.tenant.headers, "Idempotency-Key": "k"},
     )

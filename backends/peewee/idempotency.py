@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+
 from flask_polysms.records import IdempotentRequest
 
 from .statements import StatementRunner, _record, _values
