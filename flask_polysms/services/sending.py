@@ -12,8 +12,8 @@ from __future__ import annotations
 import logging
 import time
 from datetime import timedelta
-from urllib.parse import urlencode
 from typing import TYPE_CHECKING
+from urllib.parse import urlencode
 
 from ..clock import utcnow
 from ..phone import is_messaging_service_sid
