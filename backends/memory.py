@@ -38,6 +38,7 @@ from flask_polysms.records import (
     new_id,
 )
 
+from .memory_idempotency import IdempotencyRecordsInMemory
 from .memory_opt_outs import MemoryOptOuts
 from .memory_turns import MemoryTurns
 
@@ -56,7 +57,7 @@ def _apply(record, fields: dict[str, Any], frozen: tuple[str, ...] = ("id",)) ->
         setattr(record, name, copy.deepcopy(value))
 
 
-class MemoryStore(MemoryOptOuts, MemoryTurns, Store):
+class MemoryStore(MemoryOptOuts, MemoryTurns, IdempotencyRecordsInMemory, Store):
     """Everything in dictionaries guarded by one lock; every method is atomic."""
 
     schemes = ("memory",)
@@ -88,6 +89,7 @@ class MemoryStore(MemoryOptOuts, MemoryTurns, Store):
             self._metrics: dict[tuple[str, str, date, str], int] = {}
             self._blocks: dict[tuple[str, str], datetime] = {}
             self._sign_ins: dict[str, DashboardSignIn] = {}
+            self._idempotent_requests = {}
             self._seq = 0
 
     def _next_seq(self) -> int:

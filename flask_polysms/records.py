@@ -230,3 +230,23 @@ class OptOutEvent:
     # Who made the change: "keyword" (the user texted it), "carrier" (Twilio's 21610), "api",
     # "import"; None for changes recorded before sources were kept.
     source: str | None = None
+
+
+@dataclass
+class IdempotentRequest:
+    """A request made with an ``Idempotency-Key``: held while its first try runs, then its
+    response, until ``expires_at``.
+
+    ``id`` is a digest of (project, route, key): the key itself is never stored. ``fingerprint``
+    is a digest of what the request asked (method, path, body). ``token`` names the try that
+    holds it; ``response`` (``{"status", "body", "headers"}``) is None while that try runs.
+    """
+
+    id: str
+    project_id: str
+    route: str
+    fingerprint: str
+    token: str
+    created_at: datetime
+    expires_at: datetime
+    response: dict[str, Any] | None = None

@@ -247,6 +247,20 @@ def _build_models(database: pw.Database, prefix: str) -> SimpleNamespace:
         class Meta:
             table_name = prefix + "dashboard_sign_in"
 
+    class IdempotentRequestRow(Base):
+        # A digest of (project, route, key): one row per key, the primary key decides races.
+        id = key(64, primary_key=True)
+        project_id = key()
+        route = key()
+        fingerprint = key(64)
+        token = key(32)
+        created_at = UTCDateTimeField()
+        expires_at = UTCDateTimeField()
+        response = json_field(null=True)
+
+        class Meta:
+            table_name = prefix + "idempotent_request"
+
     def index(model: type[pw.Model], name: str, *fields: pw.Field, unique: bool = False) -> None:
         model.add_index(*fields, unique=unique, name=prefix + name)
 
@@ -311,6 +325,7 @@ def _build_models(database: pw.Database, prefix: str) -> SimpleNamespace:
         unique=True,
     )
     index(NumberBlock, "number_block_pair", NumberBlock.project_id, NumberBlock.number, unique=True)
+    index(IdempotentRequestRow, "idempotent_expiry", IdempotentRequestRow.expires_at)
 
     return SimpleNamespace(
         Account=Account,
@@ -328,6 +343,7 @@ def _build_models(database: pw.Database, prefix: str) -> SimpleNamespace:
         Metric=Metric,
         NumberBlock=NumberBlock,
         DashboardSignIn=DashboardSignInRow,
+        IdempotentRequest=IdempotentRequestRow,
         all=[
             Account,
             ApiKey,
@@ -344,5 +360,6 @@ def _build_models(database: pw.Database, prefix: str) -> SimpleNamespace:
             Metric,
             NumberBlock,
             DashboardSignInRow,
+            IdempotentRequestRow,
         ],
     )

@@ -20,6 +20,7 @@ from flask_polysms.ports.store import SchemaUpgrade, SchemaVersion, Store
 
 from .accounts import AccountRecords
 from .connections import _open_database
+from .idempotency import IdempotencyRecords
 from .messages import MessageRecords
 from .metrics import MetricRecords
 from .models import _build_models
@@ -43,6 +44,7 @@ class PeeweeStore(
     TemplateRecords,
     OptOutRecords,
     MetricRecords,
+    IdempotencyRecords,
     StatementRunner,
     Store,
 ):

@@ -27,6 +27,7 @@ from ..records import (
     Account,
     ApiKey,
     Connector,
+    IdempotentRequest,
     Message,
     OptOutEvent,
     Project,
@@ -616,3 +617,27 @@ class Store(ABC):
         """End a sign-in, atomically: True for the one caller that ended it, False when it is
         unknown or ended already (its first end time and reason stay)."""
         raise NotImplementedError(f"{type(self).__name__} does not keep dashboard sign-ins")
+
+    # -- idempotency keys -------------------------------------------------------------------------
+    # Not abstract: a third-party backend written for 0.1 keeps loading (keyed requests fail).
+    def claim_idempotent_request(
+        self, request: IdempotentRequest, abandoned_before: datetime
+    ) -> IdempotentRequest:
+        """Hold ``request.id`` for ``request``, atomically (of concurrent claims one wins), and
+        return what now holds it: ``request`` itself when the id was free, expired (``expires_at``
+        not after ``request.created_at``) or held without a response since before
+        ``abandoned_before``; otherwise the record holding it, unchanged."""
+        raise NotImplementedError(f"{type(self).__name__} does not keep idempotency keys")
+
+    def finish_idempotent_request(self, request_id: str, token: str, response: dict) -> bool:
+        """Record the response of the try ``token``; False (nothing changed) when that try no
+        longer holds the id. Joins the caller's transaction."""
+        raise NotImplementedError(f"{type(self).__name__} does not keep idempotency keys")
+
+    def release_idempotent_request(self, request_id: str, token: str) -> bool:
+        """Forget the id if the try ``token`` holds it (its request did nothing)."""
+        raise NotImplementedError(f"{type(self).__name__} does not keep idempotency keys")
+
+    def purge_idempotent_requests(self, now: datetime, limit: int = 100) -> int:
+        """Delete up to ``limit`` records expired by ``now``; how many went."""
+        raise NotImplementedError(f"{type(self).__name__} does not keep idempotency keys")

@@ -13,11 +13,12 @@ import logging
 import time
 from datetime import timedelta
 from typing import TYPE_CHECKING
+from urllib.parse import urlencode
 
 from ..clock import utcnow
 from ..media import media_from_urls, urls_of
 from ..phone import is_messaging_service_sid
-from ..ports.gateways import GatewayError, OutgoingSMS
+from ..ports.gateways import GatewayError, OutgoingSMS, SendResult
 from ..records import (
     FAILED,
     OUTBOUND,
@@ -118,12 +119,21 @@ def queue_message(
     return message
 
 
-def status_callback_url(state: PolySMSState) -> str | None:
+def status_callback_url(state: PolySMSState, message_id: str | None = None) -> str | None:
     """Where Twilio posts delivery updates: the configured public URL (``POLYSMS_PUBLIC_URL`` or
-    ``SERVER_NAME``); None without one (debug and testing only), never a request's host."""
+    ``SERVER_NAME``); None without one (debug and testing only), never a request's host.
+
+    With ``message_id``, the URL names our message (``?message_id=``): a callback for a send
+    whose answer was lost still says which message Twilio created.
+    """
     if state.settings.public_url:
-        return f"{state.settings.public_url}{state.settings.url_prefix}/v1/twilio/status"
+        url = f"{state.settings.public_url}{state.settings.url_prefix}/v1/twilio/status"
+        return f"{url}?{urlencode({CALLBACK_MESSAGE_PARAMETER: message_id})}" if message_id else url
     return None
+
+
+#: The status-callback URL's query parameter naming our message.
+CALLBACK_MESSAGE_PARAMETER = "message_id"
 
 
 # Outcomes of a send attempt, as logged.
@@ -247,19 +257,19 @@ def send_job(state: PolySMSState, message_id: str) -> bool:
         # re-sent by every sweep, forever.
         _fail(state, message, None, str(exc), started, "auth_token_undecryptable")
         return True
+    outgoing = OutgoingSMS(
+        to=message.to,
+        body=message.body,
+        from_=message.from_,
+        messaging_service_sid=message.messaging_service_sid,
+        status_callback=status_callback_url(state, message.id),
+        media_urls=tuple(urls_of(message.media)),
+    )
     try:
-        result = state.gateway.send(
-            project.twilio_account_sid,
-            auth_token,
-            OutgoingSMS(
-                to=message.to,
-                body=message.body,
-                from_=message.from_,
-                messaging_service_sid=message.messaging_service_sid,
-                status_callback=status_callback_url(state),
-                media_urls=tuple(urls_of(message.media)),
-            ),
-        )
+        # An earlier attempt may have reached Twilio (its answer lost, its worker killed): look
+        # before sending again.
+        found = _earlier_send(state, project, auth_token, message, outgoing)
+        result = found or state.gateway.send(project.twilio_account_sid, auth_token, outgoing)
     except GatewayError as exc:
         if exc.code == OPTED_OUT_CODE:
             _carrier_opt_out(state, message, claim.sender, exc, started)
@@ -268,12 +278,40 @@ def send_job(state: PolySMSState, message_id: str) -> bool:
         return True
     # Counted in the `sent` metric by the same Store call.
     sent, raced = store.record_sent(message_id, result.sid, utcnow())
-    log_attempt(message, SENT_OUTCOME, started, twilio_sid=result.sid)
+    log_attempt(
+        message, SENT_OUTCOME, started, twilio_sid=result.sid, reason="adopted" if found else None
+    )
     if sent is not None:
         # A status callback may have raced ahead of this update: apply what already arrived.
         for event in raced:
             apply_status(state, sent, event.status, event.error_code)
     return True
+
+
+#: How far before a message's creation an earlier send of it is looked for: Twilio's clock and
+#: ours may differ a little.
+CLOCK_SKEW = timedelta(minutes=5)
+
+
+def _earlier_send(
+    state: PolySMSState, project, auth_token: str, message: Message, outgoing: OutgoingSMS
+) -> SendResult | None:
+    """Twilio's copy of ``message`` made by an earlier attempt, if any (only a retry looks).
+
+    Every retry looks, whatever ended the attempt before it: a timeout, a lost connection or a
+    5xx leaves the outcome unknown, and a worker killed mid-send leaves no record of how it
+    ended. A copy whose SID another of our messages holds is that message's, not this one's.
+    """
+    if message.attempts <= 1:
+        return None
+    since = message.created_at - CLOCK_SKEW
+    for candidate in state.gateway.find_sent(
+        project.twilio_account_sid, auth_token, outgoing, since
+    ):
+        owner = state.store.get_message_by_sid(candidate.sid)
+        if owner is None or owner.id == message.id:
+            return candidate
+    return None
 
 
 def _handle_gateway_error(
