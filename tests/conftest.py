@@ -11,6 +11,7 @@ import socket
 import uuid
 
 import pytest
+from emulator_account import EMULATOR_ACCOUNT_SID, EMULATOR_AUTH_TOKEN
 
 PG_URL = os.environ.get("POLYSMS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 MYSQL_URL = os.environ.get("POLYSMS_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test")
@@ -109,8 +110,6 @@ from flask_polysms.testing import (  # noqa: E402
 #: Valid US numbers (phonenumbers agrees): the project's numbers first, then users.
 AGENT_NUMBERS = ("+14155552671", "+14155552672", "+14155552673")
 USER_NUMBERS = ("+14155552674", "+14155552675", "+14155552676", "+14155552677")
-EMULATOR_ACCOUNT_SID = "AC" + "5e" * 16
-EMULATOR_AUTH_TOKEN = "emulator-auth-token-0123456789ab"
 
 
 class SmsHarness:

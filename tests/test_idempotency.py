@@ -185,14 +185,14 @@ def test_a_repeat_while_the_first_runs_is_409(make, backend):
     sms = make()
     entered, release = threading.Event(), threading.Event()
 
-    original = sms.state.store.senders_for_user
+    original = sms.state.store.senders_for_outbound
 
     def slow_senders(*args, **kwargs):
         entered.set()
         assert release.wait(10)
         return original(*args, **kwargs)
 
-    sms.state.store.senders_for_user = slow_senders
+    sms.state.store.senders_for_outbound = slow_senders
     results = {}
 
     def run(name):
@@ -203,7 +203,7 @@ def test_a_repeat_while_the_first_runs_is_409(make, backend):
     first.start()
     try:
         assert entered.wait(10)
-        sms.state.store.senders_for_user = original
+        sms.state.store.senders_for_outbound = original
         if backend == "sqlite":
             # One writer at a time: the repeat's claim waits for the first's commit, then
             # answers its response.

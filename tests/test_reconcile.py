@@ -10,7 +10,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
-from conftest import EMULATOR_ACCOUNT_SID, EMULATOR_AUTH_TOKEN
+from emulator_account import EMULATOR_ACCOUNT_SID, EMULATOR_AUTH_TOKEN
 
 from flask_polysms.backends import create_store
 from flask_polysms.services.lifecycle import end_session

@@ -697,6 +697,35 @@ def test_senders_for_user_is_list_senders_and_last_agent_number(store: Store) ->
     assert store.senders_for_user(project, "live", "+14155550999")[1] is None
 
 
+def test_senders_for_outbound_adds_the_senders_the_user_opted_out_from(store: Store) -> None:
+    project = a_project(store)
+    service, third = "MG" + "e" * 32, "+14155550178"
+    assert store.senders_for_outbound(project, "live", USER) == ([], None, frozenset())
+    store.add_sender(a_sender(project, service, kind="messaging_service"))
+    store.add_sender(a_sender(project, AGENT, messaging_service_sid=service))
+    store.add_sender(a_sender(project, OTHER_AGENT))
+    store.add_sender(a_sender(project, third))
+    store.create_session(a_session(project, agent_number=OTHER_AGENT))
+    senders, previous = store.senders_for_user(project, "live", USER)
+    assert store.senders_for_outbound(project, "live", USER) == (senders, previous, frozenset())
+    # Opted out from the service (covers its member AGENT) and from OTHER_AGENT itself; THIRD,
+    # another user's opt-out and an opt-out undone by START do not count.
+    store.set_opt_out(project, USER, service, True, "STOP", T0)
+    store.set_opt_out(project, USER, OTHER_AGENT, True, "STOP", T0)
+    store.set_opt_out(project, "+14155550124", third, True, "STOP", T0)
+    store.set_opt_out(project, USER, third, True, "STOP", T0)
+    store.set_opt_out(project, USER, third, False, "START", T0 + timedelta(seconds=1))
+    assert store.senders_for_outbound(project, "live", USER) == (
+        senders,
+        previous,
+        frozenset({service, AGENT, OTHER_AGENT}),
+    )
+    for sender in senders:
+        assert store.is_opted_out(USER, sender.address) == (
+            sender.address in store.senders_for_outbound(project, "live", USER)[2]
+        )
+
+
 # -- messages -------------------------------------------------------------------------------------
 def test_messages_add_get_and_list_in_recording_order(store: Store) -> None:
     session = store.create_session(a_session())

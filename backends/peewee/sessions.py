@@ -387,3 +387,41 @@ class SessionRecords(StatementRunner):
         rows = self._rows("senders_for_user", build, [project_id, environment, user_number], S)
         previous = rows[0]["previous_agent_number"] if rows else None
         return [_record(Sender, row) for row in rows], previous
+
+    def senders_for_outbound(
+        self, project_id: str, environment: str, user_number: str
+    ) -> tuple[list[Sender], str | None, frozenset[str]]:
+        """:meth:`senders_for_user` with, on each sender's row, whether the user opted out from
+        it or from its Messaging Service (as :meth:`is_opted_out`): one query."""
+        S, Sn, O_ = self._m.Sender, self._m.Session, self._m.OptOut
+
+        def build(param: Callable[[int], pw.Value]) -> Any:
+            previous = (
+                Sn.select(Sn.agent_number)
+                .where(
+                    (Sn.project_id == param(0))
+                    & (Sn.environment == param(1))
+                    & (Sn.user_number == param(2))
+                )
+                .order_by(Sn.seq.desc())
+                .limit(1)
+            )
+            opted_out = pw.fn.EXISTS(
+                O_.select(O_.recipient).where(
+                    (O_.recipient == param(2))
+                    & ((O_.sender == S.address) | (O_.sender == S.messaging_service_sid))
+                    & (O_.opted_out == True)  # noqa: E712
+                )
+            )
+            return (
+                S.select(
+                    S, previous.alias("previous_agent_number"), opted_out.alias("user_opted_out")
+                )
+                .where((S.project_id == param(0)) & (S.environment == param(1)))
+                .order_by(S.created_at, S.address)
+            )
+
+        rows = self._rows("senders_for_outbound", build, [project_id, environment, user_number], S)
+        previous = rows[0]["previous_agent_number"] if rows else None
+        opted_out = frozenset(row["address"] for row in rows if row["user_opted_out"])
+        return [_record(Sender, row) for row in rows], previous, opted_out

@@ -388,6 +388,18 @@ class Store(ABC):
             self.last_agent_number(project_id, environment, user_number),
         )
 
+    def senders_for_outbound(
+        self, project_id: str, environment: str, user_number: str
+    ) -> tuple[list[Sender], str | None, frozenset[str]]:
+        """What opening a conversation with ``user_number`` reads: :meth:`senders_for_user`, and
+        the addresses among those senders that the user opted out from (as
+        :meth:`is_opted_out` says). Backends may answer all three in one query."""
+        senders, previous = self.senders_for_user(project_id, environment, user_number)
+        opted_out = frozenset(
+            s.address for s in senders if self.is_opted_out(user_number, s.address)
+        )
+        return senders, previous, opted_out
+
     def sender_user_numbers(
         self, project_id: str, agent_number: str, newest: int
     ) -> tuple[list[str], bool]:

@@ -27,9 +27,10 @@ if TYPE_CHECKING:
 
 def choose_agent_number(
     state: PolySMSState, tenant: Tenant, user_number: str, requested: str | None
-) -> Sender:
-    """The sender for a new outbound conversation (number selection)."""
-    provisioned, previous = state.store.senders_for_user(
+) -> tuple[Sender, bool]:
+    """The sender for a new outbound conversation (number selection), and whether the user
+    opted out from it (read in the same query)."""
+    provisioned, previous, opted_out = state.store.senders_for_outbound(
         tenant.project_id, tenant.environment, user_number
     )
     senders = {s.address: s for s in provisioned if s.kind == "number"}
@@ -41,18 +42,20 @@ def choose_agent_number(
                 f"{tenant.environment} environment",
                 errors={"agent_number": ["not a provisioned number for this environment"]},
             )
-        return senders[requested]
+        return senders[requested], requested in opted_out
     if not numbers:
         raise NotFoundError(
             f"no numbers are provisioned for this project's {tenant.environment} environment"
         )
     if len(numbers) == 1:
-        return senders[numbers[0]]
-    # Keep talking to the user from the number they already know.
-    if previous in senders:
-        return senders[previous]
-    # Otherwise spread users across numbers; a stable hash keeps one user on one number.
-    return senders[numbers[zlib.crc32(user_number.encode()) % len(numbers)]]
+        chosen = numbers[0]
+    elif previous in senders:
+        # Keep talking to the user from the number they already know.
+        chosen = previous
+    else:
+        # Otherwise spread users across numbers; a stable hash keeps one user on one number.
+        chosen = numbers[zlib.crc32(user_number.encode()) % len(numbers)]
+    return senders[chosen], chosen in opted_out
 
 
 def count_outbound(state: PolySMSState, project_id: str) -> None:
@@ -80,7 +83,7 @@ def start_outbound(
     whoever the caller is.
     """
     count_outbound(state, tenant.project_id)
-    sender = choose_agent_number(state, tenant, user_number, agent_number)
+    sender, opted_out = choose_agent_number(state, tenant, user_number, agent_number)
     chosen = sender.address
     if guard_enabled(state, tenant.project):
         problem = guard_error(sender)
@@ -98,9 +101,8 @@ def start_outbound(
         session = new_session(
             state, tenant.project_id, tenant.environment, user_number, chosen, metadata
         )
-        # Opted out now: recorded `suppressed` at once (DESIGN §3.1), never queued, so no later
+        # Opted out when accepted: recorded `suppressed` at once, never queued, so no later
         # path (a sweep, a retry, a START before the send) can send it.
-        opted_out = state.store.is_opted_out(user_number, chosen)
         message = queue_message(
             state,
             project_id=tenant.project_id,
