@@ -359,32 +359,37 @@ class SessionRecords(StatementRunner):
         numbers = sorted(number for number, _ in rows if number is not None)
         return numbers, any(edge is not None for _, edge in rows)
 
+    def _senders_with_previous(self, param: Callable[[int], pw.Value], *extra: Any) -> Any:
+        """The environment's senders (params 0, 1), oldest first, each row carrying the user's
+        (param 2) last agent number, and ``extra`` columns."""
+        S, Sn = self._m.Sender, self._m.Session
+        previous = (
+            Sn.select(Sn.agent_number)
+            .where(
+                (Sn.project_id == param(0))
+                & (Sn.environment == param(1))
+                & (Sn.user_number == param(2))
+            )
+            .order_by(Sn.seq.desc())
+            .limit(1)
+        )
+        return (
+            S.select(S, previous.alias("previous_agent_number"), *extra)
+            .where((S.project_id == param(0)) & (S.environment == param(1)))
+            .order_by(S.created_at, S.address)
+        )
+
     def senders_for_user(
         self, project_id: str, environment: str, user_number: str
     ) -> tuple[list[Sender], str | None]:
         """The environment's senders, oldest first, and this user's last agent number, in one
         query."""
-        S, Sn = self._m.Sender, self._m.Session
-
-        # One round trip: the senders, each row carrying the user's last agent number.
-        def build(param: Callable[[int], pw.Value]) -> Any:
-            previous = (
-                Sn.select(Sn.agent_number)
-                .where(
-                    (Sn.project_id == param(0))
-                    & (Sn.environment == param(1))
-                    & (Sn.user_number == param(2))
-                )
-                .order_by(Sn.seq.desc())
-                .limit(1)
-            )
-            return (
-                S.select(S, previous.alias("previous_agent_number"))
-                .where((S.project_id == param(0)) & (S.environment == param(1)))
-                .order_by(S.created_at, S.address)
-            )
-
-        rows = self._rows("senders_for_user", build, [project_id, environment, user_number], S)
+        rows = self._rows(
+            "senders_for_user",
+            self._senders_with_previous,
+            [project_id, environment, user_number],
+            self._m.Sender,
+        )
         previous = rows[0]["previous_agent_number"] if rows else None
         return [_record(Sender, row) for row in rows], previous
 
@@ -393,19 +398,9 @@ class SessionRecords(StatementRunner):
     ) -> tuple[list[Sender], str | None, frozenset[str]]:
         """:meth:`senders_for_user` with, on each sender's row, whether the user opted out from
         it or from its Messaging Service (as :meth:`is_opted_out`): one query."""
-        S, Sn, O_ = self._m.Sender, self._m.Session, self._m.OptOut
+        S, O_ = self._m.Sender, self._m.OptOut
 
         def build(param: Callable[[int], pw.Value]) -> Any:
-            previous = (
-                Sn.select(Sn.agent_number)
-                .where(
-                    (Sn.project_id == param(0))
-                    & (Sn.environment == param(1))
-                    & (Sn.user_number == param(2))
-                )
-                .order_by(Sn.seq.desc())
-                .limit(1)
-            )
             opted_out = pw.fn.EXISTS(
                 O_.select(O_.recipient).where(
                     (O_.recipient == param(2))
@@ -413,13 +408,7 @@ class SessionRecords(StatementRunner):
                     & (O_.opted_out == True)  # noqa: E712
                 )
             )
-            return (
-                S.select(
-                    S, previous.alias("previous_agent_number"), opted_out.alias("user_opted_out")
-                )
-                .where((S.project_id == param(0)) & (S.environment == param(1)))
-                .order_by(S.created_at, S.address)
-            )
+            return self._senders_with_previous(param, opted_out.alias("user_opted_out"))
 
         rows = self._rows("senders_for_outbound", build, [project_id, environment, user_number], S)
         previous = rows[0]["previous_agent_number"] if rows else None
