@@ -5,6 +5,7 @@ app on a port of its own, with the CLI beside it."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import re
@@ -35,6 +36,38 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@contextlib.contextmanager
+def serving(command: list[str], env: dict, log_path: Path, *, wait_s: float):
+    """Start ``command`` (a development server) in its own process group, logging to
+    ``log_path``; yields the log once it says "Running on"; stopped (the whole group) after."""
+    with log_path.open("w") as log:
+        server = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            output = ""
+            deadline = time.monotonic() + wait_s
+            while "Running on" not in output:
+                assert server.poll() is None, output
+                assert time.monotonic() < deadline, output
+                time.sleep(0.2)
+                output = log_path.read_text()
+            yield output
+        finally:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=30)
+
+
+def printed_curl(output: str) -> str:
+    """The curl command the demo banner prints."""
+    return next(line.strip() for line in output.splitlines() if line.strip().startswith("curl "))
+
+
 def test_readme_quick_start_has_exactly_two_commands():
     commands = quick_start_commands()
     assert len(commands) == 2
@@ -58,26 +91,8 @@ def test_quick_start_runs_and_the_printed_curl_works(tmp_path):
         "EXAMPLE_APP_INSTANCE": str(tmp_path / "instance"),
         "PIP_DISABLE_PIP_VERSION_CHECK": "1",
     }
-    log = (tmp_path / "app.log").open("w")
-    app = subprocess.Popen(
-        ["bash", "-c", run_command],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        output = ""
-        deadline = time.monotonic() + 600
-        while "Running on" not in output:
-            assert app.poll() is None, output
-            assert time.monotonic() < deadline, output
-            time.sleep(0.5)
-            output = (tmp_path / "app.log").read_text()
-        curl = next(
-            line.strip() for line in output.splitlines() if line.strip().startswith("curl ")
-        )
+    with serving(["bash", "-c", run_command], env, tmp_path / "app.log", wait_s=600) as output:
+        curl = printed_curl(output)
         result = subprocess.run(
             [*shlex.split(curl), "-s", "-o", "-", "-w", "\n%{http_code}"],
             capture_output=True,
@@ -106,10 +121,6 @@ def test_quick_start_runs_and_the_printed_curl_works(tmp_path):
         assert [(m["to"], m["from"]) for m in received] == [
             (accepted["user_number"], accepted["agent_number"])
         ]
-    finally:
-        os.killpg(app.pid, signal.SIGTERM)
-        app.wait(timeout=30)
-        log.close()
 
 
 def newcomer_env(tmp_path: Path) -> dict:
@@ -166,28 +177,10 @@ def test_example_app_on_its_own_port_with_the_cli_beside_it(tmp_path):
         assert "flask-polysms demo (embedded" not in done.stdout + done.stderr  # no banner
         return done.stdout.strip()
 
-    log_path = tmp_path / "app.log"
-    log = log_path.open("w")
-    server = subprocess.Popen(
-        [flask, "--app", "example_app", "run", "--port", str(port)],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        output = ""
-        deadline = time.monotonic() + 120
-        while "Running on" not in output:
-            assert server.poll() is None, output
-            assert time.monotonic() < deadline, output
-            time.sleep(0.2)
-            output = log_path.read_text()
+    command = [flask, "--app", "example_app", "run", "--port", str(port)]
+    with serving(command, env, tmp_path / "app.log", wait_s=120) as output:
         assert output.count("flask-polysms demo (embedded") == 1
-        curl = next(
-            line.strip() for line in output.splitlines() if line.strip().startswith("curl ")
-        )
+        curl = printed_curl(output)
         assert curl.startswith(f"curl -X POST {base_url}/v1/outbound-sms "), output
 
         # The same curl again, from the CLI, while the server runs.
@@ -217,7 +210,3 @@ def test_example_app_on_its_own_port_with_the_cli_beside_it(tmp_path):
         assert status == 202
         message = wait_for_status(base_url, headers, accepted["conversation_id"], "delivered")
         assert message["status"] == "delivered", message
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
-        log.close()
