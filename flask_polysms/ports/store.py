@@ -17,17 +17,13 @@ from datetime import date, datetime
 from typing import Any, TypeVar
 
 from ..records import (
-    INBOUND,
-    OUTBOUND,
     QUEUED,
-    RECEIVED,
     SENDING,
     SENT,
     SOURCE_KEYWORD,
     Account,
     ApiKey,
     Connector,
-    IdempotentRequest,
     Message,
     OptOutEvent,
     Project,
@@ -44,6 +40,13 @@ from .schema_versions import (  # noqa: F401 - re-exported: the port's address
     migration_number,
 )
 from .store_errors import Conflict, NotFound, StaleVersion, StoreError  # noqa: F401
+from .store_optional import (
+    DashboardSignIn,  # noqa: F401 - re-exported: the port's address
+    DashboardSignIns,
+    IdempotencyKeys,
+    OperationsFigures,
+    TurnClaims,
+)
 
 T = TypeVar("T")
 
@@ -61,24 +64,6 @@ class SendClaim:
     opted_out: bool  # whether its recipient opted out from its sender (or the sender's service)
     project: Project | None
     sender: Sender | None  # the sender's record (number or Messaging Service), if provisioned
-
-
-@dataclass
-class DashboardSignIn:
-    """One sign-in to the dashboard, kept server-side so that ending it ends it everywhere.
-
-    The browser holds only a random secret; ``id`` is its SHA-256 (hex), so the stored rows
-    cannot be replayed as cookies and a lookup compares no secret in Python.
-    """
-
-    id: str
-    api_key_id: str
-    connector_id: str
-    created_at: datetime
-    last_seen_at: datetime
-    ended_at: datetime | None = None
-    #: Why it ended: ``signed_out``, ``idle``, ``expired`` (absolute timeout), ``revoked``.
-    end_reason: str | None = None
 
 
 # A store cursor is the id of the last row of the previous page (ids are letters, digits, "_").
@@ -99,7 +84,7 @@ def check_cursor(cursor: str | None) -> str | None:
     return cursor
 
 
-class Store(ABC):
+class Store(TurnClaims, OperationsFigures, DashboardSignIns, IdempotencyKeys, ABC):
     """Persistence for accounts, projects, sessions, messages, templates, opt-outs and metrics."""
 
     #: URL schemes this backend serves (used by the backend registry).
@@ -319,30 +304,6 @@ class Store(ABC):
     def update_session(self, session_id: str, expected_version: int, **fields: Any) -> Session:
         """Compare-and-set: apply ``fields`` and bump the version only if the stored version is
         ``expected_version``; otherwise raise StaleVersion (NotFound if absent)."""
-
-    # -- agent turns: one at a time per session ----------------------------------------------------
-    def claim_turn(self, session_id: str, owner: str, now: datetime, until: datetime) -> bool:
-        """Take the session's turn for ``owner`` until ``until``, atomically: True when nobody
-        held it, ``owner`` held it already (the claim is extended), or the holder's claim ran out
-        before ``now`` (a crashed worker's claim is taken over); False when another owner holds
-        it. Across processes for the database backends. This default, for third-party backends
-        written before turns were claimed, always answers True (turns are then not serialised)."""
-        return True
-
-    def release_turn(self, session_id: str, owner: str) -> bool:
-        """Give the turn back if ``owner`` holds it; False (nothing changed) otherwise."""
-        return True
-
-    def waiting_turn_messages(self, session_id: str, limit: int = 100) -> list[Message]:
-        """The session's inbound messages still ``received`` (their agent turn not started), in
-        the order they were recorded, at most ``limit``. The built-in backends answer with one
-        indexed query; this default filters :meth:`list_messages`."""
-        waiting = [
-            m
-            for m in self.list_messages(session_id)
-            if m.direction == INBOUND and m.status == RECEIVED
-        ]
-        return waiting[:limit]
 
     @abstractmethod
     def list_sessions(
@@ -576,32 +537,6 @@ class Store(ABC):
     ) -> dict[date, dict[str, int]]:
         """Counters per day for ``start`` <= day <= ``end``; days without data are absent."""
 
-    # -- operations: what the Prometheus endpoint reads ------------------------------------------
-    def metric_totals(self, names: Sequence[str]) -> dict[str, int]:
-        """Each daily counter of ``names`` summed over every project, environment and day (0 for
-        a name never counted): cumulative figures, the same whichever process asks. No method of
-        the contract lists every project, so there is no default: a backend that does not
-        implement it raises NotImplementedError, and the endpoint leaves these figures out."""
-        raise NotImplementedError(f"{type(self).__name__} cannot total every project's counters")
-
-    def oldest_unsent_at(self, now: datetime) -> datetime | None:
-        """When the oldest outbound message still waiting to go out (``queued`` or ``sending``,
-        retries included) was recorded; None when none waits. This default looks among the 500
-        waiting messages :meth:`stuck_messages` returns first (least recently updated), so with
-        more waiting it may miss an older one; the built-in backends ask for the minimum."""
-        waiting = [
-            m.created_at
-            for m in self.stuck_messages(now)
-            if m.direction == OUTBOUND and m.status in (QUEUED, SENDING)
-        ]
-        return min(waiting, default=None)
-
-    def count_due_sessions(self, now: datetime, cap: int = 10_000) -> int:
-        """How many sessions not closed have a deadline at or before ``now`` (timers due and not
-        fired yet), counting up to ``cap``. This default counts :meth:`due_sessions`; the
-        built-in backends count in the database."""
-        return len(self.due_sessions(now, limit=cap))
-
     # -- inbound abuse blocks ---------------------------------------------------------------------
     @abstractmethod
     def block_number(self, project_id: str, number: str, until: datetime, reason: str) -> None:
@@ -609,47 +544,3 @@ class Store(ABC):
 
     @abstractmethod
     def blocked_until(self, project_id: str, number: str) -> datetime | None: ...
-
-    # -- dashboard sign-ins -----------------------------------------------------------------------
-    # Not abstract: a third-party backend written for 0.1 keeps working without the dashboard.
-    def add_dashboard_sign_in(self, sign_in: DashboardSignIn) -> DashboardSignIn:
-        """Record a new sign-in (its ``id`` is fresh: a digest of a random secret)."""
-        raise NotImplementedError(f"{type(self).__name__} does not keep dashboard sign-ins")
-
-    def get_dashboard_sign_in(self, sign_in_id: str) -> DashboardSignIn | None:
-        """The sign-in with this id (ended ones too), None when unknown."""
-        raise NotImplementedError(f"{type(self).__name__} does not keep dashboard sign-ins")
-
-    def touch_dashboard_sign_in(self, sign_in_id: str, at: datetime) -> bool:
-        """Set ``last_seen_at`` of a sign-in that has not ended; False (nothing changed) when it
-        is unknown or ended."""
-        raise NotImplementedError(f"{type(self).__name__} does not keep dashboard sign-ins")
-
-    def end_dashboard_sign_in(self, sign_in_id: str, at: datetime, reason: str) -> bool:
-        """End a sign-in, atomically: True for the one caller that ended it, False when it is
-        unknown or ended already (its first end time and reason stay)."""
-        raise NotImplementedError(f"{type(self).__name__} does not keep dashboard sign-ins")
-
-    # -- idempotency keys -------------------------------------------------------------------------
-    # Not abstract: a third-party backend written for 0.1 keeps loading (keyed requests fail).
-    def claim_idempotent_request(
-        self, request: IdempotentRequest, abandoned_before: datetime
-    ) -> IdempotentRequest:
-        """Hold ``request.id`` for ``request``, atomically (of concurrent claims one wins), and
-        return what now holds it: ``request`` itself when the id was free, expired (``expires_at``
-        not after ``request.created_at``) or held without a response since before
-        ``abandoned_before``; otherwise the record holding it, unchanged."""
-        raise NotImplementedError(f"{type(self).__name__} does not keep idempotency keys")
-
-    def finish_idempotent_request(self, request_id: str, token: str, response: dict) -> bool:
-        """Record the response of the try ``token``; False (nothing changed) when that try no
-        longer holds the id. Joins the caller's transaction."""
-        raise NotImplementedError(f"{type(self).__name__} does not keep idempotency keys")
-
-    def release_idempotent_request(self, request_id: str, token: str) -> bool:
-        """Forget the id if the try ``token`` holds it (its request did nothing)."""
-        raise NotImplementedError(f"{type(self).__name__} does not keep idempotency keys")
-
-    def purge_idempotent_requests(self, now: datetime, limit: int = 100) -> int:
-        """Delete up to ``limit`` records expired by ``now``; how many went."""
-        raise NotImplementedError(f"{type(self).__name__} does not keep idempotency keys")

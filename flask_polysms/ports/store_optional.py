@@ -1,0 +1,146 @@
+"""The parts of the Store port added after 0.1.0, each a base of
+:class:`~flask_polysms.ports.store.Store` with a default, so that a backend written for 0.1.0
+keeps loading: a default either does the work through the 0.1 methods or refuses it.
+
+The defaults call the Store's own methods (``list_messages``, ``stuck_messages``,
+``due_sessions``). The built-in backends implement every method here; the contract suite runs
+them all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from ..records import (
+    INBOUND,
+    OUTBOUND,
+    QUEUED,
+    RECEIVED,
+    SENDING,
+    IdempotentRequest,
+    Message,
+)
+
+
+@dataclass
+class DashboardSignIn:
+    """One sign-in to the dashboard, kept server-side so that ending it ends it everywhere.
+
+    The browser holds only a random secret; ``id`` is its SHA-256 (hex), so the stored rows
+    cannot be replayed as cookies and a lookup compares no secret in Python.
+    """
+
+    id: str
+    api_key_id: str
+    connector_id: str
+    created_at: datetime
+    last_seen_at: datetime
+    ended_at: datetime | None = None
+    #: Why it ended: ``signed_out``, ``idle``, ``expired`` (absolute timeout), ``revoked``.
+    end_reason: str | None = None
+
+
+class TurnClaims:
+    """Agent turns one at a time per session."""
+
+    def claim_turn(self, session_id: str, owner: str, now: datetime, until: datetime) -> bool:
+        """Take the session's turn for ``owner`` until ``until``, atomically: True when nobody
+        held it, ``owner`` held it already (the claim is extended), or the holder's claim ran out
+        before ``now`` (a crashed worker's claim is taken over); False when another owner holds
+        it. Across processes for the database backends. This default, for third-party backends
+        written before turns were claimed, always answers True (turns are then not serialised)."""
+        return True
+
+    def release_turn(self, session_id: str, owner: str) -> bool:
+        """Give the turn back if ``owner`` holds it; False (nothing changed) otherwise."""
+        return True
+
+    def waiting_turn_messages(self, session_id: str, limit: int = 100) -> list[Message]:
+        """The session's inbound messages still ``received`` (their agent turn not started), in
+        the order they were recorded, at most ``limit``. The built-in backends answer with one
+        indexed query; this default filters :meth:`list_messages`."""
+        waiting = [
+            m
+            for m in self.list_messages(session_id)
+            if m.direction == INBOUND and m.status == RECEIVED
+        ]
+        return waiting[:limit]
+
+
+class OperationsFigures:
+    """What the Prometheus endpoint reads."""
+
+    def metric_totals(self, names: Sequence[str]) -> dict[str, int]:
+        """Each daily counter of ``names`` summed over every project, environment and day (0 for
+        a name never counted): cumulative figures, the same whichever process asks. No method of
+        the contract lists every project, so there is no default: a backend that does not
+        implement it raises NotImplementedError, and the endpoint leaves these figures out."""
+        raise NotImplementedError(f"{type(self).__name__} cannot total every project's counters")
+
+    def oldest_unsent_at(self, now: datetime) -> datetime | None:
+        """When the oldest outbound message still waiting to go out (``queued`` or ``sending``,
+        retries included) was recorded; None when none waits. This default looks among the 500
+        waiting messages :meth:`stuck_messages` returns first (least recently updated), so with
+        more waiting it may miss an older one; the built-in backends ask for the minimum."""
+        waiting = [
+            m.created_at
+            for m in self.stuck_messages(now)
+            if m.direction == OUTBOUND and m.status in (QUEUED, SENDING)
+        ]
+        return min(waiting, default=None)
+
+    def count_due_sessions(self, now: datetime, cap: int = 10_000) -> int:
+        """How many sessions not closed have a deadline at or before ``now`` (timers due and not
+        fired yet), counting up to ``cap``. This default counts :meth:`due_sessions`; the
+        built-in backends count in the database."""
+        return len(self.due_sessions(now, limit=cap))
+
+
+class DashboardSignIns:
+    """Dashboard sign-ins kept server-side (the default refuses: no dashboard)."""
+
+    def add_dashboard_sign_in(self, sign_in: DashboardSignIn) -> DashboardSignIn:
+        """Record a new sign-in (its ``id`` is fresh: a digest of a random secret)."""
+        raise NotImplementedError(f"{type(self).__name__} does not keep dashboard sign-ins")
+
+    def get_dashboard_sign_in(self, sign_in_id: str) -> DashboardSignIn | None:
+        """The sign-in with this id (ended ones too), None when unknown."""
+        raise NotImplementedError(f"{type(self).__name__} does not keep dashboard sign-ins")
+
+    def touch_dashboard_sign_in(self, sign_in_id: str, at: datetime) -> bool:
+        """Set ``last_seen_at`` of a sign-in that has not ended; False (nothing changed) when it
+        is unknown or ended."""
+        raise NotImplementedError(f"{type(self).__name__} does not keep dashboard sign-ins")
+
+    def end_dashboard_sign_in(self, sign_in_id: str, at: datetime, reason: str) -> bool:
+        """End a sign-in, atomically: True for the one caller that ended it, False when it is
+        unknown or ended already (its first end time and reason stay)."""
+        raise NotImplementedError(f"{type(self).__name__} does not keep dashboard sign-ins")
+
+
+class IdempotencyKeys:
+    """Requests made with an ``Idempotency-Key`` (the default refuses: keyed requests fail)."""
+
+    def claim_idempotent_request(
+        self, request: IdempotentRequest, abandoned_before: datetime
+    ) -> IdempotentRequest:
+        """Hold ``request.id`` for ``request``, atomically (of concurrent claims one wins), and
+        return what now holds it: ``request`` itself when the id was free, expired (``expires_at``
+        not after ``request.created_at``) or held without a response since before
+        ``abandoned_before``; otherwise the record holding it, unchanged."""
+        raise NotImplementedError(f"{type(self).__name__} does not keep idempotency keys")
+
+    def finish_idempotent_request(self, request_id: str, token: str, response: dict) -> bool:
+        """Record the response of the try ``token``; False (nothing changed) when that try no
+        longer holds the id. Joins the caller's transaction."""
+        raise NotImplementedError(f"{type(self).__name__} does not keep idempotency keys")
+
+    def release_idempotent_request(self, request_id: str, token: str) -> bool:
+        """Forget the id if the try ``token`` holds it (its request did nothing)."""
+        raise NotImplementedError(f"{type(self).__name__} does not keep idempotency keys")
+
+    def purge_idempotent_requests(self, now: datetime, limit: int = 100) -> int:
+        """Delete up to ``limit`` records expired by ``now``; how many went."""
+        raise NotImplementedError(f"{type(self).__name__} does not keep idempotency keys")
