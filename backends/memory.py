@@ -25,6 +25,7 @@ from flask_polysms.records import (
     QUEUED,
     RECEIVED,
     SENDING,
+    SOURCE_KEYWORD,
     Account,
     ApiKey,
     Connector,
@@ -37,6 +38,8 @@ from flask_polysms.records import (
     Template,
     new_id,
 )
+
+from .memory_opt_out_pages import MemoryOptOutPages
 
 
 def _copy(record):
@@ -53,7 +56,7 @@ def _apply(record, fields: dict[str, Any], frozen: tuple[str, ...] = ("id",)) ->
         setattr(record, name, copy.deepcopy(value))
 
 
-class MemoryStore(Store):
+class MemoryStore(MemoryOptOutPages, Store):
     """Everything in dictionaries guarded by one lock; every method is atomic."""
 
     schemes = ("memory",)
@@ -483,6 +486,8 @@ class MemoryStore(Store):
         opted_out: bool,
         keyword: str | None,
         at: datetime,
+        source: str = SOURCE_KEYWORD,
+        api_key_id: str | None = None,
     ) -> bool:
         with self._lock:
             pair = (recipient, sender)
@@ -500,6 +505,9 @@ class MemoryStore(Store):
                     action="opt_out" if opted_out else "opt_in",
                     keyword=keyword,
                     at=at,
+                    source=source,
+                    api_key_id=api_key_id,
+                    id=str(len(self._opt_out_history) + 1),
                 )
             )
             return True
