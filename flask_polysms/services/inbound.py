@@ -26,8 +26,8 @@ from ..records import (
     new_id,
 )
 from ..segments import count_segments
-from .job_ids import agent_job_id
 from .consent import custom_keywords, reply_text
+from .job_ids import agent_job_id
 from .keywords import match_keyword
 from .lifecycle import new_session, note_activity
 from .metrics import count
