@@ -19,12 +19,14 @@ from .demo import (  # noqa: F401 - re-exported: example_app and tests import th
     read_private_file,
     write_private_file,
 )
+from .cli_opt_outs import opt_outs_cli
 from .ports.store import SchemaError, SchemaTooNew, SchemaVersion, migration_number
 from .services import provisioning
 from .services.state import get_state
 from .services.tenancy import revoke_api_key
 
 polysms_cli = AppGroup("polysms", help="flask-polysms: tenants, senders, workers and timers.")
+polysms_cli.add_command(opt_outs_cli)
 
 
 def _state():
