@@ -6,6 +6,7 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
+from .cli_opt_outs import opt_outs_cli
 from .demo import (  # noqa: F401 - re-exported: example_app and tests import them from here
     DEMO_MESSAGE,
     DEMO_NUMBER,
@@ -19,7 +20,6 @@ from .demo import (  # noqa: F401 - re-exported: example_app and tests import th
     read_private_file,
     write_private_file,
 )
-from .cli_opt_outs import opt_outs_cli
 from .ports.store import SchemaError, SchemaTooNew, SchemaVersion, migration_number
 from .services import provisioning
 from .services.state import get_state

@@ -46,7 +46,9 @@ def import_command(path: str, project_id: str | None) -> None:
         with click.open_file(path, "r", encoding="utf-8-sig", newline="") as lines:
             result = opt_out_files.import_csv(_state(), lines, project_id)
     except UnicodeDecodeError as exc:
-        raise click.ClickException(f"{path} is not UTF-8 text ({exc.reason}); nothing imported")
+        raise click.ClickException(
+            f"{path} is not UTF-8 text ({exc.reason}); nothing imported"
+        ) from exc
     except opt_out_files.ImportProblems as exc:
         for line, why in exc.problems:
             click.echo(f"{path}:{line}: {why}", err=True)
