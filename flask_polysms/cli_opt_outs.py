@@ -24,10 +24,13 @@ def _state():
 @click.option("--project", "project_id", metavar="PROJECT_ID", default=None, help=_PROJECT_HELP)
 def export_command(path: str, project_id: str | None) -> None:
     """Write the current opt-outs to FILE.csv (- for standard output)."""
-    with click.open_file(path, "w", encoding="utf-8", newline="") as out:
+    if path == "-":
+        opt_out_files.export_csv(_state(), project_id, click.get_text_stream("stdout"))
+        return
+    # newline="": the csv module writes its own line ends (and quotes newlines inside fields).
+    with open(path, "w", encoding="utf-8", newline="") as out:
         count = opt_out_files.export_csv(_state(), project_id, out)
-    if path != "-":
-        click.echo(f"{count} opt-out(s) written to {path}")
+    click.echo(f"{count} opt-out(s) written to {path}")
 
 
 @opt_outs_cli.command("import")
@@ -43,8 +46,14 @@ def import_command(path: str, project_id: str | None) -> None:
     """Record the opt-outs of FILE.csv (source import), all or none: a bad row is reported with
     its line number and nothing is imported. Rows already opted out change nothing."""
     try:
-        with click.open_file(path, "r", encoding="utf-8-sig", newline="") as lines:
-            result = opt_out_files.import_csv(_state(), lines, project_id)
+        if path == "-":
+            result = opt_out_files.import_csv(_state(), click.get_text_stream("stdin"), project_id)
+        else:
+            # utf-8-sig: spreadsheet programs start their CSV files with a byte order mark.
+            with open(path, encoding="utf-8-sig", newline="") as lines:
+                result = opt_out_files.import_csv(_state(), lines, project_id)
+    except OSError as exc:
+        raise click.ClickException(f"cannot read {path}: {exc.strerror}") from exc
     except UnicodeDecodeError as exc:
         raise click.ClickException(
             f"{path} is not UTF-8 text ({exc.reason}); nothing imported"
