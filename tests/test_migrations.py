@@ -29,6 +29,7 @@ from playhouse.migrations import Migration
 
 from flask_polysms import PolySMS, backends, get_state
 from flask_polysms.backends.peewee_migrations import DIRECTORY, HISTORY_TABLE, SchemaMigrations
+from flask_polysms.backends.peewee_migrations import _prefix as migration_prefix
 from flask_polysms.crypto import hash_api_key
 from flask_polysms.ports.store import DashboardSignIn, SchemaTooNew, SchemaUpgrade, migration_number
 
@@ -360,6 +361,11 @@ def test_a_v0_1_0_database_upgrades_in_place_with_every_row(empty_url, prefix, v
         assert store.is_opted_out(recipient, sender_address) is True
         history = store.opt_out_history(project_id, recipient, sender_address)
         assert as_written(history, records["opt_out_history"]) == records["opt_out_history"]
+        # 0008: a user's STOP of 0.1 has the source keyword, and the pair lists as opted out.
+        assert [(e.source, e.api_key_id) for e in history] == [("keyword", None)]
+        [listed], _ = store.list_opt_outs(project_id, recipient=recipient)
+        assert (listed.sender, listed.keyword, listed.source) == (sender_address, "STOP", "keyword")
+        assert listed.created_at == history[-1].at
         day = datetime.fromisoformat(session["created_at"]).date()
         assert (
             as_written(store.get_metrics(project_id, "live", day, day), records["metrics"])
@@ -395,6 +401,62 @@ def test_a_v0_1_0_database_upgrades_in_place_with_every_row(empty_url, prefix, v
     finally:
         fresh.disconnect()
         store.disconnect()
+
+
+def test_0008_gives_opt_outs_their_latest_keyword_and_source_and_goes_back_down(empty_url):
+    """Recorded changes get a source (``carrier`` for 0.1's ``twilio:21610``), and each pair the
+    keyword and source of its latest change; ``down`` drops what ``up`` added."""
+    store = _store(empty_url)
+    migrations = SchemaMigrations(store.database, "polysms_")
+    script = "0008_project_consent_settings"
+    migrations.upgrade(EVERY_MIGRATION[EVERY_MIGRATION.index(script) - 1])
+    db = store.database
+    quote = db.quote
+
+    def table(name: str) -> str:
+        return quote[0] + "polysms_" + name + quote[1]
+
+    rows = [
+        ("+14155550123", "+14155550100", "opt_out", "STOP", True),
+        ("+14155550124", "+14155550100", "opt_out", "twilio:21610", True),
+        ("+14155550125", "+14155550100", "opt_in", "START", False),
+    ]
+    for recipient, sender, action, keyword, opted_out in rows:
+        db.execute_sql(
+            f"INSERT INTO {table('opt_out_event')} (project_id, recipient, sender, action, "
+            f"keyword, at) VALUES ('prj_a', {db.param}, {db.param}, {db.param}, {db.param}, "
+            "'2026-03-01 12:00:00')",
+            (recipient, sender, action, keyword),
+        )
+        db.execute_sql(
+            f"INSERT INTO {table('opt_out')} (recipient, sender, project_id, opted_out, "
+            f"updated_at) VALUES ({db.param}, {db.param}, 'prj_a', {db.param}, "
+            "'2026-03-01 12:00:00')",
+            (recipient, sender, opted_out),
+        )
+
+    store.upgrade_schema()
+
+    history = [store.opt_out_history("prj_a", row[0])[0] for row in rows]
+    assert [(e.keyword, e.source, e.api_key_id) for e in history] == [
+        ("STOP", "keyword", None),
+        ("twilio:21610", "carrier", None),
+        ("START", "keyword", None),
+    ]
+    listed, _ = store.list_opt_outs("prj_a")
+    assert [(o.recipient, o.keyword, o.source) for o in listed] == [
+        ("+14155550123", "STOP", "keyword"),
+        ("+14155550124", "twilio:21610", "carrier"),
+    ]
+
+    with migration_prefix("polysms_"):  # what SchemaMigrations sets around its own runs
+        assert migrations.runner.down() == [script]
+    columns = {c.name for c in db.get_columns("polysms_opt_out")}
+    assert not {"keyword", "source"} & columns
+    events = {c.name for c in db.get_columns("polysms_opt_out_event")}
+    assert not {"api_key_id"} & events
+    assert "polysms_opt_out_project" not in {i.name for i in db.get_indexes("polysms_opt_out")}
+    store.disconnect()
 
 
 def test_init_db_is_an_upgrade_from_empty_and_current_follows(empty_url):
