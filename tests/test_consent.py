@@ -520,3 +520,44 @@ def test_lists_filter_and_page(sms):
         (AGENT, "opt_out", "STOP"),
     ]
     assert [e["created_at"] for e in events] == sorted(e["created_at"] for e in events)
+
+
+@pytest.mark.parametrize(
+    "server",
+    [
+        pytest.param("fresh_postgres_url", marks=pytest.mark.services),
+        pytest.param("fresh_mysql_url", marks=pytest.mark.services),
+    ],
+)
+def test_concurrent_opt_outs_of_one_pair_record_one_event(request, make_sms, server):
+    """Eight API calls for one pair at once, on real threads: one 201, the others 200 with the
+    same record, and one event in the history."""
+    import threading
+
+    url = request.getfixturevalue(server)
+    store = create_store(url)
+    store.create_schema()
+    store.disconnect()
+    sms = make_sms(numbers=(AGENT,), POLYSMS_STORAGE_URL=url)
+    barrier = threading.Barrier(8)
+    answers: list[tuple[int, dict]] = []
+
+    def call() -> None:
+        client = sms.app.test_client()
+        barrier.wait()
+        response = client.post(
+            "/v1/opt-outs", json={"user_number": USER, "sender": AGENT}, headers=sms.tenant.headers
+        )
+        answers.append((response.status_code, response.get_json()))
+
+    threads = [threading.Thread(target=call) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    try:
+        assert sorted(status for status, _ in answers) == [200] * 7 + [201]
+        assert len({str(body) for _, body in answers}) == 1
+        assert [(e["action"], e["source"]) for e in history(sms)] == [("opt_out", "api")]
+    finally:
+        sms.store.disconnect()

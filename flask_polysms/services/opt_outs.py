@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..clock import utcnow
-from ..errors import InvalidInput, NotFoundError
+from ..errors import ConflictError, InvalidInput, NotFoundError
 from ..records import SOURCE_API, OptOut, OptOutEvent, Sender
 from .cursors import CursorScope, open_cursor, seal_cursor
 
@@ -129,7 +129,7 @@ def opt_out(
         current = _current(state, tenant.project_id, user_number, sender)
         if current is not None:
             return opt_out_dict(current), created
-    raise InvalidInput("the pair changed while it was being opted out; try again")
+    raise ConflictError("the pair was opted in and out meanwhile; try again")
 
 
 def opt_in(state: PolySMSState, tenant: Tenant, user_number: str, sender: str) -> None:

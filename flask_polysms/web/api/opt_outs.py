@@ -124,6 +124,7 @@ def list_opt_outs(query, tenant):
 @blp.alt_response(200, schema=OptOutSchema, description="opted out already: the existing record")
 @blp.alt_response(400, schema=ErrorSchema, description="bad number, or not a sender of the project")
 @blp.alt_response(401, schema=ErrorSchema, description="missing or invalid API key")
+@blp.alt_response(409, schema=ErrorSchema, description="the pair kept changing meanwhile; retry")
 def create_opt_out(body, tenant):
     """Opt a user number out of one of the project's senders; every send to the pair is then
     suppressed until it opts back in."""
