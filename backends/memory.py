@@ -25,7 +25,6 @@ from flask_polysms.records import (
     QUEUED,
     RECEIVED,
     SENDING,
-    SOURCE_KEYWORD,
     Account,
     ApiKey,
     Connector,
@@ -39,7 +38,10 @@ from flask_polysms.records import (
     new_id,
 )
 
+from .memory_idempotency import IdempotencyRecordsInMemory
 from .memory_opt_out_pages import MemoryOptOutPages
+from .memory_opt_outs import MemoryOptOuts
+from .memory_turns import MemoryTurns
 
 
 def _copy(record):
@@ -56,7 +58,7 @@ def _apply(record, fields: dict[str, Any], frozen: tuple[str, ...] = ("id",)) ->
         setattr(record, name, copy.deepcopy(value))
 
 
-class MemoryStore(MemoryOptOutPages, Store):
+class MemoryStore(MemoryOptOuts, MemoryOptOutPages, MemoryTurns, IdempotencyRecordsInMemory, Store):
     """Everything in dictionaries guarded by one lock; every method is atomic."""
 
     schemes = ("memory",)
@@ -81,12 +83,14 @@ class MemoryStore(MemoryOptOutPages, Store):
             self._messages_by_session: dict[str, list[str]] = {}
             self._events: dict[tuple[str, str], StatusEvent] = {}
             self._claims: dict[str, datetime] = {}
+            self._turns: dict[str, tuple[str, datetime]] = {}
             self._templates: dict[str, Template] = {}
             self._opt_outs: set[tuple[str, str]] = set()
             self._opt_out_history: list[OptOutEvent] = []
             self._metrics: dict[tuple[str, str, date, str], int] = {}
             self._blocks: dict[tuple[str, str], datetime] = {}
             self._sign_ins: dict[str, DashboardSignIn] = {}
+            self._idempotent_requests = {}
             self._seq = 0
 
     def _next_seq(self) -> int:
@@ -476,57 +480,6 @@ class MemoryStore(MemoryOptOutPages, Store):
                 return False
             del self._templates[template_id]
             return True
-
-    # -- opt-outs ---------------------------------------------------------------------------------
-    def set_opt_out(
-        self,
-        project_id: str,
-        recipient: str,
-        sender: str,
-        opted_out: bool,
-        keyword: str | None,
-        at: datetime,
-        source: str = SOURCE_KEYWORD,
-        api_key_id: str | None = None,
-    ) -> bool:
-        with self._lock:
-            pair = (recipient, sender)
-            if (pair in self._opt_outs) == opted_out:
-                return False
-            if opted_out:
-                self._opt_outs.add(pair)
-            else:
-                self._opt_outs.discard(pair)
-            self._opt_out_history.append(
-                OptOutEvent(
-                    project_id=project_id,
-                    recipient=recipient,
-                    sender=sender,
-                    action="opt_out" if opted_out else "opt_in",
-                    keyword=keyword,
-                    at=at,
-                    source=source,
-                    api_key_id=api_key_id,
-                    id=str(len(self._opt_out_history) + 1),
-                )
-            )
-            return True
-
-    def is_opted_out(self, recipient: str, sender: str) -> bool:
-        with self._lock:
-            return (recipient, sender) in self._opt_outs
-
-    def opt_out_history(
-        self, project_id: str, recipient: str, sender: str | None = None
-    ) -> list[OptOutEvent]:
-        with self._lock:
-            return [
-                _copy(e)
-                for e in self._opt_out_history
-                if e.project_id == project_id
-                and e.recipient == recipient
-                and sender in (None, e.sender)
-            ]
 
     # -- metrics ----------------------------------------------------------------------------------
     def incr_metric(

@@ -156,7 +156,17 @@ def connect_twilio(project_id: str, account_sid: str, auth_token: str) -> None:
 @click.option("--environment", "-e", default="live", show_default=True)
 @click.option("--registration", default=None, help="unknown, registered, not_registered, ...")
 @click.option("--campaign-id", default=None)
-def add_number(project_id, address, environment, registration, campaign_id) -> None:
+@click.option(
+    "--messaging-service",
+    "messaging_service_sid",
+    default=None,
+    metavar="MG…",
+    help="the Messaging Service (provisioned for the project) the number belongs to; a number "
+    "already provisioned joins it",
+)
+def add_number(
+    project_id, address, environment, registration, campaign_id, messaging_service_sid
+) -> None:
     """Provision an E.164 number or a Messaging Service SID for an environment."""
     sender = _run(
         provisioning.add_sender,
@@ -165,10 +175,12 @@ def add_number(project_id, address, environment, registration, campaign_id) -> N
         environment,
         registration=registration,
         campaign_id=campaign_id,
+        messaging_service_sid=messaging_service_sid,
     )
+    pool = f", in {sender.messaging_service_sid}" if sender.messaging_service_sid else ""
     click.echo(
-        f"{sender.address} ({sender.number_type or sender.kind}, {sender.country or 'unknown'}) "
-        f"provisioned for {sender.environment}"
+        f"{sender.address} ({sender.number_type or sender.kind}, {sender.country or 'unknown'}"
+        f"{pool}) provisioned for {sender.environment}"
     )
 
 

@@ -62,6 +62,19 @@ def _duration(key: str, value: Any) -> timedelta:
     return result
 
 
+def _window(key: str, value: Any) -> timedelta:
+    """A duration that may be zero (zero turns the feature off)."""
+    if isinstance(value, timedelta):
+        result = value
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        result = timedelta(seconds=value)
+    else:
+        raise ConfigError(f"{key} must be a timedelta or a number of seconds, not {value!r}")
+    if result < timedelta(0):
+        raise ConfigError(f"{key} must be 0 or more, not {value!r}")
+    return result
+
+
 def _seconds(key: str, value: Any) -> float:
     if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
         raise ConfigError(f"{key} must be a positive number of seconds, not {value!r}")
@@ -153,6 +166,7 @@ def _env_number(text: str) -> int | float:
 
 ENV_READERS: dict[Callable, Callable[[str], Any]] = {
     _duration: _env_number,
+    _window: _env_number,
     _seconds: _env_number,
     _flag: lambda text: text,  # _flag reads "true"/"false"/"1"/"0"
 }
@@ -264,6 +278,9 @@ KEYS: tuple[Key, ...] = (
     Key("DUPLICATE_TEXT_LIMIT", "5 per 5 minutes", _limit,
         "the same text more often than this (the sixth in 5 minutes) blocks the number …"),
     Key("DUPLICATE_TEXT_BLOCK", timedelta(minutes=10), _duration, "… for this long"),
+    Key("MERGE_WINDOW", 0, _window,
+        "seconds: user messages arriving within this long of each other, before their turn "
+        "starts, go to the agent as one turn, texts joined with a newline (0 = off)"),
     Key("SWEEP_INTERVAL", timedelta(seconds=60), _duration,
         "how often the `thread` scheduler runs the sweep (overdue timers, stuck messages)"),
     Key("STUCK_AFTER", timedelta(minutes=5), _duration,

@@ -136,8 +136,10 @@ def _provision_demo(state, old: dict | None, number, environment, account_sid, a
     provisioning.connect_twilio(state, project.id, account_sid, auth_token)
     if holder is None:
         provisioning.add_sender(state, project.id, number, environment)
-    else:  # the number of the demo tenant being replaced moves to the new one
-        state.store.update_sender(number, project_id=project.id, environment=environment)
+    else:  # the number of the demo tenant being replaced moves to the new one, out of its pool
+        state.store.update_sender(
+            number, project_id=project.id, environment=environment, messaging_service_sid=None
+        )
     connector = provisioning.create_connector(state, project.id, environment)
     _, api_key = provisioning.create_api_key(state, account.id)
     record = {

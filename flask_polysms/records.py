@@ -114,6 +114,9 @@ class Sender:
     number_type: str | None = None  # long_code, toll_free, short_code, messaging_service, mobile
     registration: str = "unknown"  # unknown, registered, verified, not_registered, not_verified...
     campaign_id: str | None = None
+    # The Messaging Service (a sender of the same project) this number belongs to: an opt-out
+    # through any member covers the whole service, as on Twilio.
+    messaging_service_sid: str | None = None
 
 
 @dataclass
@@ -176,7 +179,9 @@ class Message:
     attempts: int = 0
     max_attempts: int = 5
     template: str | None = None
-    # Why an inbound message was not handed on (opted_out, rate_limited, duplicate_text...).
+    # Why a message was not sent (outbound: ``opted_out``) or not handed on (inbound:
+    # ``opted_out``, ``blocked``, ``duplicate_text``, ``sender_rate_limited``,
+    # ``project_rate_limited``); None for every other message.
     drop_reason: str | None = None
     # The last failed send attempt: Twilio's code (None for a timeout or a failure before any
     # call), its text and when. Kept when a later attempt succeeds, unlike ``error_code``,
@@ -244,3 +249,23 @@ class OptOut:
     created_at: datetime
     # The pair's place in the store's list: what a page of opt-outs ends at (a store cursor).
     id: str | None = None
+
+
+@dataclass
+class IdempotentRequest:
+    """A request made with an ``Idempotency-Key``: held while its first try runs, then its
+    response, until ``expires_at``.
+
+    ``id`` is a digest of (project, route, key): the key itself is never stored. ``fingerprint``
+    is a digest of what the request asked (method, path, body). ``token`` names the try that
+    holds it; ``response`` (``{"status", "body", "headers"}``) is None while that try runs.
+    """
+
+    id: str
+    project_id: str
+    route: str
+    fingerprint: str
+    token: str
+    created_at: datetime
+    expires_at: datetime
+    response: dict[str, Any] | None = None

@@ -561,3 +561,39 @@ def test_concurrent_opt_outs_of_one_pair_record_one_event(request, make_sms, ser
         assert [(e["action"], e["source"]) for e in history(sms)] == [("opt_out", "api")]
     finally:
         sms.store.disconnect()
+
+
+def test_through_a_messaging_services_number_the_api_and_imports_use_the_service(sms, tmp_path):
+    """As a STOP through a member does: one opt-out under the service's SID, covering every
+    member; opting in through a member clears it."""
+    from flask_polysms.services import provisioning
+    from flask_polysms.services.state import get_state
+
+    service = "MG" + "ab" * 16
+    with sms.app.app_context():
+        provisioning.add_sender(get_state(sms.app), sms.tenant.project_id, service, "live")
+        sms.store.update_sender(AGENT, messaging_service_sid=service)
+        sms.store.update_sender(OTHER_AGENT, messaging_service_sid=service)
+    response = sms.client.post(
+        "/v1/opt-outs", json={"user_number": USER, "sender": AGENT}, headers=sms.tenant.headers
+    )
+    assert response.status_code == 201, response.get_json()
+    assert response.get_json()["sender"] == service
+    assert opted_out(sms, USER, OTHER_AGENT) and opted_out(sms, USER, service)
+    assert [o["sender"] for o in opt_outs(sms)] == [service]
+
+    gone = sms.client.delete(
+        "/v1/opt-outs",
+        query_string={"user_number": USER, "sender": OTHER_AGENT},
+        headers=sms.tenant.headers,
+    )
+    assert gone.status_code == 204
+    assert not opted_out(sms, USER, AGENT) and opt_outs(sms) == []
+
+    path = tmp_path / "in.csv"
+    path.write_text(f"user_number,sender,keyword,created_at\n{OTHER_USER},{AGENT},STOP,\n")
+    result = sms.app.test_cli_runner().invoke(args=["polysms", "opt-outs", "import", str(path)])
+    assert result.exit_code == 0, result.output
+    assert [(o["user_number"], o["sender"], o["source"]) for o in opt_outs(sms)] == [
+        (OTHER_USER, service, "import")
+    ]

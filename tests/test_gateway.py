@@ -76,5 +76,6 @@ def test_outbox_records_what_would_be_sent():
             "body": "x",
             "sid": result.sid,
             "status_callback": "u",
+            "media_urls": [],
         }
     ]

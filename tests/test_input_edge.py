@@ -18,6 +18,7 @@ import peewee as pw
 import pytest
 import requests
 from flask import Flask, request
+from store_backends import BACKENDS, storage_url
 
 from flask_polysms.backends import create_store
 from flask_polysms.crypto import hash_api_key
@@ -37,32 +38,11 @@ SMS_HOOK = "/v1/twilio/sms"
 STATUS_HOOK = "/v1/twilio/status"
 SURROGATE = "must be valid Unicode text (no lone surrogates)"
 
-BACKENDS = [
-    "memory",
-    "sqlite",
-    pytest.param("postgresql", marks=pytest.mark.services),
-    pytest.param("mysql", marks=pytest.mark.services),
-]
-
-
-def _storage_url(request: pytest.FixtureRequest, backend: str, tmp_path) -> str:
-    if backend == "memory":
-        return "memory://"
-    if backend == "sqlite":
-        return f"sqlite:///{tmp_path / 'polysms.db'}"
-    url = request.getfixturevalue(
-        "fresh_postgres_url" if backend == "postgresql" else "fresh_mysql_url"
-    )
-    store = create_store(url)
-    store.create_schema()  # servers wait for `flask polysms init-db`
-    store.disconnect()
-    return url
-
 
 @pytest.fixture(params=BACKENDS)
 def sms(request, make_sms, tmp_path):
     """A tenant with one conversation (its greeting sent, with a Twilio SID) and one template."""
-    url = _storage_url(request, request.param, tmp_path)
+    url = storage_url(request, request.param, tmp_path)
     # Limits out of the way: the deep-JSON test sends a thousand requests.
     limits = {
         "POLYSMS_RATE_LIMIT": "10000 per second",
@@ -384,7 +364,7 @@ def test_the_peewee_logger_never_shows_our_values(
     """At DEBUG Peewee logs each statement with its values: the API-key digest on every request,
     the encrypted Auth Token, bodies and numbers. Our statements are logged as SQL text only; a
     host app's own Peewee database still logs its values."""
-    url = _storage_url(request, backend, tmp_path)
+    url = storage_url(request, backend, tmp_path)
     sms = make_sms(numbers=(AGENT,), POLYSMS_STORAGE_URL=url)
     try:
         peewee_debug.lines.clear()

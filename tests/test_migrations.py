@@ -255,7 +255,7 @@ def test_upgrading_an_empty_database_builds_todays_models(empty_url):
         assert migrated.upgrade_schema() == SchemaUpgrade(applied=EVERY_MIGRATION)
         modelled.create_model_tables()
         expected = describe(modelled, "mdl_")
-        assert len(expected) == 15
+        assert len(expected) == 16  # 0007 added the idempotency keys
         assert describe(migrated, "upg_") == expected
         # Each prefix has its own history; the models' tables have none.
         assert "upg_" + HISTORY_TABLE in migrated.database.get_tables()
@@ -361,8 +361,10 @@ def test_a_v0_1_0_database_upgrades_in_place_with_every_row(empty_url, prefix, v
         assert store.is_opted_out(recipient, sender_address) is True
         history = store.opt_out_history(project_id, recipient, sender_address)
         assert as_written(history, records["opt_out_history"]) == records["opt_out_history"]
-        # 0008: a user's STOP of 0.1 has the source keyword, and the pair lists as opted out.
-        assert [(e.source, e.api_key_id) for e in history] == [("keyword", None)]
+        assert [e.source for e in history] == ["keyword"]  # 0005: 0.1 recorded STOPs
+        assert store.get_sender(sender["address"]).messaging_service_sid is None
+        # 0008: the pair lists as opted out, with its keyword and source.
+        assert [e.api_key_id for e in history] == [None]
         [listed], _ = store.list_opt_outs(project_id, recipient=recipient)
         assert (listed.sender, listed.keyword, listed.source) == (sender_address, "STOP", "keyword")
         assert listed.created_at == history[-1].at
@@ -401,6 +403,34 @@ def test_a_v0_1_0_database_upgrades_in_place_with_every_row(empty_url, prefix, v
     finally:
         fresh.disconnect()
         store.disconnect()
+
+
+def test_0005_gives_the_recorded_opt_out_changes_their_source(empty_url):
+    """0.1 recorded Twilio's 21610 with the keyword ``twilio:21610``: those changes are the
+    carrier's, every other one a user's keyword."""
+    store = _store(empty_url)
+    migrations = SchemaMigrations(store.database, "polysms_")
+    before = EVERY_MIGRATION[EVERY_MIGRATION.index("0005_sender_messaging_service") - 1]
+    migrations.upgrade(before)
+    quote = store.database.quote
+    table = quote[0] + "polysms_opt_out_event" + quote[1]
+    for keyword in ("STOP", "twilio:21610", "START"):
+        store.database.execute_sql(
+            f"INSERT INTO {table} (project_id, recipient, sender, action, keyword, at) "
+            "VALUES ('prj_a', '+14155550123', '+14155550100', 'opt_out', "
+            f"{store.database.param}, '2026-03-01 12:00:00')",
+            (keyword,),
+        )
+
+    store.upgrade_schema()
+
+    history = store.opt_out_history("prj_a", "+14155550123")
+    assert [(e.keyword, e.source) for e in history] == [
+        ("STOP", "keyword"),
+        ("twilio:21610", "carrier"),
+        ("START", "keyword"),
+    ]
+    store.disconnect()
 
 
 def test_0008_gives_opt_outs_their_latest_keyword_and_source_and_goes_back_down(empty_url):
@@ -611,3 +641,73 @@ def test_the_wheel_ships_every_script(tmp_path):
     folder = "flask_polysms/backends/peewee_migrations/"
     for name in ("__init__", "frozen", *EVERY_MIGRATION):
         assert f"{folder}{name}.py" in names, name
+
+
+def test_0006_marks_the_newest_open_session_of_each_triple_before_its_unique_key(empty_url):
+    """A database holds several open sessions of one user and number (a newer outbound session
+    supersedes an older one, which stays open until its deadline): 0006 marks only the newest
+    open one, so its unique key goes on; the older ones stay open and unmarked."""
+    from flask_polysms.records import Session
+
+    store = _store(empty_url)
+    try:
+        db = store.database
+        migrations = SchemaMigrations(db, "polysms_")
+        before = [name for name in EVERY_MIGRATION if migration_number(name) < 6][-1]
+        migrations.upgrade(target=before)
+        table = pw.Table("polysms_session").bind(db)
+
+        def add(session_id: str, user: str, state: str = "active") -> None:
+            table.insert(
+                id=session_id,
+                project_id="prj_a",
+                environment="live",
+                user_number=user,
+                agent_number="+14155550100",
+                created_at="2026-01-01 10:00:00.000000",
+                last_activity_at="2026-01-01 10:00:00.000000",
+                state=state,
+                engaged=False,
+                version=1,
+                data="{}",
+                entities="{}",
+                metadata="{}",
+            ).execute()
+
+        add("conv_old", "+14155550123")
+        add("conv_warned", "+14155550123", state="warned")
+        add("conv_newest", "+14155550123")
+        add("conv_closed", "+14155550123", state="closed")
+        add("conv_other", "+14155550124")
+        assert (
+            store.upgrade_schema().applied == EVERY_MIGRATION[EVERY_MIGRATION.index(before) + 1 :]
+        )
+
+        marks = dict(table.select(table.c.id, table.c.open_mark).tuples())
+        assert marks == {
+            "conv_old": None,
+            "conv_warned": None,
+            "conv_newest": 1,
+            "conv_closed": None,
+            "conv_other": 1,
+        }
+        assert store.get_session("conv_old").state == "active"  # still open, superseded
+        assert store.get_session("conv_warned").state == "warned"
+        # The key holds: a first message joins the newest, a second marked row is refused.
+        joined, created = store.open_session(
+            Session(
+                id="conv_new",
+                project_id="prj_a",
+                environment="live",
+                user_number="+14155550123",
+                agent_number="+14155550100",
+                created_at=datetime(2026, 1, 2, tzinfo=timezone.utc),
+                last_activity_at=datetime(2026, 1, 2, tzinfo=timezone.utc),
+            )
+        )
+        assert (joined.id, created) == ("conv_newest", False)
+        with pytest.raises(pw.IntegrityError):
+            with db.atomic():
+                table.update(open_mark=1).where(table.c.id == "conv_old").execute()
+    finally:
+        store.disconnect()

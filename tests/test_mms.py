@@ -13,8 +13,9 @@ import re
 
 import pytest
 import requests
+import store_backends
+from store_backends import BACKENDS
 
-from flask_polysms.backends import create_store
 from flask_polysms.services.state import get_state
 
 AGENT = "+14155552671"
@@ -24,26 +25,6 @@ PHOTO = "https://api.twilio.com/2010-04-01/Accounts/AC1/Messages/MM1/Media/ME1"
 MAP = "https://example.org/maps/clinic.png"
 ACCOUNT_SID = "AC" + "4d" * 16
 AUTH_TOKEN = "mms-test-auth-token-0123456789ab"
-BACKENDS = [
-    "memory",
-    "sqlite",
-    pytest.param("postgresql", marks=pytest.mark.services),
-    pytest.param("mysql", marks=pytest.mark.services),
-]
-
-
-def _storage_url(request: pytest.FixtureRequest, backend: str, tmp_path) -> str:
-    if backend == "memory":
-        return "memory://"
-    if backend == "sqlite":
-        return f"sqlite:///{tmp_path / 'polysms.db'}"
-    url = request.getfixturevalue(
-        "fresh_postgres_url" if backend == "postgresql" else "fresh_mysql_url"
-    )
-    store = create_store(url)
-    store.create_schema()  # servers wait for `flask polysms init-db`
-    store.disconnect()
-    return url
 
 
 class Turns:
@@ -62,7 +43,7 @@ class Turns:
 
 @pytest.fixture(params=BACKENDS)
 def storage_url(request, tmp_path) -> str:
-    return _storage_url(request, request.param, tmp_path)
+    return store_backends.storage_url(request, request.param, tmp_path)
 
 
 @pytest.fixture
@@ -386,3 +367,23 @@ def test_the_simulator_sends_a_picture_as_a_signed_mms(make_emulated_sms, live_s
     page = client.get("/dashboard/simulator", query_string={"number": USER}).get_data(as_text=True)
     assert "the picture URL must be an" in page
     assert len(turns.seen) == 1
+
+
+def test_a_merged_turn_carries_the_pictures_of_every_message_it_joins(make_sms, storage_url, turns):
+    from freezegun import freeze_time
+
+    sms = make_sms(
+        agent=turns, numbers=(AGENT,), POLYSMS_STORAGE_URL=storage_url, POLYSMS_MERGE_WINDOW=5
+    )
+    with freeze_time("2026-03-02 10:00:00") as clock:
+        assert mms(sms, USER, "my dog", [(PHOTO, "image/jpeg")]).status_code == 200
+        clock.tick(1)
+        assert mms(sms, USER, "", [(MAP, "image/png")]).status_code == 200
+        clock.tick(6)  # both windows have closed
+        sms.run_due_timers()
+    (turn,) = turns.seen
+    assert turn["text"] == "my dog\n"
+    assert turn["attachments"] == [
+        {"url": PHOTO, "content_type": "image/jpeg"},
+        {"url": MAP, "content_type": "image/png"},
+    ]

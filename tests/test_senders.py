@@ -97,6 +97,7 @@ def test_list_senders_shows_every_environment_with_facts(app, client):
             "number_type": "long_code",
             "registration": "unknown",
             "campaign_id": None,
+            "messaging_service_sid": None,
         },
         {
             "address": MG_SID,
@@ -106,6 +107,7 @@ def test_list_senders_shows_every_environment_with_facts(app, client):
             "number_type": "messaging_service",
             "registration": "unknown",
             "campaign_id": None,
+            "messaging_service_sid": None,
         },
         {
             "address": GB_TOLL_FREE,
@@ -115,6 +117,7 @@ def test_list_senders_shows_every_environment_with_facts(app, client):
             "number_type": "toll_free",
             "registration": "unknown",
             "campaign_id": None,
+            "messaging_service_sid": None,
         },
     ]
 

@@ -1,6 +1,7 @@
 """The send path through the real ``twilio`` client and the local Twilio emulator (DESIGN §4.3):
 retryable errors are retried with exponential backoff, permanent ones fail at once with Twilio's
-code, 21610 records an opt-out, an opted-out pair is suppressed at send time."""
+code, 21610 suppresses the message and records an opt-out, an opted-out pair is suppressed at send
+time."""
 
 from __future__ import annotations
 
@@ -53,8 +54,10 @@ def test_a_send_reaches_twilio_with_a_status_callback(emulated):
         AGENT,
         "Hello through Twilio",
     )
-    assert created["status_callback"] == "http://localhost/v1/twilio/status"
     message = greeting(sms, body["conversation_id"])
+    # The URL names our message: a callback for a send whose answer was lost still says which.
+    expected = f"http://localhost/v1/twilio/status?message_id={message['id']}"
+    assert created["status_callback"] == expected
     assert message["status"] == "sent"
     assert message["twilio_sid"] == created["sid"]
     assert message["error_code"] is None
@@ -80,7 +83,7 @@ def test_no_request_host_ever_becomes_a_status_callback(make_sms):
         base_url="http://attacker.example",
     )
     [sent] = sms.outbox
-    assert sent["status_callback"] == "https://sms.example.com/v1/twilio/status"
+    assert sent["status_callback"].startswith("https://sms.example.com/v1/twilio/status?")
 
 
 def test_without_a_configured_url_a_testing_app_sends_no_status_callback(make_sms):
@@ -115,7 +118,7 @@ def test_a_mounted_app_is_called_back_under_its_mount_point(make_sms):
 
     assert response.status_code == 202
     [sent] = sms.outbox
-    assert sent["status_callback"] == "https://sms.example.com/shop/v1/twilio/status"
+    assert sent["status_callback"].startswith("https://sms.example.com/shop/v1/twilio/status?")
 
 
 def test_the_status_callback_uses_the_public_url(make_emulated_sms):
@@ -125,10 +128,15 @@ def test_the_status_callback_uses_the_public_url(make_emulated_sms):
 
     sms.send_ok(USER)
 
-    assert emulator.messages[0]["status_callback"] == "https://sms.example.com/v1/twilio/status"
+    callback = emulator.messages[0]["status_callback"]
+    assert callback.startswith("https://sms.example.com/v1/twilio/status?message_id=msg_")
 
 
 # -- retryable errors ------------------------------------------------------------------------------
+
+# Requests of the look-up each retry makes before sending again (Twilio's list twice: messages
+# sent since the first attempt, then the newest page for those still queued).
+LOOKUP = 2
 
 
 @pytest.mark.parametrize("code", [20429, 500, 20503])
@@ -155,14 +163,14 @@ def test_a_retryable_error_is_retried_after_the_backoff(emulated, code):
         clock.tick(timedelta(milliseconds=200))
         sms.run_due_timers()
 
-    assert emulator.requests_count == 2
+    assert emulator.requests_count == 1 + LOOKUP + 1
     [created] = emulator.messages
     message = greeting(sms, body["conversation_id"])
     assert message["status"] == "sent" and message["twilio_sid"] == created["sid"]
     assert message["error_code"] is None
     assert created["body"] == "Retry me"
     # The retry ran outside any request: its delivery updates still come back.
-    assert created["status_callback"] == "http://localhost/v1/twilio/status"
+    assert created["status_callback"].startswith("http://localhost/v1/twilio/status?")
     metrics = sms.metrics(**DAY)
     assert metrics["sent"] == 1 and metrics["api_failures"] == 0
 
@@ -199,10 +207,10 @@ def test_five_failed_tries_fail_the_message_with_exponential_backoff(emulated):
             wait = BASE_DELAY * 2 ** (attempt - 1)
             clock.tick(wait / 2)
             sms.run_due_timers()
-            assert emulator.requests_count == attempt
+            assert emulator.requests_count == attempt + (attempt - 1) * LOOKUP
             clock.tick(wait / 2 + timedelta(milliseconds=10))
             sms.run_due_timers()
-            assert emulator.requests_count == attempt + 1
+            assert emulator.requests_count == attempt + 1 + attempt * LOOKUP
 
         message = stored_greeting(sms, body["conversation_id"])
         assert (message.status, message.attempts, message.error_code) == ("failed", 5, 20429)
@@ -210,7 +218,7 @@ def test_five_failed_tries_fail_the_message_with_exponential_backoff(emulated):
         # Nothing more is ever tried.
         clock.tick(timedelta(hours=1))
         sms.run_due_timers()
-        assert emulator.requests_count == 5
+        assert emulator.requests_count == 5 + 4 * LOOKUP
 
     assert emulator.messages == []
     api_message = greeting(sms, body["conversation_id"])
@@ -230,7 +238,7 @@ def test_the_fifth_try_can_still_succeed(emulated):
             clock.tick(timedelta(seconds=20))
             sms.run_due_timers()
 
-    assert len(emulator.messages) == 1 and emulator.requests_count == 5
+    assert len(emulator.messages) == 1 and emulator.requests_count == 5 + 4 * LOOKUP
     assert greeting(sms, body["conversation_id"])["status"] == "sent"
     assert sms.metrics(**DAY)["api_failures"] == 0
 
@@ -238,7 +246,7 @@ def test_the_fifth_try_can_still_succeed(emulated):
 # -- permanent errors ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("code", [21211, 21614, 21408, 21610])
+@pytest.mark.parametrize("code", [21211, 21614, 21408])
 def test_a_permanent_error_fails_at_once_with_twilios_code(emulated, code):
     sms, emulator = emulated
     with freeze_time(START) as clock:
@@ -259,7 +267,33 @@ def test_a_permanent_error_fails_at_once_with_twilios_code(emulated, code):
     assert sms.metrics(**DAY)["api_failures"] == 1
     with sms.app.app_context():
         assert stored_greeting(sms, body["conversation_id"]).attempts == 1
-        assert sms.store.is_opted_out(USER, AGENT) is (code == 21610)
+        assert sms.store.is_opted_out(USER, AGENT) is False
+    assert message["drop_reason"] is None
+
+
+def test_21610_suppresses_at_once_and_counts_as_suppressed(emulated):
+    sms, emulator = emulated
+    with freeze_time(START) as clock:
+        emulator.fail_next(1, 21610)
+
+        body = sms.send_ok(USER, agent_number=AGENT)
+
+        assert body["status"] == "suppressed"
+        clock.tick(timedelta(minutes=30))
+        sms.run_due_timers()
+
+    assert emulator.requests_count == 1 and emulator.messages == []
+    message = greeting(sms, body["conversation_id"])
+    assert (message["status"], message["drop_reason"], message["error_code"]) == (
+        "suppressed",
+        "opted_out",
+        21610,
+    )
+    assert message["last_error"]["code"] == 21610
+    figures = sms.metrics(**DAY)
+    assert (figures["suppressed"], figures["failed"], figures["api_failures"]) == (1, 0, 0)
+    with sms.app.app_context():
+        assert stored_greeting(sms, body["conversation_id"]).attempts == 1
 
 
 def test_21610_records_an_opt_out_for_the_pair_only(emulated):
@@ -272,6 +306,7 @@ def test_21610_records_an_opt_out_for_the_pair_only(emulated):
         assert not sms.store.is_opted_out(USER, OTHER_AGENT)
         [event] = sms.store.opt_out_history(sms.tenant.project_id, USER, AGENT)
     assert (event.recipient, event.sender, event.action) == (USER, AGENT, "opt_out")
+    assert (event.source, event.keyword) == ("carrier", None)
 
     # The next send to that pair never reaches Twilio; another number still does.
     suppressed = sms.send_ok(USER, "again", agent_number=AGENT)

@@ -35,6 +35,7 @@ from flask_polysms.records import (
     SENDING,
     SENT,
     WARNED,
+    IdempotentRequest,
     Message,
     Sender,
     Session,
@@ -57,6 +58,7 @@ T0 = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
 USER = "+14155550123"
 AGENT = "+14155550100"
 OTHER_AGENT = "+14155550199"
+OTHER_USER = "+14155550124"
 THREADS = 16
 PROCESSES = 4
 
@@ -432,6 +434,95 @@ def test_find_open_session(store: Store) -> None:
     assert store.find_open_session("prj_a", USER, AGENT) is None
     assert store.get_session(closed.id).state == CLOSED
     assert store.find_open_session("prj_a", "+14155550999", AGENT) is None
+
+
+def test_open_session_records_one_unless_the_triple_has_one_open(store: Store) -> None:
+    first, created = store.open_session(a_session())
+    assert created is True
+    assert store.get_session(first.id) == first
+    again, created = store.open_session(a_session(state=WARNED))
+    assert (again.id, created) == (first.id, False)
+    other, created = store.open_session(a_session(agent_number=OTHER_AGENT))
+    assert created is True and other.id != first.id
+    store.update_session(first.id, 1, state=CLOSED, closed_at=T0)
+    after_close, created = store.open_session(a_session())
+    assert created is True and after_close.id not in (first.id, other.id)
+    assert store.find_open_session("prj_a", USER, AGENT).id == after_close.id
+
+
+def test_open_session_joins_a_session_created_by_outbound(store: Store) -> None:
+    """An outbound session (create_session) supersedes the open one; open_session joins the
+    newest, and a closed newest leaves the older one open."""
+    older = store.create_session(a_session())
+    newer = store.create_session(a_session())
+    assert store.open_session(a_session()) == (store.get_session(newer.id), False)
+    store.update_session(newer.id, 1, state=CLOSED)
+    assert store.open_session(a_session())[0].id == older.id
+
+
+def test_race_open_session_opens_one(store: Store) -> None:
+    results = outcomes(
+        run_in_threads(store, lambda i: store.atomic(lambda: store.open_session(a_session())))
+    )
+    assert [created for _, created in results].count(True) == 1
+    assert len({session.id for session, _ in results}) == 1
+    sessions, _ = store.list_sessions("prj_a")
+    assert len(sessions) == 1
+
+
+def test_race_create_session_leaves_one_open_session_per_triple(store: Store) -> None:
+    """Outbound sessions created at once: every one is recorded, the newest is the open one."""
+    results = outcomes(
+        run_in_threads(store, lambda i: store.atomic(lambda: store.create_session(a_session())))
+    )
+    assert len({session.id for session in results}) == THREADS
+    assert len(store.list_sessions("prj_a", limit=100)[0]) == THREADS
+    newest = store.list_sessions("prj_a", limit=1)[0][0]
+    assert store.find_open_session("prj_a", USER, AGENT).id == newest.id
+    assert store.open_session(a_session())[0].id == newest.id
+
+
+def test_claim_turn_holds_until_released_or_run_out(store: Store) -> None:
+    session = store.create_session(a_session())
+    later = T0 + timedelta(minutes=5)
+    assert store.claim_turn(session.id, "a", T0, later) is True
+    assert store.claim_turn(session.id, "b", T0 + timedelta(minutes=4), later) is False
+    assert store.claim_turn(session.id, "a", T0, later + timedelta(seconds=1)) is True  # renewed
+    assert store.release_turn(session.id, "b") is False
+    assert store.release_turn(session.id, "a") is True
+    assert store.release_turn(session.id, "a") is False
+    assert store.claim_turn(session.id, "b", T0, later) is True
+    # b crashed: its claim runs out and c takes it over.
+    assert store.claim_turn(session.id, "c", later - timedelta(microseconds=1), later) is False
+    assert store.claim_turn(session.id, "c", later + timedelta(microseconds=1), later) is True
+    assert store.release_turn(session.id, "b") is False
+    other = store.create_session(a_session(agent_number=OTHER_AGENT))
+    assert store.claim_turn(other.id, "b", T0, later) is True  # per session
+    # The claim is not part of the session's version.
+    assert store.get_session(session.id).version == 1
+
+
+def test_race_claim_turn_has_one_winner(store: Store) -> None:
+    session = store.create_session(a_session())
+    later = T0 + timedelta(minutes=5)
+    results = outcomes(
+        run_in_threads(store, lambda i: store.claim_turn(session.id, f"owner{i}", T0, later))
+    )
+    assert results.count(True) == 1 and results.count(False) == THREADS - 1
+
+
+def test_waiting_turn_messages_are_received_inbound_in_order(store: Store) -> None:
+    session = store.create_session(a_session())
+    inbound = {"direction": INBOUND, "kind": "user", "status": RECEIVED}
+    first = store.add_message(a_message(session.id, body="1", **inbound))
+    store.add_message(a_message(session.id, body="out"))
+    handled = store.add_message(a_message(session.id, body="2", **inbound))
+    third = store.add_message(a_message(session.id, body="3", **inbound))
+    store.add_message(a_message(None, body="none", **inbound))
+    store.update_message(handled.id, status="handled")
+    assert [m.id for m in store.waiting_turn_messages(session.id)] == [first.id, third.id]
+    assert store.waiting_turn_messages(session.id, limit=1) == [store.get_message(first.id)]
+    assert store.waiting_turn_messages("ses_none") == []
 
 
 def test_update_session_is_compare_and_set(store: Store) -> None:
@@ -837,6 +928,45 @@ def test_opt_out_changes_and_history(store: Store) -> None:
     ]
 
 
+def test_an_opt_out_of_a_messaging_service_covers_its_member_numbers(store: Store) -> None:
+    project = a_project(store)
+    service, other_service = "MG" + "c" * 32, "MG" + "d" * 32
+    store.add_sender(a_sender(project, service, kind="messaging_service"))
+    store.add_sender(a_sender(project, other_service, kind="messaging_service"))
+    store.add_sender(a_sender(project, AGENT, messaging_service_sid=service))
+    store.add_sender(a_sender(project, OTHER_AGENT))
+    assert store.get_sender(AGENT).messaging_service_sid == service
+
+    assert store.set_opt_out(project, USER, service, True, None, T0, "carrier") is True
+
+    assert store.is_opted_out(USER, service) and store.is_opted_out(USER, AGENT)
+    assert not store.is_opted_out(USER, OTHER_AGENT)
+    assert not store.is_opted_out(USER, other_service)
+    assert not store.is_opted_out("+14155550124", AGENT)
+    assert store.inbound_context(project, USER, AGENT)[2] is True
+    assert store.inbound_context(project, USER, OTHER_AGENT)[2] is False
+    [event] = store.opt_out_history(project, USER)
+    assert (event.sender, event.action, event.keyword, event.source) == (
+        service,
+        "opt_out",
+        None,
+        "carrier",
+    )
+    # Membership decides: a number that leaves the service leaves its opt-outs; one that joins
+    # another takes that service's.
+    store.update_sender(AGENT, messaging_service_sid=None)
+    assert not store.is_opted_out(USER, AGENT)
+    assert store.inbound_context(project, USER, AGENT)[2] is False
+    store.update_sender(OTHER_AGENT, messaging_service_sid=service)
+    assert store.is_opted_out(USER, OTHER_AGENT)
+    store.set_opt_out(project, USER, service, False, "START", T0 + timedelta(seconds=1))
+    assert not store.is_opted_out(USER, OTHER_AGENT)
+    assert [e.source for e in store.opt_out_history(project, USER, service)] == [
+        "carrier",
+        "keyword",
+    ]
+
+
 def test_opt_out_pairs_are_isolated(store: Store) -> None:
     assert store.set_opt_out("prj_a", USER, AGENT, True, "STOP", T0) is True
     assert store.is_opted_out(USER, OTHER_AGENT) is False
@@ -1103,7 +1233,8 @@ def _race_in_process(
             updated = True
         except StaleVersion:
             updated = False
-        results.put((claimed, updated))
+        opened = store.atomic(lambda: store.open_session(a_session(user_number=OTHER_USER)))
+        results.put((claimed, updated, opened[0].id, opened[1]))
     except BaseException as exc:
         results.put(("error", repr(exc)))
     finally:
@@ -1140,8 +1271,11 @@ def test_race_across_processes_has_one_winner(
     assert all(process.exitcode == 0 for process in processes)
     errors = [o for o in outcomes_ if o[0] == "error"]
     assert not errors, errors
-    assert [claimed for claimed, _ in outcomes_].count(True) == 1
-    assert [updated for _, updated in outcomes_].count(True) == 1
+    assert [o[0] for o in outcomes_].count(True) == 1
+    assert [o[1] for o in outcomes_].count(True) == 1
+    # Two first messages at once, in processes: one session.
+    assert [o[3] for o in outcomes_].count(True) == 1
+    assert len({o[2] for o in outcomes_}) == 1
     stored = store.get_session(session.id)
     assert (stored.version, stored.state) == (2, WARNED)
 
@@ -1178,6 +1312,7 @@ def test_every_lookup_has_an_index(store: Store) -> None:
         "session": [
             (("id",), True),
             (("project_id", "user_number", "agent_number", "seq"), False),
+            (("project_id", "user_number", "agent_number", "open_mark"), True),
             (("state", "deadline_at"), False),
             (("state", "wake_at"), False),
             (("project_id", "seq"), False),
@@ -1308,6 +1443,27 @@ def test_claim_send_reads_the_opt_out_of_the_messages_own_sender(store: Store) -
     assert (first.project, first.sender, third.sender) == (None, None, None)
 
 
+def test_claim_send_reads_the_opt_out_of_the_senders_messaging_service(store: Store) -> None:
+    project_id = a_project(store)
+    service = "MG" + "b" * 32
+    store.add_sender(a_sender(project_id, service, kind="messaging_service"))
+    store.add_sender(a_sender(project_id, AGENT, messaging_service_sid=service))
+    store.add_sender(a_sender(project_id, OTHER_AGENT))
+    # The member's own row, opted back in, must not hide its service's opt-out.
+    store.set_opt_out(project_id, USER, AGENT, True, "STOP", T0)
+    store.set_opt_out(project_id, USER, AGENT, False, "START", T0)
+    store.set_opt_out(project_id, USER, service, True, "STOP", T0)
+    member = store.add_message(a_message(project_id=project_id))
+    outside = store.add_message(a_message(project_id=project_id, from_=OTHER_AGENT))
+    other_user = store.add_message(a_message(project_id=project_id, to="+14155550124"))
+
+    claims = [store.claim_send(m.id, T0) for m in (member, outside, other_user)]
+
+    assert [c.opted_out for c in claims] == [True, False, False]
+    assert claims[0].sender == store.get_sender(AGENT)
+    assert claims[0].sender.messaging_service_sid == service
+
+
 def test_claim_send_race_has_one_winner(store: Store) -> None:
     message = store.add_message(a_message())
     results = run_in_threads(store, lambda i: store.claim_send(message.id, T0))
@@ -1340,3 +1496,95 @@ def test_record_sent_records_counts_and_returns_callbacks_that_raced_ahead(store
     assert store.record_sent("msg_missing", "SM4", at) == (None, [])
     assert store.get_message(message.id).twilio_sid == "SM1"
     assert store.get_metrics("prj_a", "live", day, day) == {day: {"sent": 2}}
+
+
+# -- idempotency keys -----------------------------------------------------------------------------
+def an_idempotent_request(token: str, at: datetime = T0, **fields: Any) -> IdempotentRequest:
+    values: dict[str, Any] = {
+        "id": "a" * 64,
+        "project_id": "prj_a",
+        "route": "polysms_outbound.send_outbound",
+        "fingerprint": "f" * 64,
+        "token": token,
+        "created_at": at,
+        "expires_at": at + timedelta(hours=24),
+    }
+    values.update(fields)
+    return IdempotentRequest(**values)
+
+
+def test_an_idempotency_key_is_held_by_its_first_claim_until_answered(store: Store) -> None:
+    first = an_idempotent_request("t1")
+    assert store.claim_idempotent_request(first, T0 - timedelta(minutes=2)) == first
+    held = store.claim_idempotent_request(an_idempotent_request("t2"), T0 - timedelta(minutes=2))
+    assert held.token == "t1" and held.response is None
+    assert not store.finish_idempotent_request(first.id, "t2", {"status": 200})
+    response = {"status": 202, "body": '{"a": 1}', "headers": {"Location": "/x"}}
+    assert store.finish_idempotent_request(first.id, "t1", response)
+    assert not store.finish_idempotent_request(first.id, "t1", {"status": 500})
+    later = store.claim_idempotent_request(an_idempotent_request("t3", T0 + timedelta(hours=1)), T0)
+    assert (later.token, later.response, later.created_at) == ("t1", response, T0)
+    assert not store.release_idempotent_request(first.id, "t1")  # answered: kept
+
+
+def test_an_idempotency_key_is_free_again_once_expired_released_or_abandoned(
+    store: Store,
+) -> None:
+    first = an_idempotent_request("t1")
+    store.claim_idempotent_request(first, T0)
+    # Released by its own try only.
+    assert not store.release_idempotent_request(first.id, "t2")
+    assert store.release_idempotent_request(first.id, "t1")
+    assert store.claim_idempotent_request(an_idempotent_request("t2"), T0).token == "t2"
+    # Abandoned: held without an answer since before the limit.
+    soon = T0 + timedelta(minutes=1)
+    assert store.claim_idempotent_request(an_idempotent_request("t3", soon), T0).token == "t2"
+    late = T0 + timedelta(minutes=3)
+    taken = store.claim_idempotent_request(
+        an_idempotent_request("t4", late), T0 + timedelta(1 / 1440)
+    )
+    assert taken.token == "t4"
+    assert not store.finish_idempotent_request(first.id, "t2", {"status": 202})
+    # Answered, then expired.
+    assert store.finish_idempotent_request(first.id, "t4", {"status": 202})
+    expiry = late + timedelta(hours=24)
+    kept = store.claim_idempotent_request(
+        an_idempotent_request("t5", expiry - timedelta(seconds=1)), T0
+    )
+    assert kept.token == "t4"
+    assert store.claim_idempotent_request(an_idempotent_request("t6", expiry), T0).token == "t6"
+
+
+def test_expired_idempotency_keys_are_purged(store: Store) -> None:
+    for i in range(3):
+        store.claim_idempotent_request(an_idempotent_request("t", id=f"{i}" * 64), T0)
+    fresh = an_idempotent_request("t", T0 + timedelta(hours=2), id="f" * 64)
+    store.claim_idempotent_request(fresh, T0)
+    end = T0 + timedelta(hours=24)
+    assert store.purge_idempotent_requests(end - timedelta(seconds=1)) == 0
+    assert store.purge_idempotent_requests(end, limit=2) == 2
+    assert store.purge_idempotent_requests(end, limit=2) == 1
+    assert store.purge_idempotent_requests(end + timedelta(hours=5)) == 1
+
+
+def test_one_of_concurrent_idempotency_claims_wins(store: Store) -> None:
+    barrier = threading.Barrier(THREADS)
+    tokens: list[str] = []
+    lock = threading.Lock()
+
+    def claim(i: int) -> None:
+        barrier.wait()
+        try:
+            held = store.claim_idempotent_request(an_idempotent_request(f"t{i}"), T0)
+        finally:
+            store.close()
+        with lock:
+            tokens.append(held.token)
+
+    threads = [threading.Thread(target=claim, args=(i,)) for i in range(THREADS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert len(tokens) == THREADS
+    assert len(set(tokens)) == 1  # every caller sees the one winner

@@ -19,6 +19,7 @@ from types import SimpleNamespace
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from store_backends import BACKENDS, storage_url
 
 from flask_polysms.backends import create_store
 from flask_polysms.errors import InvalidInput, NotFoundError
@@ -34,27 +35,7 @@ SANDBOX_NUMBER = "+14155552678"
 USERS = ("+14155552674", "+14155552675", "+14155552676", "+14155552677")
 MG_SID = "MG" + "ab" * 16
 
-BACKENDS = [
-    "memory",
-    "sqlite",
-    pytest.param("postgresql", marks=pytest.mark.services),
-    pytest.param("mysql", marks=pytest.mark.services),
-]
 DATABASES = [b for b in BACKENDS if b != "memory"]
-
-
-def _storage_url(request, backend: str, tmp_path) -> str:
-    """A storage URL of ``backend`` whose tables are fresh and empty."""
-    if backend == "memory":
-        return "memory://"
-    if backend == "sqlite":
-        return f"sqlite:///{tmp_path / 'scope.db'}"
-    url = request.getfixturevalue("postgres_url" if backend == "postgresql" else "mysql_url")
-    store = create_store(url)
-    store.drop_schema()
-    store.create_schema()
-    store.disconnect()
-    return url
 
 
 @pytest.fixture(params=BACKENDS)
@@ -76,7 +57,7 @@ def db_sms(request, make_sms, tmp_path):
 def _harness(request, make_sms, tmp_path, backend):
     harness = make_sms(
         numbers=(LIVE_NUMBER,),
-        POLYSMS_STORAGE_URL=_storage_url(request, backend, tmp_path),
+        POLYSMS_STORAGE_URL=storage_url(request, backend, tmp_path),
         POLYSMS_RATE_LIMIT="100000 per second",
         POLYSMS_READ_RATE_LIMIT="100000 per second",
     )
@@ -351,7 +332,7 @@ def test_the_dashboard_pages_with_the_same_sealed_cursors(make_sms, monkeypatch)
 # -- the store's cursors --------------------------------------------------------------------------
 @pytest.fixture(params=BACKENDS)
 def store(request, tmp_path):
-    store = create_store(_storage_url(request, request.param, tmp_path))
+    store = create_store(storage_url(request, request.param, tmp_path))
     store.create_schema()
     yield store
     store.disconnect()

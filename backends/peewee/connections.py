@@ -45,6 +45,11 @@ def _open_database(url: str, sqlite_busy_timeout_ms: int, pool: bool = True) -> 
         # Row counts must say "matched", not "changed": a compare-and-set that writes the values
         # already stored still won, and PostgreSQL and SQLite count it so.
         params["client_flag"] = CLIENT.FOUND_ROWS
+        # Each statement reads what is committed when it starts, as on PostgreSQL: under InnoDB's
+        # REPEATABLE READ a compare-and-set retried inside a transaction re-read the snapshot of
+        # its first read, never the newer version, and gave up (an inbound message racing the
+        # agent's save of the same session).
+        params["init_command"] = "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED"
     elif scheme in ("postgresql", "postgres", "postgresql+pool", "postgres+pool"):
         pooled = scheme.endswith("+pool")
         database_class = _PooledPipelinedPostgres if pooled else _PipelinedPostgres

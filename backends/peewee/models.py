@@ -77,6 +77,8 @@ def _build_models(database: pw.Database, prefix: str) -> SimpleNamespace:
         number_type = opt_key(32)
         registration = key(32)
         campaign_id = pw.TextField(null=True)
+        # The Messaging Service the number belongs to (migration 0005).
+        messaging_service_sid = opt_key()
 
         class Meta:
             table_name = prefix + "sender"
@@ -112,6 +114,13 @@ def _build_models(database: pw.Database, prefix: str) -> SimpleNamespace:
         entities = json_field()
         metadata = json_field()
         language = opt_key(32)
+        # 1 while this is its triple's open session (the one inbound messages join), NULL once
+        # closed or superseded: the unique index session_one_open allows one per triple.
+        open_mark = pw.SmallIntegerField(null=True)
+        # Who runs the session's agent turn, and until when the claim holds (a crashed worker's
+        # claim runs out and is taken over).
+        turn_owner = opt_key(64)
+        turn_until = UTCDateTimeField(null=True)
 
         class Meta:
             table_name = prefix + "session"
@@ -202,7 +211,7 @@ def _build_models(database: pw.Database, prefix: str) -> SimpleNamespace:
         action = key(16)
         keyword = pw.TextField(null=True)
         at = UTCDateTimeField()
-        source = opt_key(16)  # migration 0008
+        source = opt_key(16)  # migration 0005
         api_key_id = opt_key()  # migration 0008
 
         class Meta:
@@ -242,6 +251,20 @@ def _build_models(database: pw.Database, prefix: str) -> SimpleNamespace:
         class Meta:
             table_name = prefix + "dashboard_sign_in"
 
+    class IdempotentRequestRow(Base):
+        # A digest of (project, route, key): one row per key, the primary key decides races.
+        id = key(64, primary_key=True)
+        project_id = key()
+        route = key()
+        fingerprint = key(64)
+        token = key(32)
+        created_at = UTCDateTimeField()
+        expires_at = UTCDateTimeField()
+        response = json_field(null=True)
+
+        class Meta:
+            table_name = prefix + "idempotent_request"
+
     def index(model: type[pw.Model], name: str, *fields: pw.Field, unique: bool = False) -> None:
         model.add_index(*fields, unique=unique, name=prefix + name)
 
@@ -261,6 +284,16 @@ def _build_models(database: pw.Database, prefix: str) -> SimpleNamespace:
         Session.user_number,
         Session.agent_number,
         Session.seq,
+    )
+    # Two first messages at once open one session: the second insert clashes here.
+    index(
+        Session,
+        "session_one_open",
+        Session.project_id,
+        Session.user_number,
+        Session.agent_number,
+        Session.open_mark,
+        unique=True,
     )
     index(Session, "session_due", Session.state, Session.deadline_at)
     index(Session, "session_waking", Session.state, Session.wake_at)
@@ -297,6 +330,7 @@ def _build_models(database: pw.Database, prefix: str) -> SimpleNamespace:
         unique=True,
     )
     index(NumberBlock, "number_block_pair", NumberBlock.project_id, NumberBlock.number, unique=True)
+    index(IdempotentRequestRow, "idempotent_expiry", IdempotentRequestRow.expires_at)
 
     return SimpleNamespace(
         Account=Account,
@@ -314,6 +348,7 @@ def _build_models(database: pw.Database, prefix: str) -> SimpleNamespace:
         Metric=Metric,
         NumberBlock=NumberBlock,
         DashboardSignIn=DashboardSignInRow,
+        IdempotentRequest=IdempotentRequestRow,
         all=[
             Account,
             ApiKey,
@@ -330,5 +365,6 @@ def _build_models(database: pw.Database, prefix: str) -> SimpleNamespace:
             Metric,
             NumberBlock,
             DashboardSignInRow,
+            IdempotentRequestRow,
         ],
     )

@@ -106,12 +106,14 @@ class OptOutRecords(StatementRunner):
             pass  # another caller created it a moment ago: the row is all that is needed
 
     def is_opted_out(self, recipient: str, sender: str) -> bool:
-        """Whether the recipient opted out from this sender."""
-        O_ = self._m.OptOut
+        """Whether the recipient opted out from this sender, or from the Messaging Service the
+        sender belongs to (one query: the service is read from the sender's row in it)."""
+        O_, S = self._m.OptOut, self._m.Sender
 
         def build(param: Callable[[int], pw.Value]) -> Any:
-            pair = (O_.recipient == param(0)) & (O_.sender == param(1))
-            return O_.select(O_.opted_out).where(pair).limit(1)
+            service = S.select(S.messaging_service_sid).where(S.address == param(1)).limit(1)
+            pair = (O_.recipient == param(0)) & ((O_.sender == param(1)) | (O_.sender == service))
+            return O_.select(O_.opted_out).where(pair & (O_.opted_out == True)).limit(1)  # noqa: E712
 
         row = self._row("is_opted_out", build, [recipient, sender], O_)
         return bool(row and row["opted_out"])

@@ -284,9 +284,14 @@ def send_statements(models: SimpleNamespace) -> dict[str, str]:
         f"{c['attempts']} = {c['attempts']} + 1, {q(M.updated_at.column_name)} = %s "
         f"WHERE {c['id']} = %s AND {c['status']} = %s RETURNING *) "
         f"SELECT {cols(M, 'm')}, "
+        # Opted out from the sender or from the Messaging Service the sender belongs to (the
+        # joined sender row's), in the same statement.
         f"(SELECT o.{q(O_.opted_out.column_name)} FROM {t[O_]} AS o "
         f"WHERE o.{q(O_.recipient.column_name)} = m.{q(M.to.column_name)} "
-        f"AND o.{q(O_.sender.column_name)} = {sender} LIMIT 1), "
+        f"AND o.{q(O_.opted_out.column_name)} "
+        f"AND (o.{q(O_.sender.column_name)} = {sender} "
+        f"OR o.{q(O_.sender.column_name)} = s.{q(S.messaging_service_sid.column_name)}) "
+        f"LIMIT 1), "
         f"{cols(P, 'p')}, {cols(S, 's')} FROM m "
         f"LEFT JOIN {t[P]} AS p ON p.{q(P.id.column_name)} = m.{q(M.project_id.column_name)} "
         f"LEFT JOIN {t[S]} AS s ON s.{q(S.address.column_name)} = {sender}"

@@ -11,7 +11,7 @@ import peewee as pw
 from flask_polysms.ports.store import Conflict, NotFound, StaleVersion, check_cursor
 from flask_polysms.records import CLOSED, Sender, Session
 
-from .statements import StatementRunner, _record, _values
+from .statements import StatementRunner, _is_open_clash, _record, _values
 
 
 class SessionRecords(StatementRunner):
@@ -19,13 +19,62 @@ class SessionRecords(StatementRunner):
 
     # -- sessions ---------------------------------------------------------------------------------
     def create_session(self, session: Session) -> Session:
-        """Record a new session. Raises Conflict when its id is taken."""
-        try:
+        """Record a new session; one not closed takes its triple's open mark from the session
+        that had it (which stays open, superseded). Raises Conflict when its id is taken.
+
+        Two at once for one triple clash on the open key: the transaction is run again whole
+        (see ``_atomically``), and the second then supersedes the first."""
+        S = self._m.Session
+        values = _values(session)
+        if session.state == CLOSED:
+            values["open_mark"] = None
+        else:
+            values["open_mark"] = 1
+
+        def work() -> None:
+            if session.state != CLOSED:
+                self._supersede(session)
             # A fresh random id: no savepoint for a clash that does not happen.
-            self._insert(self._m.Session, _values(session), may_fail=False)
+            self._insert(S, values, may_fail=False)
+
+        try:
+            self._atomically(work)
         except pw.IntegrityError as exc:
+            if _is_open_clash(exc):
+                raise
             raise Conflict(f"session {session.id} exists") from exc
-        return self._roundtrip(self._m.Session, Session, session)
+        return self._roundtrip(S, Session, session)
+
+    def _supersede(self, session: Session) -> None:
+        """Take the open mark from the session of ``session``'s triple that holds it."""
+        S = self._m.Session
+        triple = [session.project_id, session.user_number, session.agent_number]
+        if self._is_mysql:
+            # By primary key: an update by the triple that finds no row takes a gap lock, and two
+            # transactions inserting into the same gap deadlock each other.
+            row = self._first(
+                S.select(S.seq).where(
+                    (S.project_id == triple[0])
+                    & (S.user_number == triple[1])
+                    & (S.agent_number == triple[2])
+                    & (S.open_mark == 1)
+                )
+            )
+            if row is not None:
+                S.update({S.open_mark: None}).where(
+                    (S.seq == row["seq"]) & (S.open_mark == 1)
+                ).execute()
+            return
+        self._defer(
+            "supersede_open_session",
+            lambda param: S.update({S.open_mark: None}).where(
+                (S.project_id == param(0))
+                & (S.user_number == param(1))
+                & (S.agent_number == param(2))
+                & (S.open_mark == 1)
+            ),
+            triple,
+        )
 
     def get_session(self, session_id: str) -> Session | None:
         """The session with this id, None when unknown."""
@@ -64,6 +113,7 @@ class SessionRecords(StatementRunner):
         if found is not None:
             return found[0]
         S, B, O_, C = self._m.Session, self._m.NumberBlock, self._m.OptOut, self._m.InboundClaim
+        SV = self._m.Sender
         q, p = self._db.quote, self._db.param
 
         def name(identifier: str) -> str:
@@ -77,8 +127,12 @@ class SessionRecords(StatementRunner):
             f"(SELECT b.{name('blocked_until')} FROM {name(B._meta.table_name)} AS b "
             f"WHERE b.{name('project_id')} = {p} AND b.{name('number')} = {p} LIMIT 1) "
             f"AS {name('ctx_blocked_until')}, "
+            # Opted out from the agent number, or from the Messaging Service it belongs to.
             f"(SELECT o.{name('opted_out')} FROM {name(O_._meta.table_name)} AS o "
-            f"WHERE o.{name('recipient')} = {p} AND o.{name('sender')} = {p} LIMIT 1) "
+            f"WHERE o.{name('recipient')} = {p} AND o.{name('opted_out')} = {p} "
+            f"AND (o.{name('sender')} = {p} OR o.{name('sender')} = "
+            f"(SELECT sv.{name('messaging_service_sid')} FROM {name(SV._meta.table_name)} AS sv "
+            f"WHERE sv.{name('address')} = {p} LIMIT 1)) LIMIT 1) "
             f"AS {name('ctx_opted_out')}"
             + (f", (SELECT count(*) FROM claim) AS {name('ctx_claimed')} " if claim else " ")
             + f"FROM (SELECT 1 AS {name('one')}) AS base "
@@ -118,8 +172,9 @@ class SessionRecords(StatementRunner):
     @staticmethod
     def _context_args(project_id: str, user_number: str, agent_number: str) -> list[Any]:
         """The context query's values, in the order of its markers (see _inbound_context_sql)."""
-        block_and_opt_out = [project_id, user_number, user_number, agent_number]
-        return [*block_and_opt_out, project_id, user_number, agent_number, CLOSED]
+        block = [project_id, user_number]
+        opt_out = [user_number, True, agent_number, agent_number]
+        return [*block, *opt_out, project_id, user_number, agent_number, CLOSED]
 
     def inbound_context(
         self, project_id: str, user_number: str, agent_number: str
@@ -158,6 +213,8 @@ class SessionRecords(StatementRunner):
         unknown."""
         S = self._m.Session
         changes = self._changes(S, Session, fields)
+        if fields.get("state") == CLOSED:
+            changes[S.open_mark] = None  # a closed session leaves its triple free
         # As in the memory store, the stored version after the update is one more than before (or
         # than the version the caller set).
         changes[S.version] = fields["version"] + 1 if "version" in fields else S.version + 1

@@ -28,6 +28,8 @@ T = TypeVar("T")
 # whole transaction back: running it again is correct, and these retries are rare.
 _RETRIES = 5
 _RETRYABLE_MYSQL_CODES = frozenset({1213})
+# Transactions that open a session of one user and number at the same moment: one wins per round.
+_OPEN_CLASH_RETRIES = 50
 _RETRYABLE_PG_CODES = frozenset({"40P01", "40001"})
 
 # Record attribute -> column, where the attribute's name is not a good column name.
@@ -69,6 +71,13 @@ def _is_retryable(exc: pw.OperationalError) -> bool:
         return True
     codes = getattr(original, "args", ())
     return bool(codes) and codes[0] in _RETRYABLE_MYSQL_CODES
+
+
+def _is_open_clash(exc: pw.IntegrityError) -> bool:
+    """Whether ``exc`` is a clash on the sessions' open key (two sessions opened at once for one
+    user and number): PostgreSQL and MySQL name the index, SQLite its columns."""
+    text = str(exc)
+    return "session_one_open" in text or "open_mark" in text
 
 
 @functools.cache
@@ -174,16 +183,23 @@ class StatementRunner:
                 with self._db.atomic():
                     return work()
             return work()
-        for attempt in range(1, _RETRIES + 1):
+        failures = clashes = 0
+        while True:
             try:
                 if one_statement:
                     return work()
                 with self._transaction():
                     return work()
             except pw.OperationalError as exc:
-                if attempt == _RETRIES or not _is_retryable(exc):
+                failures += 1
+                if failures == _RETRIES or not _is_retryable(exc):
                     raise
-        raise AssertionError("unreachable")
+            except pw.IntegrityError as exc:
+                # Another transaction opened a session of the same triple since this one read:
+                # run again, and this one now sees (and supersedes) it. Each round has a winner.
+                clashes += 1
+                if clashes == _OPEN_CLASH_RETRIES or not _is_open_clash(exc):
+                    raise
 
     # -- compiled statements -----------------------------------------------------------------------
     def _compiled(self, name: Any, build: Callable[[Callable[[int], pw.Value]], Any]) -> tuple:

@@ -20,6 +20,7 @@ from flask_polysms.ports.store import SchemaUpgrade, SchemaVersion, Store
 
 from .accounts import AccountRecords
 from .connections import _open_database
+from .idempotency import IdempotencyRecords
 from .messages import MessageRecords
 from .metrics import MetricRecords
 from .models import _build_models
@@ -28,6 +29,7 @@ from .opt_outs import OptOutRecords
 from .sessions import SessionRecords
 from .statements import StatementRunner, T
 from .templates import TemplateRecords
+from .turns import TurnRecords
 
 DEFAULT_TABLE_PREFIX = "polysms_"
 # Index names are the prefix plus up to 22 characters; PostgreSQL cuts identifiers at 63.
@@ -36,11 +38,13 @@ _PREFIX_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,39}$")
 
 class PeeweeStore(
     AccountRecords,
+    TurnRecords,
     SessionRecords,
     MessageRecords,
     TemplateRecords,
     OptOutRecords,
     MetricRecords,
+    IdempotencyRecords,
     StatementRunner,
     Store,
 ):

@@ -3,12 +3,11 @@
 - ``<prefix>opt_out`` gets ``keyword`` and ``source``: those of the pair's latest change, so the
   list of current opt-outs reads one table; and an index ``opt_out_project`` (project, opted
   out, seq) that serves that list per project in order.
-- ``<prefix>opt_out_event`` gets ``api_key_id`` (the id of the API key that made an ``api``
-  change, never the key) and ``source``, unless an earlier script of this release added it.
+- ``<prefix>opt_out_event`` gets ``api_key_id``: the id of the API key that made an ``api``
+  change, never the key.
 
-Every column is nullable. Recorded changes get their source from what 0.1 wrote: ``carrier``
-for those written after Twilio's error 21610 (keyword ``twilio:21610``), ``keyword`` for the
-others (a user's STOP or START was the only other way); pairs get their latest change's.
+Every column is nullable. Each pair gets the keyword and source of its latest change (0005 gave
+recorded changes their source).
 """
 
 from __future__ import annotations
@@ -17,7 +16,6 @@ import peewee as pw
 
 from flask_polysms.backends.peewee_migrations import frozen, table_prefix
 
-CARRIER_KEYWORD = "twilio:21610"
 INDEX = "opt_out_project"
 
 
@@ -44,7 +42,7 @@ def models(db: pw.Database) -> tuple[type[pw.Model], type[pw.Model]]:
         recipient = c.key()
         sender = c.key()
         keyword = pw.TextField(null=True)
-        source = c.opt_key(16)
+        source = c.opt_key(16)  # 0005's
         api_key_id = c.opt_key()
 
         class Meta:
@@ -53,66 +51,40 @@ def models(db: pw.Database) -> tuple[type[pw.Model], type[pw.Model]]:
     return OptOut, OptOutEvent
 
 
-def _has_column(db: pw.Database, table: str, name: str) -> bool:
-    return any(column.name == name for column in db.get_columns(table))
-
-
-def _source_of(keyword: pw.Node) -> pw.Node:
-    return pw.Case(None, [(keyword == CARRIER_KEYWORD, "carrier")], "keyword")
-
-
 def up(migrator, db: pw.Database) -> None:
-    """Add the columns and the index, and fill the sources of what is recorded."""
+    """Add the columns and the index, and give each pair its latest change's keyword and
+    source."""
     opt_out, event = models(db)
     pairs, events = opt_out._meta.table_name, event._meta.table_name
-    changes = [
+    migrator.migrate(
         migrator.add_column(pairs, "keyword", opt_out.keyword),
         migrator.add_column(pairs, "source", opt_out.source),
         migrator.add_column(events, "api_key_id", event.api_key_id),
-    ]
-    if not _has_column(db, events, "source"):
-        changes.append(migrator.add_column(events, "source", event.source))
-    changes.append(
-        migrator.add_index(pairs, ("project_id", "opted_out", "seq"), name=table_prefix() + INDEX)
+        migrator.add_index(pairs, ("project_id", "opted_out", "seq"), name=table_prefix() + INDEX),
     )
-    migrator.migrate(*changes)
-    event.update(source=_source_of(event.keyword)).where(event.source.is_null()).execute()
     latest = event.alias("latest")
-    last_keyword = (
-        latest.select(latest.keyword)
-        .where(
-            (latest.project_id == opt_out.project_id)
-            & (latest.recipient == opt_out.recipient)
-            & (latest.sender == opt_out.sender)
-        )
-        .order_by(latest.seq.desc())
-        .limit(1)
+    same_pair = (
+        (latest.project_id == opt_out.project_id)
+        & (latest.recipient == opt_out.recipient)
+        & (latest.sender == opt_out.sender)
     )
-    opt_out.update(keyword=last_keyword).execute()
-    opt_out.update(source=_source_of(opt_out.keyword)).execute()
+    for column in ("keyword", "source"):
+        value = (
+            latest.select(getattr(latest, column))
+            .where(same_pair)
+            .order_by(latest.seq.desc())
+            .limit(1)
+        )
+        opt_out.update({getattr(opt_out, column): value}).execute()
 
 
 def down(migrator, db: pw.Database) -> None:
-    """Drop the index and the columns this script added, and what they held. An
-    ``opt_out_event.source`` stays when an earlier applied script (0005, Messaging Service pools)
-    added it."""
+    """Drop the index and the columns, and what they held."""
     opt_out, event = models(db)
     pairs, events = opt_out._meta.table_name, event._meta.table_name
-    changes = [
+    migrator.migrate(
         migrator.drop_index(pairs, table_prefix() + INDEX),
         migrator.drop_column(pairs, "keyword"),
         migrator.drop_column(pairs, "source"),
         migrator.drop_column(events, "api_key_id"),
-    ]
-    if not any(name.startswith("0005") for name in _applied(db)):
-        changes.append(migrator.drop_column(events, "source"))
-    migrator.migrate(*changes)
-
-
-def _applied(db: pw.Database) -> list[str]:
-    """The names of the scripts the history records as applied."""
-    history = table_prefix() + "schema_migration"
-    if history not in db.get_tables():
-        return []
-    table = pw.Table(history, ("name",)).bind(db)
-    return [row["name"] for row in table.select(table.name).dicts()]
+    )

@@ -7,6 +7,7 @@ import threading
 import uuid
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from datetime import datetime
 
 import requests
 from twilio.base.exceptions import TwilioException, TwilioRestException
@@ -76,6 +77,14 @@ class Gateway(ABC):
     @abstractmethod
     def send(self, account_sid: str, auth_token: str, message: OutgoingSMS) -> SendResult:
         """Hand the message over; raises GatewayError."""
+
+    def find_sent(
+        self, account_sid: str, auth_token: str, message: OutgoingSMS, since: datetime
+    ) -> list[SendResult]:
+        """The messages the gateway holds that an earlier send of ``message`` (made after
+        ``since``) may have created, oldest first; raises GatewayError. This default knows of
+        none."""
+        return []
 
 
 def _settle_environment(session: requests.Session, origin: str) -> None:
@@ -151,6 +160,43 @@ class TwilioGateway(Gateway):
         except (TwilioException, requests.RequestException) as exc:
             raise classify_twilio_error(exc) from exc
         return SendResult(sid=created.sid, status=created.status or "queued")
+
+    def find_sent(
+        self, account_sid: str, auth_token: str, message: OutgoingSMS, since: datetime
+    ) -> list[SendResult]:
+        """Twilio's messages to the same recipient from the same sender with the same body,
+        created after ``since``: first those sent since then (``DateSent>``), then the newest
+        page, for those still queued (a message has no ``date_sent`` until it leaves).
+
+        Twilio's message resource does not show the StatusCallback it was given, so the body,
+        recipient, sender and time are what can be compared.
+        """
+        messages = self._client(account_sid, auth_token).messages
+        query = {"to": message.to}
+        if message.from_:
+            query["from_"] = message.from_
+        try:
+            found = messages.list(date_sent_after=since, page_size=LIST_PAGE, **query)
+            found += messages.list(limit=LIST_PAGE, page_size=LIST_PAGE, **query)
+        except (TwilioException, requests.RequestException) as exc:
+            raise classify_twilio_error(exc) from exc
+        matches: dict[str, SendResult] = {}
+        for item in sorted(found, key=lambda m: m.date_created or since):
+            if (
+                item.body == message.body
+                and item.direction == "outbound-api"
+                and (item.date_created is None or item.date_created >= since)
+                and (
+                    message.messaging_service_sid is None
+                    or item.messaging_service_sid == message.messaging_service_sid
+                )
+            ):
+                matches.setdefault(item.sid, SendResult(sid=item.sid, status=item.status))
+        return list(matches.values())
+
+
+#: Messages read per page when looking for an earlier send (one recipient, one sender, minutes).
+LIST_PAGE = 50
 
 
 class OutboxGateway(Gateway):

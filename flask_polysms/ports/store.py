@@ -17,14 +17,17 @@ from datetime import date, datetime
 from typing import Any, TypeVar
 
 from ..records import (
+    INBOUND,
     OUTBOUND,
     QUEUED,
+    RECEIVED,
     SENDING,
     SENT,
     SOURCE_KEYWORD,
     Account,
     ApiKey,
     Connector,
+    IdempotentRequest,
     Message,
     OptOut,
     OptOutEvent,
@@ -56,7 +59,7 @@ class SendClaim:
     """What a send job needs once it holds a message (see :meth:`Store.claim_send`)."""
 
     message: Message  # now ``sending``, its attempt counted
-    opted_out: bool  # whether its recipient opted out from its sender
+    opted_out: bool  # whether its recipient opted out from its sender (or the sender's service)
     project: Project | None
     sender: Sender | None  # the sender's record (number or Messaging Service), if provisioned
 
@@ -261,7 +264,24 @@ class Store(ABC):
 
     # -- sessions ---------------------------------------------------------------------------------
     @abstractmethod
-    def create_session(self, session: Session) -> Session: ...
+    def create_session(self, session: Session) -> Session:
+        """Record a new session. One not closed becomes its (project, user number, agent
+        number)'s open session, the one :meth:`find_open_session` returns; an older open session
+        of the triple stays open (superseded, it ends at its deadline). Raises Conflict when the
+        id is taken."""
+
+    def open_session(self, session: Session) -> tuple[Session, bool]:
+        """Record ``session`` unless its triple already has an open session (as
+        :meth:`find_open_session` finds it): ``(the triple's open session, whether it is the
+        one just recorded)``. Two callers at once get one session: the built-in backends decide
+        with a unique key (database backends, across processes) or under their lock (memory).
+        This default, for third-party backends, reads then writes and does not decide a race."""
+        found = self.find_open_session(
+            session.project_id, session.user_number, session.agent_number
+        )
+        if found is not None:
+            return found, False
+        return self.create_session(session), True
 
     @abstractmethod
     def get_session(self, session_id: str) -> Session | None: ...
@@ -277,7 +297,8 @@ class Store(ABC):
     ) -> tuple[Session | None, datetime | None, bool]:
         """What routing an inbound message reads: the open session of the triple (as
         :meth:`find_open_session`), when the user's number is blocked until (as
-        :meth:`blocked_until`) and whether the pair is opted out (as :meth:`is_opted_out`).
+        :meth:`blocked_until`) and whether the pair is opted out (as :meth:`is_opted_out`, so an
+        opt-out of the agent number's Messaging Service counts).
         Backends may answer all three in one query."""
         return (
             self.find_open_session(project_id, user_number, agent_number),
@@ -299,6 +320,30 @@ class Store(ABC):
     def update_session(self, session_id: str, expected_version: int, **fields: Any) -> Session:
         """Compare-and-set: apply ``fields`` and bump the version only if the stored version is
         ``expected_version``; otherwise raise StaleVersion (NotFound if absent)."""
+
+    # -- agent turns: one at a time per session ----------------------------------------------------
+    def claim_turn(self, session_id: str, owner: str, now: datetime, until: datetime) -> bool:
+        """Take the session's turn for ``owner`` until ``until``, atomically: True when nobody
+        held it, ``owner`` held it already (the claim is extended), or the holder's claim ran out
+        before ``now`` (a crashed worker's claim is taken over); False when another owner holds
+        it. Across processes for the database backends. This default, for third-party backends
+        written before turns were claimed, always answers True (turns are then not serialised)."""
+        return True
+
+    def release_turn(self, session_id: str, owner: str) -> bool:
+        """Give the turn back if ``owner`` holds it; False (nothing changed) otherwise."""
+        return True
+
+    def waiting_turn_messages(self, session_id: str, limit: int = 100) -> list[Message]:
+        """The session's inbound messages still ``received`` (their agent turn not started), in
+        the order they were recorded, at most ``limit``. The built-in backends answer with one
+        indexed query; this default filters :meth:`list_messages`."""
+        waiting = [
+            m
+            for m in self.list_messages(session_id)
+            if m.direction == INBOUND and m.status == RECEIVED
+        ]
+        return waiting[:limit]
 
     @abstractmethod
     def list_sessions(
@@ -493,10 +538,15 @@ class Store(ABC):
         """Opt the pair out (or back in) and append the change to its history (with ``source``:
         ``keyword``, ``carrier``, ``api``, ``import``, and for ``api`` the id of the API key that
         made it), atomically. Returns False, and records nothing, when the pair was in that state
-        already."""
+        already. ``sender`` is stored as given: callers opting a user out of a Messaging
+        Service's member pass the service's SID."""
 
     @abstractmethod
-    def is_opted_out(self, recipient: str, sender: str) -> bool: ...
+    def is_opted_out(self, recipient: str, sender: str) -> bool:
+        """Whether the recipient opted out from ``sender`` or, when ``sender`` is a number of a
+        Messaging Service (its record's ``messaging_service_sid``), from that service: an
+        opt-out through a pool is one record under the service's SID and covers every member.
+        Resolved in the backend's own query, not by the caller."""
 
     @abstractmethod
     def opt_out_history(
@@ -598,3 +648,27 @@ class Store(ABC):
         """End a sign-in, atomically: True for the one caller that ended it, False when it is
         unknown or ended already (its first end time and reason stay)."""
         raise NotImplementedError(f"{type(self).__name__} does not keep dashboard sign-ins")
+
+    # -- idempotency keys -------------------------------------------------------------------------
+    # Not abstract: a third-party backend written for 0.1 keeps loading (keyed requests fail).
+    def claim_idempotent_request(
+        self, request: IdempotentRequest, abandoned_before: datetime
+    ) -> IdempotentRequest:
+        """Hold ``request.id`` for ``request``, atomically (of concurrent claims one wins), and
+        return what now holds it: ``request`` itself when the id was free, expired (``expires_at``
+        not after ``request.created_at``) or held without a response since before
+        ``abandoned_before``; otherwise the record holding it, unchanged."""
+        raise NotImplementedError(f"{type(self).__name__} does not keep idempotency keys")
+
+    def finish_idempotent_request(self, request_id: str, token: str, response: dict) -> bool:
+        """Record the response of the try ``token``; False (nothing changed) when that try no
+        longer holds the id. Joins the caller's transaction."""
+        raise NotImplementedError(f"{type(self).__name__} does not keep idempotency keys")
+
+    def release_idempotent_request(self, request_id: str, token: str) -> bool:
+        """Forget the id if the try ``token`` holds it (its request did nothing)."""
+        raise NotImplementedError(f"{type(self).__name__} does not keep idempotency keys")
+
+    def purge_idempotent_requests(self, now: datetime, limit: int = 100) -> int:
+        """Delete up to ``limit`` records expired by ``now``; how many went."""
+        raise NotImplementedError(f"{type(self).__name__} does not keep idempotency keys")

@@ -17,7 +17,6 @@ from ..records import (
     DROPPED,
     HANDLED,
     INBOUND,
-    PROCESSING,
     RECEIVED,
     Message,
     Project,
@@ -31,8 +30,10 @@ from .job_ids import agent_job_id
 from .keywords import match_keyword
 from .lifecycle import new_session, note_activity
 from .metrics import count
+from .pools import change_opt_out
 from .rate_limits import StorageOutage, limit_storage
 from .sending import apply_status, queue_message
+from .turns import run_turns
 from .units import unit_of_work
 
 if TYPE_CHECKING:
@@ -196,14 +197,8 @@ def _handle_inbound(
             media=media,
         )
         if keyword in ("STOP", "START"):
-            store.set_opt_out(
-                sender.project_id,
-                user_number,
-                sender.address,
-                keyword == "STOP",
-                match.word,
-                now,
-            )
+            # Through a Messaging Service's number: the whole service.
+            change_opt_out(state, sender, user_number, keyword == "STOP", match.word, now)
         # Keyword messages never reach the agent, and do not count as activity: a STOP during the
         # warning must not keep the session open.
         reply = reply_text(project, match)  # None: Twilio's opt-out handling answers
@@ -249,8 +244,9 @@ def _handle_inbound(
         )
         return f"dropped:{drop_reason}"
 
+    # Two first messages at once open one session: the second joins the first's.
     session = open_session or new_session(
-        state, sender.project_id, sender.environment, user_number, sender.address
+        state, sender.project_id, sender.environment, user_number, sender.address, join_open=True
     )
     message = _record_inbound(
         state,
@@ -263,28 +259,31 @@ def _handle_inbound(
         media=media,
     )
     note_activity(state, session.id, user_reply=True, session=session)
-    state.scheduler.enqueue("agent", session.id, message.id, job_id=agent_job_id(message.id))
+    window = state.settings.merge_window
+    if window:
+        # The turn starts when the window closes, so a text split by the carrier joins it.
+        state.scheduler.enqueue_at(
+            message.created_at + window,
+            "agent",
+            session.id,
+            message.id,
+            job_id=agent_job_id(message.id),
+        )
+    else:
+        state.scheduler.enqueue("agent", session.id, message.id, job_id=agent_job_id(message.id))
     return "routed"
 
 
 def agent_job(state: PolySMSState, session_id: str, message_id: str) -> bool:
-    """Run the host app's agent on one user message and send its reply from the session's number.
+    """Run the host app's agent on the session's waiting user messages and send its replies from
+    the session's number: one turn at a time per session, in arrival order, also across worker
+    processes (:mod:`.turns`). ``message_id`` is the message that started the job; it may be
+    answered by the job that holds the session's turn instead.
 
-    The message is claimed (``received`` -> ``processing``) so a job run twice answers once, and
+    Each message is claimed (``received`` -> ``processing``) so a job run twice answers once, and
     marked ``handled`` afterwards; one left behind by a lost job is run again by the sweep.
     """
-    store = state.store
-    claimed = store.update_message(
-        message_id, expected_status=RECEIVED, status=PROCESSING, updated_at=utcnow()
-    )
-    if claimed is None:
-        return False
-    try:
-        return _run_agent(state, session_id, claimed)
-    finally:
-        store.update_message(
-            message_id, expected_status=PROCESSING, status=HANDLED, updated_at=utcnow()
-        )
+    return run_turns(state, session_id, lambda message: _run_agent(state, session_id, message))
 
 
 def _run_agent(state: PolySMSState, session_id: str, message: Message) -> bool:

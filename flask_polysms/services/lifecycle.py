@@ -62,25 +62,32 @@ def new_session(
     user_number: str,
     agent_number: str,
     metadata: dict[str, Any] | None = None,
+    *,
+    join_open: bool = False,
 ) -> Session:
-    """Open a session with its idle deadline, and schedule its wake-up."""
+    """Open a session with its idle deadline, and schedule its wake-up; with ``join_open``, the
+    triple's open session instead when it has one (a message racing this one opened it)."""
     now = utcnow()
     deadline = now + state.settings.idle_timeout
-    session = state.store.create_session(
-        Session(
-            id=new_id("conv_"),
-            project_id=project_id,
-            environment=environment,
-            user_number=user_number,
-            agent_number=agent_number,
-            created_at=now,
-            last_activity_at=now,
-            deadline_at=deadline,
-            timer_kind=TIMER_IDLE,
-            wake_at=deadline,
-            metadata=metadata or {},
-        )
+    session = Session(
+        id=new_id("conv_"),
+        project_id=project_id,
+        environment=environment,
+        user_number=user_number,
+        agent_number=agent_number,
+        created_at=now,
+        last_activity_at=now,
+        deadline_at=deadline,
+        timer_kind=TIMER_IDLE,
+        wake_at=deadline,
+        metadata=metadata or {},
     )
+    if join_open:
+        session, created = state.store.open_session(session)
+        if not created:
+            return session
+    else:
+        session = state.store.create_session(session)
     _schedule_wake(state, deadline)
     count(state, project_id, environment, "conversations")
     return session

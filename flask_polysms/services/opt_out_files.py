@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, TextIO
 from ..clock import as_utc, utcnow
 from ..errors import PolySMSError
 from ..phone import validate_e164
-from ..records import SOURCE_IMPORT
+from ..records import SOURCE_IMPORT, Sender
+from .pools import change_opt_out
 from .units import unit_of_work
 
 if TYPE_CHECKING:
@@ -91,9 +92,8 @@ def export_text(state: PolySMSState, project_id: str | None) -> str:
 @dataclass(frozen=True)
 class _Row:
     line: int
-    project_id: str
     user_number: str
-    sender: str
+    sender: Sender
     keyword: str | None
     at: datetime
 
@@ -133,14 +133,7 @@ def _check_row(
         raise ValueError(f"sender {address!r} is not a sender of {where}")
     if len(keyword) > KEYWORD_MAX_LENGTH:
         raise ValueError(f"keyword over {KEYWORD_MAX_LENGTH} characters")
-    return _Row(
-        line,
-        sender.project_id,
-        user_number,
-        sender.address,
-        keyword or None,
-        _parse_time(created_at, now),
-    )
+    return _Row(line, user_number, sender, keyword or None, _parse_time(created_at, now))
 
 
 def _rows(lines: Iterable[str]) -> Iterator[tuple[int, list[str]]]:
@@ -189,14 +182,9 @@ def import_csv(state: PolySMSState, lines: Iterable[str], project_id: str | None
     def apply() -> ImportResult:
         applied = 0
         for row in rows:
-            applied += state.store.set_opt_out(
-                row.project_id,
-                row.user_number,
-                row.sender,
-                True,
-                row.keyword,
-                row.at,
-                SOURCE_IMPORT,
+            # A member number of a Messaging Service: one opt-out, under the service's SID.
+            applied += change_opt_out(
+                state, row.sender, row.user_number, True, row.keyword, row.at, SOURCE_IMPORT
             )
         return ImportResult(applied=applied, unchanged=len(rows) - applied)
 

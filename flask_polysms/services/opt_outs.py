@@ -16,6 +16,7 @@ from ..clock import utcnow
 from ..errors import ConflictError, InvalidInput, NotFoundError
 from ..records import SOURCE_API, OptOut, OptOutEvent, Sender
 from .cursors import CursorScope, open_cursor, seal_cursor
+from .pools import change_opt_out, opt_out_address
 
 if TYPE_CHECKING:
     from .state import PolySMSState
@@ -107,42 +108,33 @@ def _current(state: PolySMSState, project_id: str, user_number: str, sender: str
 def opt_out(
     state: PolySMSState, tenant: Tenant, user_number: str, sender: str
 ) -> tuple[dict[str, Any], bool]:
-    """Opt ``user_number`` out of the project's ``sender`` on the caller's request; returns the
+    """Opt ``user_number`` out of the project's ``sender`` (its whole Messaging Service when it
+    is a member of one, recorded under the service's SID) on the caller's request; returns the
     opt-out and whether this call made it (False: it was opted out already, and that record is
     returned unchanged). Raises InvalidInput (400) when ``sender`` is not the project's."""
-    if project_sender(state, tenant.project_id, sender) is None:
+    record = project_sender(state, tenant.project_id, sender)
+    if record is None:
         raise InvalidInput(
             "sender is not a sender of this project",
             errors={"sender": ["not a number or Messaging Service provisioned for this project"]},
         )
+    address = opt_out_address(record)
     for _ in range(3):  # a concurrent opt-in between the two steps: try again
-        created = state.store.set_opt_out(
-            tenant.project_id,
-            user_number,
-            sender,
-            True,
-            None,
-            utcnow(),
-            SOURCE_API,
-            tenant.api_key_id,
+        created = change_opt_out(
+            state, record, user_number, True, None, utcnow(), SOURCE_API, tenant.api_key_id
         )
-        current = _current(state, tenant.project_id, user_number, sender)
+        current = _current(state, tenant.project_id, user_number, address)
         if current is not None:
             return opt_out_dict(current), created
     raise ConflictError("the pair was opted in and out meanwhile; try again")
 
 
 def opt_in(state: PolySMSState, tenant: Tenant, user_number: str, sender: str) -> None:
-    """Opt ``user_number`` back into the project's ``sender`` on the caller's request (kept in
-    the history). Raises NotFoundError (404) when the pair is not opted out in this project."""
-    if project_sender(state, tenant.project_id, sender) is None or not state.store.set_opt_out(
-        tenant.project_id,
-        user_number,
-        sender,
-        False,
-        None,
-        utcnow(),
-        SOURCE_API,
-        tenant.api_key_id,
+    """Opt ``user_number`` back into the project's ``sender`` (and its Messaging Service, as a
+    START through it would) on the caller's request, kept in the history. Raises NotFoundError
+    (404) when the pair is not opted out in this project."""
+    record = project_sender(state, tenant.project_id, sender)
+    if record is None or not change_opt_out(
+        state, record, user_number, False, None, utcnow(), SOURCE_API, tenant.api_key_id
     ):
         raise NotFoundError("this user number is not opted out of this sender")

@@ -76,8 +76,14 @@ def add_sender(
     *,
     registration: str | None = None,
     campaign_id: str | None = None,
+    messaging_service_sid: str | None = None,
 ) -> Sender:
-    """Provision an E.164 number or Messaging Service SID for one environment of a project."""
+    """Provision an E.164 number or Messaging Service SID for one environment of a project.
+
+    ``messaging_service_sid``: the Messaging Service (provisioned for the project) the number
+    belongs to. A number the project already has in that environment then only joins the
+    service, so that numbers provisioned before their service can be put in it.
+    """
     from ..ports.store import Conflict
 
     _project(state, project_id)
@@ -108,9 +114,26 @@ def add_sender(
             raise ProvisioningError(exc.detail) from exc
         sender.registration = registration or "unknown"
         sender.campaign_id = campaign_id
+    if messaging_service_sid is not None:
+        from .pools import membership_problem
+
+        problem = membership_problem(state, sender, messaging_service_sid)
+        if problem is not None:
+            raise ProvisioningError(f"--messaging-service: {problem}")
+        sender.messaging_service_sid = messaging_service_sid
     try:
         return state.store.add_sender(sender)
     except Conflict as exc:
+        existing = state.store.get_sender(address)
+        joins = (
+            messaging_service_sid is not None
+            and registration is None
+            and campaign_id is None
+            and existing is not None
+            and (existing.project_id, existing.environment) == (project_id, env)
+        )
+        if joins:
+            return state.store.update_sender(address, messaging_service_sid=messaging_service_sid)
         raise ProvisioningError(f"{address} is provisioned already") from exc
 
 

@@ -28,6 +28,7 @@ from phonenumbers import COUNTRY_CODE_TO_REGION_CODE
 from ..errors import InvalidInput, NotFoundError
 from ..phone import region_of
 from ..records import ENVIRONMENTS, Project, Sender, canonical_environment
+from .pools import check_membership
 from .sender_facts import (
     REGISTERED,
     REGISTRATION_STATES,
@@ -77,6 +78,7 @@ def sender_dict(sender: Sender) -> dict[str, Any]:
         "number_type": report["number_type"],
         "registration": sender.registration,
         "campaign_id": sender.campaign_id,
+        "messaging_service_sid": sender.messaging_service_sid,
     }
 
 
@@ -127,15 +129,51 @@ def set_registration(
     sender = find_sender(state, address, project_id)
     if registration is None and campaign_id is UNSET:
         raise InvalidInput("nothing to change: give registration and/or campaign_id")
+    changes = _registration_changes(sender, registration, campaign_id)
+    return state.store.update_sender(sender.address, **changes)
+
+
+def change_sender(
+    state: PolySMSState,
+    address: str,
+    *,
+    registration: str | None = None,
+    campaign_id: str | None = UNSET,
+    messaging_service_sid: str | None = UNSET,
+    project_id: str | None = None,
+) -> Sender:
+    """Record any of a sender's registration state, campaign id (as :func:`set_registration`)
+    and Messaging Service (None: the number leaves its service); returns the updated sender.
+
+    The service must be a Messaging Service SID provisioned for the sender's project, and only
+    a number joins one (:func:`~flask_polysms.services.pools.check_membership`). Everything is
+    checked before anything is written: InvalidInput changes nothing. NotFoundError for an
+    unknown sender (or another project's, with ``project_id``).
+    """
+    sender = find_sender(state, address, project_id)
+    if registration is None and campaign_id is UNSET and messaging_service_sid is UNSET:
+        raise InvalidInput(
+            "nothing to change: give registration, campaign_id and/or messaging_service_sid"
+        )
+    changes: dict[str, Any] = {}
+    if registration is not None or campaign_id is not UNSET:
+        changes.update(_registration_changes(sender, registration, campaign_id))
+    if messaging_service_sid is not UNSET:
+        check_membership(state, sender, messaging_service_sid)
+        changes["messaging_service_sid"] = messaging_service_sid
+    return state.store.update_sender(sender.address, **changes)
+
+
+def _registration_changes(
+    sender: Sender, registration: str | None, campaign_id: str | None
+) -> dict[str, Any]:
     new_state = registration if registration is not None else sender.registration
     if campaign_id is UNSET:
         new_campaign = sender.campaign_id if new_state == REGISTERED else None
     else:
         new_campaign = campaign_id
     check_registration(sender, new_state, new_campaign)
-    return state.store.update_sender(
-        sender.address, registration=new_state, campaign_id=new_campaign
-    )
+    return {"registration": new_state, "campaign_id": new_campaign}
 
 
 def check_registration(sender: Sender, registration: str, campaign_id: str | None) -> None:

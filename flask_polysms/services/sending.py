@@ -13,25 +13,29 @@ import logging
 import time
 from datetime import timedelta
 from typing import TYPE_CHECKING
+from urllib.parse import urlencode
 
 from ..clock import utcnow
 from ..media import media_from_urls, urls_of
 from ..phone import is_messaging_service_sid
-from ..ports.gateways import GatewayError, OutgoingSMS
+from ..ports.gateways import GatewayError, OutgoingSMS, SendResult
 from ..records import (
     FAILED,
     OUTBOUND,
     QUEUED,
     SENDING,
+    SOURCE_CARRIER,
     STATUS_RANK,
     SUPPRESSED,
     Message,
+    Sender,
     Session,
     new_id,
 )
 from ..segments import count_segments
 from .job_ids import send_job_id
 from .metrics import count
+from .pools import change_opt_out
 from .sender_facts import guard_error
 from .senders import guard_enabled
 
@@ -39,6 +43,9 @@ if TYPE_CHECKING:
     from .state import PolySMSState
 
 log = logging.getLogger("flask_polysms.sending")
+
+# Twilio's "Attempt to send to unsubscribed recipient".
+OPTED_OUT_CODE = 21610
 
 # Keyword confirmations must reach the user even right after STOP (carriers require the reply).
 UNSUPPRESSED_KINDS = frozenset({"compliance"})
@@ -112,12 +119,21 @@ def queue_message(
     return message
 
 
-def status_callback_url(state: PolySMSState) -> str | None:
+def status_callback_url(state: PolySMSState, message_id: str | None = None) -> str | None:
     """Where Twilio posts delivery updates: the configured public URL (``POLYSMS_PUBLIC_URL`` or
-    ``SERVER_NAME``); None without one (debug and testing only), never a request's host."""
+    ``SERVER_NAME``); None without one (debug and testing only), never a request's host.
+
+    With ``message_id``, the URL names our message (``?message_id=``): a callback for a send
+    whose answer was lost still says which message Twilio created.
+    """
     if state.settings.public_url:
-        return f"{state.settings.public_url}{state.settings.url_prefix}/v1/twilio/status"
+        url = f"{state.settings.public_url}{state.settings.url_prefix}/v1/twilio/status"
+        return f"{url}?{urlencode({CALLBACK_MESSAGE_PARAMETER: message_id})}" if message_id else url
     return None
+
+
+#: The status-callback URL's query parameter naming our message.
+CALLBACK_MESSAGE_PARAMETER = "message_id"
 
 
 # Outcomes of a send attempt, as logged.
@@ -241,30 +257,61 @@ def send_job(state: PolySMSState, message_id: str) -> bool:
         # re-sent by every sweep, forever.
         _fail(state, message, None, str(exc), started, "auth_token_undecryptable")
         return True
+    outgoing = OutgoingSMS(
+        to=message.to,
+        body=message.body,
+        from_=message.from_,
+        messaging_service_sid=message.messaging_service_sid,
+        status_callback=status_callback_url(state, message.id),
+        media_urls=tuple(urls_of(message.media)),
+    )
     try:
-        result = state.gateway.send(
-            project.twilio_account_sid,
-            auth_token,
-            OutgoingSMS(
-                to=message.to,
-                body=message.body,
-                from_=message.from_,
-                messaging_service_sid=message.messaging_service_sid,
-                status_callback=status_callback_url(state),
-                media_urls=tuple(urls_of(message.media)),
-            ),
-        )
+        # An earlier attempt may have reached Twilio (its answer lost, its worker killed): look
+        # before sending again.
+        found = _earlier_send(state, project, auth_token, message, outgoing)
+        result = found or state.gateway.send(project.twilio_account_sid, auth_token, outgoing)
     except GatewayError as exc:
-        _handle_gateway_error(state, message, exc, started)
+        if exc.code == OPTED_OUT_CODE:
+            _carrier_opt_out(state, message, claim.sender, exc, started)
+        else:
+            _handle_gateway_error(state, message, exc, started)
         return True
     # Counted in the `sent` metric by the same Store call.
     sent, raced = store.record_sent(message_id, result.sid, utcnow())
-    log_attempt(message, SENT_OUTCOME, started, twilio_sid=result.sid)
+    log_attempt(
+        message, SENT_OUTCOME, started, twilio_sid=result.sid, reason="adopted" if found else None
+    )
     if sent is not None:
         # A status callback may have raced ahead of this update: apply what already arrived.
         for event in raced:
             apply_status(state, sent, event.status, event.error_code)
     return True
+
+
+#: How far before a message's creation an earlier send of it is looked for: Twilio's clock and
+#: ours may differ a little.
+CLOCK_SKEW = timedelta(minutes=5)
+
+
+def _earlier_send(
+    state: PolySMSState, project, auth_token: str, message: Message, outgoing: OutgoingSMS
+) -> SendResult | None:
+    """Twilio's copy of ``message`` made by an earlier attempt, if any (only a retry looks).
+
+    Every retry looks, whatever ended the attempt before it: a timeout, a lost connection or a
+    5xx leaves the outcome unknown, and a worker killed mid-send leaves no record of how it
+    ended. A copy whose SID another of our messages holds is that message's, not this one's.
+    """
+    if message.attempts <= 1:
+        return None
+    since = message.created_at - CLOCK_SKEW
+    for candidate in state.gateway.find_sent(
+        project.twilio_account_sid, auth_token, outgoing, since
+    ):
+        owner = state.store.get_message_by_sid(candidate.sid)
+        if owner is None or owner.id == message.id:
+            return candidate
+    return None
 
 
 def _handle_gateway_error(
@@ -300,16 +347,43 @@ def _handle_gateway_error(
         "timeout" if exc.timed_out else "retries_exhausted" if exc.retryable else "twilio_error"
     )
     _fail(state, message, exc.code, str(exc), started, reason)
-    if exc.code == 21610:
-        # Twilio says the recipient unsubscribed (e.g. STOP sent to Twilio directly): agree with it.
+
+
+def _carrier_opt_out(
+    state: PolySMSState,
+    message: Message,
+    sender: Sender | None,
+    exc: GatewayError,
+    started: float,
+) -> None:
+    """Twilio refused the send because the recipient unsubscribed (a STOP sent to Twilio itself,
+    or to another number of the service): the message is suppressed, as if we had known, and the
+    opt-out recorded (source ``carrier``) so that later sends stop before reaching Twilio."""
+    now = utcnow()
+    text = str(exc)
+    updated = state.store.update_message(
+        message.id,
+        expected_status=SENDING,
+        status=SUPPRESSED,
+        drop_reason="opted_out",
+        error_code=OPTED_OUT_CODE,
+        error_message=text,
+        last_error_code=OPTED_OUT_CODE,
+        last_error_message=text,
+        last_error_at=now,
+        updated_at=now,
+    )
+    if updated is not None:
+        count(state, message.project_id, message.environment, "suppressed")
+    address = message.messaging_service_sid or message.from_ or ""
+    if sender is not None and sender.address == address:
+        # A member number's opt-out is its service's, as Twilio keeps it.
+        change_opt_out(state, sender, message.to, True, None, now, SOURCE_CARRIER)
+    else:  # not provisioned (any more): the pair as sent
         state.store.set_opt_out(
-            message.project_id,
-            message.to,
-            message.messaging_service_sid or message.from_,
-            True,
-            "twilio:21610",
-            utcnow(),
+            message.project_id, message.to, address, True, None, now, SOURCE_CARRIER
         )
+    log_attempt(message, SUPPRESSED_OUTCOME, started, error_code=OPTED_OUT_CODE, reason="opted_out")
 
 
 def apply_status(

@@ -9,6 +9,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from werkzeug.exceptions import HTTPException
@@ -91,19 +92,25 @@ class MessagesApi:
         }
         with self._lock:
             fault = self._faults.popleft() if self._faults else None
-        if fault is not None and fault.hang_seconds:
+        if fault is not None and fault.hang_seconds and fault.then == "drop":
             # Released early by stop(), so a test run never waits for a forgotten hang.
             self._stopping.wait(fault.hang_seconds)
-            if fault.then == "drop":
-                return self._error(20503, **fields)
-        elif fault is not None:
+            return self._error(20503, **fields)
+        if fault is not None and not fault.hang_seconds:
             return self._error(fault.code, status=fault.status, message=fault.message, **fields)
         invalid = self._validate(
             fields, has_media=bool(fields["media_urls"] or form.get("ContentSid"))
         )
         if invalid is not None:
             return invalid
-        return self._json(self._store(account_sid, fields), 201, after=self._schedule)
+        created = self._store(account_sid, fields)
+        if fault is not None:
+            # Accepted, and only the answer is late: the message is there (listed, sent, its
+            # callbacks posted) while the client waits, as when Twilio's answer is lost.
+            self._schedule(created)
+            self._stopping.wait(fault.hang_seconds)
+            return self._json(created, 201)
+        return self._json(created, 201, after=self._schedule)
 
     def _validate(self, fields: dict[str, Any], *, has_media: bool) -> Response | None:
         if not fields["to"]:
@@ -197,6 +204,10 @@ class MessagesApi:
             page = max(0, int(args.get("Page", 0)))
         except ValueError:
             return self._error(20404, path=request.path)
+        try:
+            sent_in = _date_sent_range(args)
+        except ValueError:
+            return self._error(20001, status=400, message="Invalid DateSent filter")
         with self._lock:
             found = [
                 self._resource(m)
@@ -204,11 +215,12 @@ class MessagesApi:
                 if m["account_sid"] == account_sid
                 and args.get("To", m["to"]) == m["to"]
                 and args.get("From", m["from"]) == m["from"]
+                and sent_in(m["date_sent"])
             ]
         start = page * page_size
         chunk = found[start : start + page_size]
         base = f"/{API_VERSION}/Accounts/{account_sid}/Messages.json"
-        filters = {k: args[k] for k in ("To", "From") if k in args}
+        filters = {k: args[k] for k in FILTERS if k in args}
 
         def page_uri(number: int) -> str:
             query = urllib.parse.urlencode({**filters, "PageSize": page_size, "Page": number})
@@ -286,3 +298,45 @@ class MessagesApi:
         text = message if message is not None else template.format(**values)
         status = status or default_status
         return self._json(error_body(code, status, text), status)
+
+
+#: The list's filters, kept in its paging links.
+FILTERS = ("To", "From", "DateSent", "DateSent<", "DateSent>")
+
+
+def _date_sent_range(args: Any) -> Callable[[datetime | None], bool]:
+    """The ``DateSent`` filters of a list request as a test of a message's ``date_sent``.
+
+    Twilio documents dates (``YYYY-MM-DD``, a whole day in GMT) and the twilio client sends
+    times (``2026-12-07T10:00:00Z``, from ``date_sent_after=``): both are read. ``DateSent>``
+    keeps messages sent at or after it, ``DateSent<`` at or before it, ``DateSent`` those sent
+    that day (or at that time). A message not sent yet (``date_sent`` null: still queued) has no
+    date to compare and is left out by any of them.
+    """
+    bounds = []
+    for name, compare in (
+        ("DateSent>", lambda sent, low, high: sent >= low),
+        ("DateSent<", lambda sent, low, high: sent < high),
+        ("DateSent", lambda sent, low, high: low <= sent < high),
+    ):
+        if name in args:
+            low, high = _date_or_time(args[name])
+            bounds.append((compare, low, high))
+
+    def sent_in(sent: datetime | None) -> bool:
+        if not bounds:
+            return True
+        return sent is not None and all(test(sent, low, high) for test, low, high in bounds)
+
+    return sent_in
+
+
+def _date_or_time(text: str) -> tuple[datetime, datetime]:
+    """A GMT day (``YYYY-MM-DD``) as [midnight, next midnight), or a time as [it, it + 1 s)."""
+    if len(text) == 10:
+        day = datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=timezone.utc)
+        return day, day + timedelta(days=1)
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment, moment + timedelta(seconds=1)

@@ -173,8 +173,9 @@ class TwilioEmulator(MessagesApi, StatusCallbacks):
         Use a ``seconds`` longer than the client's timeout, so the client gives up first. With
         ``then="drop"`` (default) nothing is created, as if the request was lost on the way (a
         client still waiting gets HTTP 503, code 20503). With ``then="create"`` the message is
-        created after the delay, as when Twilio accepted it but the answer never arrived: a
-        retry then sends a second message, as with the real Twilio.
+        created at once (listed, sent, its callbacks posted) and only the answer waits, as when
+        Twilio accepted it but the answer never arrived: a retry that does not look first sends
+        a second message, as with the real Twilio.
         """
         if then not in ("drop", "create"):
             raise ValueError(f"then must be 'drop' or 'create', not {then!r}")

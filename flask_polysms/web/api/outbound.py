@@ -8,9 +8,10 @@ from flask import request
 from ...services.outbound import start_outbound
 from ...services.state import get_state
 from . import conversations
-from .auth import AUTH_PARAMETERS, authenticated
+from .auth import authenticated
 from .blueprint import Blueprint
 from .errors import ErrorSchema
+from .idempotency import idempotent
 from .schemas import E164, MediaUrls
 
 URL_PREFIX = "/v1"
@@ -38,7 +39,8 @@ class OutboundResponseSchema(ma.Schema):
 
 @blp.route("/outbound-sms", methods=["POST"])
 @authenticated
-@blp.doc(parameters=AUTH_PARAMETERS, security=[{"ApiKey": [], "Connector": []}])
+@idempotent(blp)  # Idempotency-Key, with its documentation (and the auth headers')
+@blp.doc(security=[{"ApiKey": [], "Connector": []}])
 @blp.arguments(OutboundRequestSchema())
 @blp.response(202, OutboundResponseSchema)
 @blp.alt_response(400, schema=ErrorSchema, description="invalid body or agent_number")
@@ -53,6 +55,9 @@ def send_outbound(body, tenant):
     The number is the request's `agent_number`, else the number already talking to this user,
     else one spread across the environment's numbers. A recipient opted out of that number is
     accepted too: the message is recorded as `suppressed` and never sent.
+
+    With `Idempotency-Key`, a repeat within 24 h answers the first response (status and body)
+    and sends nothing; a request that failed kept nothing, and may be tried again with its key.
     """
     state = get_state()
     # start_outbound counts the project's POLYSMS_RATE_LIMIT (429), as for every other caller.

@@ -78,7 +78,14 @@ class MessageSchema(ma.Schema):
     segments = ma.fields.Integer()
     encoding = ma.fields.String()
     template = ma.fields.String(allow_none=True)
-    drop_reason = ma.fields.String(allow_none=True)
+    drop_reason = ma.fields.String(
+        allow_none=True,
+        metadata={
+            "description": "why the message was not sent (suppressed) or not handed to the agent "
+            "(dropped): opted_out, blocked, duplicate_text, sender_rate_limited, "
+            "project_rate_limited; null for every other message"
+        },
+    )
     created_at = ma.fields.DateTime()
     attempts = ma.fields.Integer(metadata={"description": "sends tried"})
     last_error = ma.fields.Nested(

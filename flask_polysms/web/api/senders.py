@@ -1,4 +1,5 @@
-"""``/v1/senders``: the caller's senders, their compliance reports and their registration state.
+"""``/v1/senders``: the caller's senders, their compliance reports, their registration state and
+the Messaging Service a number belongs to.
 
 Scoped to the authenticated project, across its environments (a sender's facts do not depend on the
 connector's environment); another project's sender answers 404. ``<sender>`` is an E.164 number
@@ -15,11 +16,11 @@ from ...services.sender_facts import NUMBER_TYPES, REGISTRATION_STATES
 from ...services.senders import (
     CAMPAIGN_ID_MAX_LENGTH,
     UNSET,
+    change_sender,
     find_sender,
     list_project_senders,
     sender_compliance,
     sender_dict,
-    set_registration,
 )
 from ...services.state import get_state
 from .auth import AUTH_PARAMETERS, authenticated
@@ -62,6 +63,10 @@ class SenderSchema(ma.Schema):
     number_type = ma.fields.String(allow_none=True, metadata={"enum": list(NUMBER_TYPES)})
     registration = ma.fields.String(metadata={"enum": list(REGISTRATION_STATES)})
     campaign_id = ma.fields.String(allow_none=True)
+    messaging_service_sid = ma.fields.String(
+        allow_none=True,
+        metadata={"description": "the Messaging Service this number belongs to; null for none"},
+    )
 
 
 class SenderListSchema(ma.Schema):
@@ -79,6 +84,19 @@ class SenderUpdateSchema(ma.Schema):
         metadata={
             "description": "A2P 10DLC campaign id; only with `registered` (required then for a US "
             "long code); null clears it"
+        },
+    )
+    messaging_service_sid = ma.fields.String(
+        allow_none=True,
+        # \Z, not $: Regexp uses re.match, and $ also matches before a trailing newline.
+        validate=ma.validate.Regexp(
+            r"\AMG[0-9a-fA-F]{32}\Z", error="a Messaging Service SID: MG + 32 hex characters"
+        ),
+        metadata={
+            "description": "the Messaging Service (a sender provisioned for the project) this "
+            "number belongs to: a STOP through any of its numbers opts the user out of all of "
+            "them; null: none",
+            "pattern": "^MG[0-9a-fA-F]{32}$",
         },
     )
 
@@ -157,16 +175,19 @@ def list_senders(query, tenant):
 @blp.doc(parameters=[*AUTH_PARAMETERS, _SENDER_PATH])
 @blp.arguments(SenderUpdateSchema())
 @blp.response(200, SenderSchema)
-@blp.alt_response(400, schema=ErrorSchema, description="bad state or campaign id")
+@blp.alt_response(
+    400, schema=ErrorSchema, description="bad state, campaign id or Messaging Service"
+)
 @blp.alt_response(401, schema=ErrorSchema, description="missing or invalid API key")
 @blp.alt_response(404, schema=ErrorSchema, description="no such sender in this project")
 def update_sender(body, sender, tenant):
-    """Record the sender's registration state and A2P 10DLC campaign id."""
-    updated = set_registration(
+    """Record the sender's registration state, A2P 10DLC campaign id and Messaging Service."""
+    updated = change_sender(
         get_state(),
         sender,
-        body.get("registration"),
-        body.get("campaign_id", UNSET),
+        registration=body.get("registration"),
+        campaign_id=body.get("campaign_id", UNSET),
+        messaging_service_sid=body.get("messaging_service_sid", UNSET),
         project_id=tenant.project_id,
     )
     return sender_dict(updated)

@@ -10,6 +10,7 @@ from ...errors import Forbidden, InvalidInput
 from ...media import received_media
 from ...records import Project
 from ...services.inbound import handle_inbound, handle_status
+from ...services.pools import note_membership
 from ...services.state import get_state
 from .blueprint import Blueprint
 from .errors import ErrorSchema
@@ -146,6 +147,7 @@ def inbound_sms():
     media, problems = received_media(raw)
     if problems:
         raise InvalidInput("invalid webhook parameters", errors=problems)
+    sender = note_membership(state, sender, form.get("MessagingServiceSid"))
     handle_inbound(
         state,
         sender,
