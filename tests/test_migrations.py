@@ -434,8 +434,8 @@ def test_0005_gives_the_recorded_opt_out_changes_their_source(empty_url):
 
 
 def test_0008_gives_opt_outs_their_latest_keyword_and_source_and_goes_back_down(empty_url):
-    """Recorded changes get a source (``carrier`` for 0.1's ``twilio:21610``), and each pair the
-    keyword and source of its latest change; ``down`` drops what ``up`` added."""
+    """Each pair gets the keyword and source of its latest change (as 0007's code recorded it);
+    ``down`` drops what ``up`` added."""
     store = _store(empty_url)
     migrations = SchemaMigrations(store.database, "polysms_")
     script = "0008_project_consent_settings"
@@ -447,16 +447,16 @@ def test_0008_gives_opt_outs_their_latest_keyword_and_source_and_goes_back_down(
         return quote[0] + "polysms_" + name + quote[1]
 
     rows = [
-        ("+14155550123", "+14155550100", "opt_out", "STOP", True),
-        ("+14155550124", "+14155550100", "opt_out", "twilio:21610", True),
-        ("+14155550125", "+14155550100", "opt_in", "START", False),
+        ("+14155550123", "+14155550100", "opt_out", "STOP", "keyword", True),
+        ("+14155550124", "+14155550100", "opt_out", None, "carrier", True),
+        ("+14155550125", "+14155550100", "opt_in", "START", "keyword", False),
     ]
-    for recipient, sender, action, keyword, opted_out in rows:
+    for recipient, sender, action, keyword, source, opted_out in rows:
         db.execute_sql(
             f"INSERT INTO {table('opt_out_event')} (project_id, recipient, sender, action, "
-            f"keyword, at) VALUES ('prj_a', {db.param}, {db.param}, {db.param}, {db.param}, "
-            "'2026-03-01 12:00:00')",
-            (recipient, sender, action, keyword),
+            f"keyword, at, source) VALUES ('prj_a', {db.param}, {db.param}, {db.param}, "
+            f"{db.param}, '2026-03-01 12:00:00', {db.param})",
+            (recipient, sender, action, keyword, source),
         )
         db.execute_sql(
             f"INSERT INTO {table('opt_out')} (recipient, sender, project_id, opted_out, "
@@ -470,13 +470,13 @@ def test_0008_gives_opt_outs_their_latest_keyword_and_source_and_goes_back_down(
     history = [store.opt_out_history("prj_a", row[0])[0] for row in rows]
     assert [(e.keyword, e.source, e.api_key_id) for e in history] == [
         ("STOP", "keyword", None),
-        ("twilio:21610", "carrier", None),
+        (None, "carrier", None),
         ("START", "keyword", None),
     ]
     listed, _ = store.list_opt_outs("prj_a")
     assert [(o.recipient, o.keyword, o.source) for o in listed] == [
         ("+14155550123", "STOP", "keyword"),
-        ("+14155550124", "twilio:21610", "carrier"),
+        ("+14155550124", None, "carrier"),
     ]
 
     with migration_prefix("polysms_"):  # what SchemaMigrations sets around its own runs
