@@ -24,6 +24,7 @@ class MemoryOptOuts:
         keyword: str | None,
         at: datetime,
         source: str = SOURCE_KEYWORD,
+        api_key_id: str | None = None,
     ) -> bool:
         with self._lock:
             pair = (recipient, sender)
@@ -42,6 +43,8 @@ class MemoryOptOuts:
                     keyword=keyword,
                     at=at,
                     source=source,
+                    api_key_id=api_key_id,
+                    id=str(len(self._opt_out_history) + 1),
                 )
             )
             return True

@@ -6,6 +6,7 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
+from .cli_opt_outs import opt_outs_cli
 from .demo import (  # noqa: F401 - re-exported: example_app and tests import them from here
     DEMO_MESSAGE,
     DEMO_NUMBER,
@@ -25,6 +26,7 @@ from .services.state import get_state
 from .services.tenancy import revoke_api_key
 
 polysms_cli = AppGroup("polysms", help="flask-polysms: tenants, senders, workers and timers.")
+polysms_cli.add_command(opt_outs_cli)
 
 
 def _state():

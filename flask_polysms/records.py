@@ -56,6 +56,7 @@ OUTBOUND, INBOUND = "outbound", "inbound"
 
 # Where an opt-out (or opt-in) came from.
 SOURCE_KEYWORD, SOURCE_CARRIER, SOURCE_API, SOURCE_IMPORT = "keyword", "carrier", "api", "import"
+OPT_OUT_SOURCES = (SOURCE_KEYWORD, SOURCE_CARRIER, SOURCE_API, SOURCE_IMPORT)
 
 
 def new_id(prefix: str = "") -> str:
@@ -230,6 +231,24 @@ class OptOutEvent:
     # Who made the change: "keyword" (the user texted it), "carrier" (Twilio's 21610), "api",
     # "import"; None for changes recorded before sources were kept.
     source: str | None = None
+    # The API key (its id, never the key) that made an "api" change; None otherwise.
+    api_key_id: str | None = None
+    # The event's place in the store's history: what a page of events ends at (a store cursor).
+    id: str | None = None
+
+
+@dataclass
+class OptOut:
+    """A pair opted out now: since when, by which keyword and from which source."""
+
+    project_id: str
+    recipient: str
+    sender: str
+    keyword: str | None
+    source: str | None
+    created_at: datetime
+    # The pair's place in the store's list: what a page of opt-outs ends at (a store cursor).
+    id: str | None = None
 
 
 @dataclass

@@ -9,8 +9,9 @@ WSGI app. Checks on every response:
 - the status itself is documented on the operation (not only through ``default``).
 
 The cases are steered towards the code behind the validation: about half use ids that exist (a
-template, a conversation, a sender of the tenant), valid E.164 numbers, and webhook forms signed
-with the project's Auth Token for one of its numbers; the rest are as generated. The auth headers
+template, a conversation, a sender of the tenant, an opted-out pair), valid E.164 numbers, and
+webhook forms signed with the project's Auth Token for one of its numbers; the rest are as
+generated. The auth headers
 are the tenant's unless a negative case mangles them. Generation is derandomized (reproducible).
 
 Run against the memory store and PostgreSQL (which refuses NUL characters and over-long keys, the
@@ -33,6 +34,7 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from flask_polysms import PolySMS
+from flask_polysms.clock import utcnow
 from flask_polysms.services.state import get_state
 from flask_polysms.testing import provision, sign_twilio_request
 
@@ -93,6 +95,13 @@ class Target:
     def headers(self) -> dict[str, str]:
         return dict(self.tenant.headers)
 
+    def opt_out(self, user_number: str, sender: str) -> None:
+        """Opt the pair out (a no-op when it is already)."""
+        with self.app.app_context():
+            get_state(self.app).store.set_opt_out(
+                self.tenant.project_id, user_number, sender, True, "STOP", utcnow()
+            )
+
     def new_template(self) -> str:
         """A fresh template for one operation's cases (DELETE must not starve the others)."""
         self.templates += 1
@@ -137,6 +146,16 @@ def _steer(case, draw, target: Target) -> dict[str, str]:
         senders = body.get("env_phone_numbers")
         if isinstance(senders, dict) and draw(st.booleans()):
             senders["live"] = AGENT
+        if "sender" in body and draw(st.booleans()):
+            body["sender"] = AGENT
+    query = case.query
+    if isinstance(query, dict) and case.path.startswith("/v1/opt-outs") and draw(st.booleans()):
+        # An opted-out pair of the tenant: filters that find it, a DELETE that opts it back in.
+        if "user_number" in query or case.method.upper() == "DELETE":
+            query["user_number"] = USER
+        if "sender" in query or case.method.upper() == "DELETE":
+            query["sender"] = AGENT
+        target.opt_out(USER, AGENT)
     return target.headers
 
 

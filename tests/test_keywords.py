@@ -7,12 +7,15 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from flask_polysms.services.keywords import (
+    BUILT_IN_FOLDED,
     DEFAULT_REPLIES,
     HELP_WORDS,
     KEYWORDS,
     START_WORDS,
     STOP_WORDS,
     classify,
+    fold,
+    match_keyword,
     normalise,
 )
 
@@ -180,3 +183,51 @@ def test_normalise_never_raises(text: str) -> None:
     # Keywords are ASCII: a keyword match can only come from ASCII letters.
     if classify(text) is not None:
         assert result.isascii() and result.isalpha()
+
+
+# -- a project's own keywords and Twilio's OptOutType ---------------------------------------------
+CUSTOM = [
+    {"keyword": "ARRÊT", "action": "opt_out", "language": "fr"},
+    {"keyword": "Ayuda", "action": "help", "language": "es"},
+    {"keyword": "HALT", "action": "opt_out", "language": "en"},
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("arrêt", ("STOP", "fr", "arrêt")),
+        (" Arrêt! ", ("STOP", "fr", "Arrêt!")),
+        ("AYUDA?", ("HELP", "es", "AYUDA?")),
+        ("halt", ("STOP", "en", "halt")),
+        ("stop", ("STOP", "en", "stop")),  # built-in words come first, in English
+        ("arrêt!!", None),
+        ("arrêt maintenant", None),
+        ("", None),
+    ],
+)
+def test_project_keywords_are_matched_with_the_same_normalisation(text, expected) -> None:
+    found = match_keyword(text, CUSTOM)
+    assert (found and (found.keyword, found.language, found.word)) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "opt_out_type", "expected"),
+    [
+        ("please stop texting me", "STOP", ("STOP", "en", "STOP")),
+        ("ok go on", "START", ("START", "en", "START")),
+        ("what?", "help", ("HELP", "en", "HELP")),
+        ("START", "STOP", ("STOP", "en", "STOP")),  # Twilio's classification wins
+        ("arrêt", "STOP", ("STOP", "fr", "arrêt")),  # the same action: the keyword's language
+        ("hello", "OTHER", None),  # an unknown value is ignored
+        ("stop", "", ("STOP", "en", "stop")),
+    ],
+)
+def test_twilios_opt_out_type_decides_the_keyword(text, opt_out_type, expected) -> None:
+    found = match_keyword(text, CUSTOM, opt_out_type)
+    assert (found and (found.keyword, found.language, found.word)) == expected
+
+
+def test_built_in_words_are_known_folded() -> None:
+    assert all(word.casefold() in BUILT_IN_FOLDED for word, _ in ALL_WORDS)
+    assert fold("Stop.") in BUILT_IN_FOLDED and fold("ARRÊT") not in BUILT_IN_FOLDED

@@ -23,6 +23,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "flask_polysms",
             "flask_polysms.extension",
             "flask_polysms.cli",
+            "flask_polysms.cli_opt_outs",
             "flask_polysms.demo",
             "flask_polysms.jobs",
             "flask_polysms.pytest_plugin",

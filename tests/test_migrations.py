@@ -29,6 +29,7 @@ from playhouse.migrations import Migration
 
 from flask_polysms import PolySMS, backends, get_state
 from flask_polysms.backends.peewee_migrations import DIRECTORY, HISTORY_TABLE, SchemaMigrations
+from flask_polysms.backends.peewee_migrations import _prefix as migration_prefix
 from flask_polysms.crypto import hash_api_key
 from flask_polysms.ports.store import DashboardSignIn, SchemaTooNew, SchemaUpgrade, migration_number
 
@@ -362,6 +363,11 @@ def test_a_v0_1_0_database_upgrades_in_place_with_every_row(empty_url, prefix, v
         assert as_written(history, records["opt_out_history"]) == records["opt_out_history"]
         assert [e.source for e in history] == ["keyword"]  # 0005: 0.1 recorded STOPs
         assert store.get_sender(sender["address"]).messaging_service_sid is None
+        # 0008: the pair lists as opted out, with its keyword and source.
+        assert [e.api_key_id for e in history] == [None]
+        [listed], _ = store.list_opt_outs(project_id, recipient=recipient)
+        assert (listed.sender, listed.keyword, listed.source) == (sender_address, "STOP", "keyword")
+        assert listed.created_at == history[-1].at
         day = datetime.fromisoformat(session["created_at"]).date()
         assert (
             as_written(store.get_metrics(project_id, "live", day, day), records["metrics"])
@@ -424,6 +430,62 @@ def test_0005_gives_the_recorded_opt_out_changes_their_source(empty_url):
         ("twilio:21610", "carrier"),
         ("START", "keyword"),
     ]
+    store.disconnect()
+
+
+def test_0008_gives_opt_outs_their_latest_keyword_and_source_and_goes_back_down(empty_url):
+    """Each pair gets the keyword and source of its latest change (as 0007's code recorded it);
+    ``down`` drops what ``up`` added."""
+    store = _store(empty_url)
+    migrations = SchemaMigrations(store.database, "polysms_")
+    script = "0008_project_consent_settings"
+    migrations.upgrade(EVERY_MIGRATION[EVERY_MIGRATION.index(script) - 1])
+    db = store.database
+    quote = db.quote
+
+    def table(name: str) -> str:
+        return quote[0] + "polysms_" + name + quote[1]
+
+    rows = [
+        ("+14155550123", "+14155550100", "opt_out", "STOP", "keyword", True),
+        ("+14155550124", "+14155550100", "opt_out", None, "carrier", True),
+        ("+14155550125", "+14155550100", "opt_in", "START", "keyword", False),
+    ]
+    for recipient, sender, action, keyword, source, opted_out in rows:
+        db.execute_sql(
+            f"INSERT INTO {table('opt_out_event')} (project_id, recipient, sender, action, "
+            f"keyword, at, source) VALUES ('prj_a', {db.param}, {db.param}, {db.param}, "
+            f"{db.param}, '2026-03-01 12:00:00', {db.param})",
+            (recipient, sender, action, keyword, source),
+        )
+        db.execute_sql(
+            f"INSERT INTO {table('opt_out')} (recipient, sender, project_id, opted_out, "
+            f"updated_at) VALUES ({db.param}, {db.param}, 'prj_a', {db.param}, "
+            "'2026-03-01 12:00:00')",
+            (recipient, sender, opted_out),
+        )
+
+    store.upgrade_schema()
+
+    history = [store.opt_out_history("prj_a", row[0])[0] for row in rows]
+    assert [(e.keyword, e.source, e.api_key_id) for e in history] == [
+        ("STOP", "keyword", None),
+        (None, "carrier", None),
+        ("START", "keyword", None),
+    ]
+    listed, _ = store.list_opt_outs("prj_a")
+    assert [(o.recipient, o.keyword, o.source) for o in listed] == [
+        ("+14155550123", "STOP", "keyword"),
+        ("+14155550124", None, "carrier"),
+    ]
+
+    with migration_prefix("polysms_"):  # what SchemaMigrations sets around its own runs
+        assert migrations.runner.down() == [script]
+    columns = {c.name for c in db.get_columns("polysms_opt_out")}
+    assert not {"keyword", "source"} & columns
+    events = {c.name for c in db.get_columns("polysms_opt_out_event")}
+    assert not {"api_key_id"} & events
+    assert "polysms_opt_out_project" not in {i.name for i in db.get_indexes("polysms_opt_out")}
     store.disconnect()
 
 

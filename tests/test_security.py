@@ -57,7 +57,13 @@ class Tenants:
     """Project A (the caller), project A2 (same account as A), project B (another account)."""
 
     def __init__(self, make_sms, storage: dict[str, str]) -> None:
-        self.sms = make_sms(numbers=(A_NUMBER,), POLYSMS_DASHBOARD=True, **storage)
+        self.sms = make_sms(
+            numbers=(A_NUMBER,),
+            POLYSMS_DASHBOARD=True,
+            # The matrix sends a few hundred requests a second; the budget has its own tests.
+            POLYSMS_READ_RATE_LIMIT="100000 per second",
+            **storage,
+        )
         self.a = self.sms.tenant
         self.a2 = self.sms.provision(numbers=(A2_NUMBER,), account_id=self.a.account_id)
         self.b = self.sms.provision(numbers=(B_NUMBER,))
@@ -76,6 +82,10 @@ class Tenants:
         assert response.status_code == 201
         self.b_template_id = response.get_json()["id"]
         self.b_sid = self.sms.outbox[-1]["sid"]
+        opt_out = client.post(
+            "/v1/opt-outs", json={"user_number": B_USER, "sender": B_NUMBER}, headers=self.b.headers
+        )
+        assert opt_out.status_code == 201
         # A has data of its own, so "empty" can never pass for "isolated".
         self.a_conversation_id = self.sms.send_ok(A_USER, "A's greeting")["conversation_id"]
 
@@ -105,6 +115,11 @@ class Tenants:
                     f"/v1/senders/{B_NUMBER}/compliance", headers=headers
                 ).get_json(),
                 "metrics": self.sms.metrics(tenant=self.b),
+                "project": client.get("/v1/project", headers=headers).get_json(),
+                "opt_outs": client.get("/v1/opt-outs", headers=headers).get_json(),
+                "opt_out_history": client.get(
+                    "/v1/opt-outs/history", query_string={"user_number": B_USER}, headers=headers
+                ).get_json(),
             },
             sort_keys=True,
         )
@@ -150,6 +165,16 @@ def routes(t: Tenants) -> list[tuple[str, str, str, Any]]:
         ("polysms_templates.duplicate_template", "POST", f"/v1/sms-templates/{tpl}/duplicate",
          None),
         ("polysms_templates.preview_template", "POST", f"/v1/sms-templates/{tpl}/preview", {}),
+        ("polysms_project.get_project", "GET", "/v1/project", None),
+        ("polysms_project.update_project", "PATCH", "/v1/project", {"keyword_replies": "twilio"}),
+        ("polysms_opt_outs.list_opt_outs", "GET", f"/v1/opt-outs?user_number=%2B{B_USER[1:]}",
+         None),
+        ("polysms_opt_outs.create_opt_out", "POST", "/v1/opt-outs",
+         {"user_number": A_USER, "sender": B_NUMBER}),
+        ("polysms_opt_outs.delete_opt_out", "DELETE",
+         f"/v1/opt-outs?user_number=%2B{B_USER[1:]}&sender=%2B{B_NUMBER[1:]}", None),
+        ("polysms_opt_outs.opt_out_history", "GET",
+         f"/v1/opt-outs/history?user_number=%2B{B_USER[1:]}", None),
     ]  # fmt: skip
 
 
@@ -169,6 +194,12 @@ EXPECTED_FOR_B_IDS = {
     "polysms_templates.delete_template": 404,
     "polysms_templates.duplicate_template": 404,
     "polysms_templates.preview_template": 404,
+    "polysms_project.get_project": 200,  # A's own settings
+    "polysms_project.update_project": 200,  # A's own settings
+    "polysms_opt_outs.list_opt_outs": 200,  # empty: B's opt-outs are not A's
+    "polysms_opt_outs.create_opt_out": 400,  # B's number is not A's sender
+    "polysms_opt_outs.delete_opt_out": 404,  # as if B's pair were not opted out
+    "polysms_opt_outs.opt_out_history": 200,  # empty
 }
 
 

@@ -1018,6 +1018,102 @@ def test_opt_out_pairs_are_isolated(store: Store) -> None:
     assert len(store.opt_out_history("prj_b", "+14155550124")) == 1
 
 
+def test_opt_out_changes_keep_their_source_and_api_key(store: Store) -> None:
+    store.set_opt_out("prj_a", USER, AGENT, True, "STOP", T0)
+    store.set_opt_out("prj_a", USER, AGENT, False, None, T0 + timedelta(seconds=1), "api", "key_1")
+    store.set_opt_out(
+        "prj_a", USER, AGENT, True, "twilio:21610", T0 + timedelta(seconds=2), "carrier"
+    )
+    store.set_opt_out("prj_a", USER, OTHER_AGENT, True, "ARRET", T0, source="import")
+    history = store.opt_out_history("prj_a", USER)
+    assert [(e.action, e.keyword, e.source, e.api_key_id) for e in history] == [
+        ("opt_out", "STOP", "keyword", None),
+        ("opt_in", None, "api", "key_1"),
+        ("opt_out", "twilio:21610", "carrier", None),
+        ("opt_out", "ARRET", "import", None),
+    ]
+    # A refused change (already in that state) records nothing, whatever its source.
+    assert store.set_opt_out("prj_a", USER, AGENT, True, None, T0, "api", "key_2") is False
+    assert len(store.opt_out_history("prj_a", USER)) == 4
+
+
+def test_current_opt_outs_list_by_project_and_filters_in_pages(store: Store) -> None:
+    users = [f"+1415555{n:04d}" for n in range(5)]
+    for i, user in enumerate(users):
+        store.set_opt_out("prj_a", user, AGENT, True, f"STOP{i}", T0 + timedelta(seconds=i))
+    store.set_opt_out("prj_a", users[0], OTHER_AGENT, True, None, T0, "api", "key_1")
+    store.set_opt_out("prj_b", users[0], "+14155550177", True, "STOP", T0)
+    store.set_opt_out("prj_a", users[1], AGENT, False, "START", T0 + timedelta(minutes=1))
+
+    everything, cursor = store.list_opt_outs("prj_a", limit=50)
+    assert cursor is None
+    assert [(o.recipient, o.sender, o.keyword, o.source) for o in everything] == [
+        (users[0], AGENT, "STOP0", "keyword"),
+        (users[2], AGENT, "STOP2", "keyword"),
+        (users[3], AGENT, "STOP3", "keyword"),
+        (users[4], AGENT, "STOP4", "keyword"),
+        (users[0], OTHER_AGENT, None, "api"),
+    ]
+    assert everything[1].created_at == T0 + timedelta(seconds=2)
+    assert {o.project_id for o in everything} == {"prj_a"}
+
+    # Pages of two follow each other without gaps or repeats.
+    seen, cursor = [], None
+    while True:
+        page, cursor = store.list_opt_outs("prj_a", cursor=cursor, limit=2)
+        seen.extend(page)
+        assert len(page) <= 2
+        if cursor is None:
+            break
+    assert [(o.recipient, o.sender) for o in seen] == [(o.recipient, o.sender) for o in everything]
+
+    by_user, _ = store.list_opt_outs("prj_a", recipient=users[0])
+    assert [o.sender for o in by_user] == [AGENT, OTHER_AGENT]
+    by_sender, _ = store.list_opt_outs("prj_a", sender=OTHER_AGENT)
+    assert [o.recipient for o in by_sender] == [users[0]]
+    pair, _ = store.list_opt_outs("prj_a", recipient=users[1], sender=AGENT)
+    assert pair == []  # opted back in
+    other, _ = store.list_opt_outs("prj_b")
+    assert [(o.recipient, o.sender) for o in other] == [(users[0], "+14155550177")]
+    every_project, _ = store.list_opt_outs(None)
+    assert len(every_project) == 6
+
+    # A pair opted out again keeps its place and shows its latest opt-out.
+    store.set_opt_out("prj_a", users[1], AGENT, True, "QUIT", T0 + timedelta(minutes=2))
+    again, _ = store.list_opt_outs("prj_a", recipient=users[1])
+    assert [(o.keyword, o.created_at) for o in again] == [("QUIT", T0 + timedelta(minutes=2))]
+    assert [o.recipient for o in store.list_opt_outs("prj_a")[0]][:2] == users[:2]
+
+    with pytest.raises(ValueError):
+        store.list_opt_outs("prj_a", cursor="not a cursor!")
+    with pytest.raises(ValueError):
+        store.list_opt_outs("prj_a", limit=0)
+    assert store.list_opt_outs("prj_a", cursor="999999") == ([], None)
+
+
+def test_opt_out_events_page_a_recipients_history(store: Store) -> None:
+    for i in range(3):
+        store.set_opt_out("prj_a", USER, AGENT, True, "STOP", T0 + timedelta(minutes=2 * i))
+        store.set_opt_out("prj_a", USER, AGENT, False, "START", T0 + timedelta(minutes=2 * i + 1))
+    store.set_opt_out("prj_a", "+14155550124", AGENT, True, "STOP", T0)
+    store.set_opt_out("prj_b", USER, "+14155550177", True, "STOP", T0)
+
+    seen, cursor = [], None
+    while True:
+        page, cursor = store.opt_out_events("prj_a", USER, cursor=cursor, limit=4)
+        seen.extend(page)
+        if cursor is None:
+            break
+    assert [e.action for e in seen] == ["opt_out", "opt_in"] * 3
+    assert [e.at for e in seen] == [T0 + timedelta(minutes=i) for i in range(6)]
+    assert all(e.id for e in seen) and len({e.id for e in seen}) == 6
+    assert [e.id for e in seen] == [e.id for e in store.opt_out_history("prj_a", USER)]
+    assert [e.sender for e in store.opt_out_events("prj_b", USER)[0]] == ["+14155550177"]
+    assert store.opt_out_events("prj_b", "+14155550124") == ([], None)
+    with pytest.raises(ValueError):
+        store.opt_out_events("prj_a", USER, limit=0)
+
+
 # -- metrics and blocks ---------------------------------------------------------------------------
 def test_metrics_increment_per_day_and_range(store: Store) -> None:
     day1, day2, day3 = date(2026, 3, 1), date(2026, 3, 2), date(2026, 3, 5)

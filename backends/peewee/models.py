@@ -196,6 +196,9 @@ def _build_models(database: pw.Database, prefix: str) -> SimpleNamespace:
         project_id = key()
         opted_out = pw.BooleanField()
         updated_at = UTCDateTimeField()
+        # The keyword and source of the pair's latest change (migration 0008).
+        keyword = pw.TextField(null=True)
+        source = opt_key(16)
 
         class Meta:
             table_name = prefix + "opt_out"
@@ -209,6 +212,7 @@ def _build_models(database: pw.Database, prefix: str) -> SimpleNamespace:
         keyword = pw.TextField(null=True)
         at = UTCDateTimeField()
         source = opt_key(16)  # migration 0005
+        api_key_id = opt_key()  # migration 0008
 
         class Meta:
             table_name = prefix + "opt_out_event"
@@ -308,6 +312,7 @@ def _build_models(database: pw.Database, prefix: str) -> SimpleNamespace:
     index(StatusEvent, "status_event_pair", StatusEvent.twilio_sid, StatusEvent.status, unique=True)
     index(Template, "template_title", Template.project_id, Template.title, unique=True)
     index(OptOut, "opt_out_pair", OptOut.recipient, OptOut.sender, unique=True)
+    index(OptOut, "opt_out_project", OptOut.project_id, OptOut.opted_out, OptOut.seq)
     index(
         OptOutEvent,
         "opt_out_event_pair",

@@ -8,9 +8,28 @@ from typing import Any
 
 import peewee as pw
 
-from flask_polysms.records import SOURCE_KEYWORD, OptOutEvent
+from flask_polysms.ports.store import check_cursor
+from flask_polysms.records import SOURCE_KEYWORD, OptOut, OptOutEvent
 
 from .statements import StatementRunner, _record
+
+
+def _event(row: dict[str, Any]) -> OptOutEvent:
+    return _record(OptOutEvent, {**row, "id": str(row["seq"])})
+
+
+def _next_cursor(rows: list[dict[str, Any]], limit: int) -> str | None:
+    # One row more than the page was read: it tells whether there is a next page.
+    return str(rows[limit - 1]["seq"]) if len(rows) > limit else None
+
+
+def _after(cursor: str | None) -> int | None:
+    """The ``seq`` a store cursor names; -1 (nothing after it: an empty page) for an id no row
+    of ours can have."""
+    after = check_cursor(cursor)
+    if after is None:
+        return None
+    return int(after) if after.isdigit() and len(after) < 19 else -1
 
 
 class OptOutRecords(StatementRunner):
@@ -26,10 +45,11 @@ class OptOutRecords(StatementRunner):
         keyword: str | None,
         at: datetime,
         source: str = SOURCE_KEYWORD,
+        api_key_id: str | None = None,
     ) -> bool:
         """Opt the pair out (or back in) and append the change to its history (with its
-        ``source``), atomically. False, and nothing recorded, when the pair was in that state
-        already."""
+        ``source`` and API key id), atomically. False, and nothing recorded, when the pair was in
+        that state already."""
         O_, E = self._m.OptOut, self._m.OptOutEvent
         pair = (O_.recipient == recipient) & (O_.sender == sender)
         if opted_out:
@@ -40,7 +60,13 @@ class OptOutRecords(StatementRunner):
         def work() -> bool:
             # Only the caller whose update flips the state records the change.
             flipped = (
-                O_.update(opted_out=opted_out, project_id=project_id, updated_at=at)
+                O_.update(
+                    opted_out=opted_out,
+                    project_id=project_id,
+                    updated_at=at,
+                    keyword=keyword,
+                    source=source,
+                )
                 .where(pair & (O_.opted_out == (not opted_out)))
                 .execute()
             )
@@ -54,6 +80,7 @@ class OptOutRecords(StatementRunner):
                 keyword=keyword,
                 at=at,
                 source=source,
+                api_key_id=api_key_id,
             ).execute()
             return True
 
@@ -99,7 +126,60 @@ class OptOutRecords(StatementRunner):
         query = E.select().where((E.project_id == project_id) & (E.recipient == recipient))
         if sender is not None:
             query = query.where(E.sender == sender)
-        return [_record(OptOutEvent, row) for row in query.order_by(E.seq).dicts()]
+        return [_event(row) for row in query.order_by(E.seq).dicts()]
+
+    def list_opt_outs(
+        self,
+        project_id: str | None,
+        *,
+        recipient: str | None = None,
+        sender: str | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
+    ) -> tuple[list[OptOut], str | None]:
+        """A page of the pairs opted out now (in one project, or every one), in the order each
+        pair was first opted out, and the cursor of the next page."""
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        after = _after(cursor)
+        O_ = self._m.OptOut
+        query = O_.select().where(O_.opted_out == True)  # noqa: E712 - SQL, not Python
+        if project_id is not None:
+            query = query.where(O_.project_id == project_id)
+        if recipient is not None:
+            query = query.where(O_.recipient == recipient)
+        if sender is not None:
+            query = query.where(O_.sender == sender)
+        if after is not None:
+            query = query.where(O_.seq > after)
+        rows = list(query.order_by(O_.seq).limit(limit + 1).dicts())
+        page = [
+            OptOut(
+                project_id=row["project_id"],
+                recipient=row["recipient"],
+                sender=row["sender"],
+                keyword=row["keyword"],
+                source=row["source"],
+                created_at=row["updated_at"],  # a pair opted out was last changed then
+                id=str(row["seq"]),
+            )
+            for row in rows[:limit]
+        ]
+        return page, _next_cursor(rows, limit)
+
+    def opt_out_events(
+        self, project_id: str, recipient: str, *, cursor: str | None = None, limit: int = 50
+    ) -> tuple[list[OptOutEvent], str | None]:
+        """A page of the recipient's opt-out changes in the project, oldest first."""
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        after = _after(cursor)
+        E = self._m.OptOutEvent
+        query = E.select().where((E.project_id == project_id) & (E.recipient == recipient))
+        if after is not None:
+            query = query.where(E.seq > after)
+        rows = list(query.order_by(E.seq).limit(limit + 1).dicts())
+        return [_event(row) for row in rows[:limit]], _next_cursor(rows, limit)
 
     # -- inbound abuse blocks ---------------------------------------------------------------------
     def block_number(self, project_id: str, number: str, until: datetime, reason: str) -> None:

@@ -25,6 +25,7 @@ from ..records import (
     ApiKey,
     Connector,
     Message,
+    OptOut,
     OptOutEvent,
     Project,
     Sender,
@@ -505,11 +506,13 @@ class Store(TurnClaims, OperationsFigures, DashboardSignIns, IdempotencyKeys, AB
         keyword: str | None,
         at: datetime,
         source: str = SOURCE_KEYWORD,
+        api_key_id: str | None = None,
     ) -> bool:
         """Opt the pair out (or back in) and append the change to its history (with ``source``:
-        ``keyword``, ``carrier``, ``api``, ``import``), atomically. Returns False, and records
-        nothing, when the pair was in that state already. ``sender`` is stored as given: callers
-        opting a user out of a Messaging Service's member pass the service's SID."""
+        ``keyword``, ``carrier``, ``api``, ``import``, and for ``api`` the id of the API key that
+        made it), atomically. Returns False, and records nothing, when the pair was in that state
+        already. ``sender`` is stored as given: callers opting a user out of a Messaging
+        Service's member pass the service's SID."""
 
     @abstractmethod
     def is_opted_out(self, recipient: str, sender: str) -> bool:
@@ -523,6 +526,34 @@ class Store(TurnClaims, OperationsFigures, DashboardSignIns, IdempotencyKeys, AB
         self, project_id: str, recipient: str, sender: str | None = None
     ) -> list[OptOutEvent]:
         """The pair's (or the recipient's) opt-out changes, oldest first."""
+
+    # Not abstract: a third-party backend written for 0.1 keeps loading without the list routes.
+    def list_opt_outs(
+        self,
+        project_id: str | None,
+        *,
+        recipient: str | None = None,
+        sender: str | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
+    ) -> tuple[list[OptOut], str | None]:
+        """A page of the pairs opted out now in the project (every project's for None), in the
+        order each pair was first opted out, optionally of one recipient and/or one sender, and
+        the cursor of the next page: the ``id`` of the page's last opt-out, None on the last page.
+
+        ``cursor`` is such an id: the page starts after that pair. Raises ValueError when it
+        cannot be an id (see :func:`check_cursor`) or for a limit below 1.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot list opt-outs")
+
+    def opt_out_events(
+        self, project_id: str, recipient: str, *, cursor: str | None = None, limit: int = 50
+    ) -> tuple[list[OptOutEvent], str | None]:
+        """A page of the recipient's opt-out changes in the project, every sender's, oldest
+        first (as :meth:`opt_out_history`, each with its ``id``), and the cursor of the next page
+        (the ``id`` of the page's last event; None on the last page). Raises ValueError for a
+        cursor that cannot be an id or a limit below 1."""
+        raise NotImplementedError(f"{type(self).__name__} cannot page opt-out history")
 
     # -- metrics ----------------------------------------------------------------------------------
     @abstractmethod

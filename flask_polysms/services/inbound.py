@@ -25,8 +25,9 @@ from ..records import (
     new_id,
 )
 from ..segments import count_segments
+from .consent import custom_keywords, reply_text
 from .job_ids import agent_job_id
-from .keywords import DEFAULT_REPLIES, classify
+from .keywords import match_keyword
 from .lifecycle import new_session, note_activity
 from .metrics import count
 from .pools import change_opt_out
@@ -90,12 +91,6 @@ def inbound_limits(state: PolySMSState) -> InboundLimits:
     return state.inbound_limits
 
 
-def keyword_reply(project: Project, keyword: str) -> str:
-    """The project's reply to a keyword (configurable per project; the product's by default)."""
-    replies = project.settings.get("keyword_replies") or {}
-    return replies.get(keyword) or DEFAULT_REPLIES[keyword]
-
-
 def _record_inbound(
     state: PolySMSState,
     sender: Sender,
@@ -147,6 +142,7 @@ def handle_inbound(
     message_sid: str,
     project: Project | None = None,
     media: list[dict[str, Any]] | None = None,
+    opt_out_type: str | None = None,
 ) -> str:
     """Process one inbound SMS already authenticated for ``sender``'s project.
 
@@ -154,10 +150,14 @@ def handle_inbound(
     Everything it writes, the claim of the MessageSid included, is one transaction: a failure
     leaves the message unclaimed for Twilio's retry. ``project``: the sender's, if already read.
     ``media``: the message's pictures (MMS), ``{"url", "content_type"}`` each.
+    ``opt_out_type``: Twilio's ``OptOutType`` (``STOP``, ``START``, ``HELP``), honoured as that
+    keyword whatever the text.
     """
     return unit_of_work(
         state,
-        lambda: _handle_inbound(state, sender, user_number, body, message_sid, project, media),
+        lambda: _handle_inbound(
+            state, sender, user_number, body, message_sid, project, media, opt_out_type
+        ),
     )
 
 
@@ -169,6 +169,7 @@ def _handle_inbound(
     message_sid: str,
     project: Project | None,
     media: list[dict[str, Any]] | None = None,
+    opt_out_type: str | None = None,
 ) -> str:
     store = state.store
     now = utcnow()
@@ -181,8 +182,9 @@ def _handle_inbound(
         return "duplicate"
     if project is None or project.id != sender.project_id:
         project = store.get_project(sender.project_id)
-    keyword = classify(body)
-    if keyword is not None:
+    match = match_keyword(body, custom_keywords(project) if project else (), opt_out_type)
+    if match is not None:
+        keyword = match.keyword
         _record_inbound(
             state,
             sender,
@@ -196,19 +198,21 @@ def _handle_inbound(
         )
         if keyword in ("STOP", "START"):
             # Through a Messaging Service's number: the whole service.
-            change_opt_out(state, sender, user_number, keyword == "STOP", body.strip(), now)
+            change_opt_out(state, sender, user_number, keyword == "STOP", match.word, now)
         # Keyword messages never reach the agent, and do not count as activity: a STOP during the
         # warning must not keep the session open.
-        queue_message(
-            state,
-            project_id=sender.project_id,
-            environment=sender.environment,
-            session=open_session,
-            kind="compliance",
-            body=keyword_reply(project, keyword),
-            to=user_number,
-            sender=sender.address,
-        )
+        reply = reply_text(project, match)  # None: Twilio's opt-out handling answers
+        if reply is not None:
+            queue_message(
+                state,
+                project_id=sender.project_id,
+                environment=sender.environment,
+                session=open_session,
+                kind="compliance",
+                body=reply,
+                to=user_number,
+                sender=sender.address,
+            )
         return f"keyword:{keyword}"
 
     drop_reason = None

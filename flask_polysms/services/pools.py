@@ -74,9 +74,11 @@ def change_opt_out(
     keyword: str | None,
     at: datetime,
     source: str = SOURCE_KEYWORD,
+    api_key_id: str | None = None,
 ) -> bool:
     """Opt ``user_number`` out of (or back into) ``sender``, its whole service when it is a
-    member of one; True when something changed.
+    member of one; True when something changed. ``api_key_id``: the API key of an ``api``
+    change.
 
     An opt-out is one record, under :func:`opt_out_address`. An opt-in also clears the number's
     own opt-out, recorded before it joined the service: the user who texted START through it
@@ -85,12 +87,19 @@ def change_opt_out(
     store = state.store
     address = opt_out_address(sender)
     changed = store.set_opt_out(
-        sender.project_id, user_number, address, opted_out, keyword, at, source
+        sender.project_id, user_number, address, opted_out, keyword, at, source, api_key_id
     )
     if not opted_out and address != sender.address:
         changed = (
             store.set_opt_out(
-                sender.project_id, user_number, sender.address, False, keyword, at, source
+                sender.project_id,
+                user_number,
+                sender.address,
+                False,
+                keyword,
+                at,
+                source,
+                api_key_id,
             )
             or changed
         )

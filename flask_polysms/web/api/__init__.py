@@ -30,7 +30,9 @@ def register_api(app: Flask, state: PolySMSState) -> None:
         docs,
         health,
         metrics,
+        opt_outs,
         outbound,
+        project,
         prometheus,
         senders,
         templates,
@@ -67,7 +69,8 @@ def register_api(app: Flask, state: PolySMSState) -> None:
         what="request budget",
         fail_open=True,
     )
-    for module in (outbound, conversations, metrics, senders, templates, webhooks):
+    modules = (outbound, conversations, metrics, senders, templates, project, opt_outs, webhooks)
+    for module in modules:
         api.register_blueprint(module.blp, url_prefix=prefix + module.URL_PREFIX)
     # The browsable reference, from installed packages only (flask-smorest's loads a CDN).
     app.register_blueprint(docs.bp, url_prefix=f"{prefix}/v1")

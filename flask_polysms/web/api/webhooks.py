@@ -46,6 +46,8 @@ class InboundSmsSchema(ma.Schema):
     NumMedia = ma.fields.String()
     MediaUrl0 = ma.fields.String()
     MediaContentType0 = ma.fields.String()
+    # Twilio's Advanced Opt-Out classification (STOP, START, HELP): honoured as that keyword.
+    OptOutType = ma.fields.String()
 
 
 class StatusCallbackSchema(ma.Schema):
@@ -154,6 +156,7 @@ def inbound_sms():
         form["MessageSid"],
         project=project,
         media=media,
+        opt_out_type=form.get("OptOutType"),
     )
     return twiml()
 

@@ -28,7 +28,7 @@ from ...clock import as_utc, utcnow
 from ...errors import InvalidInput, PolySMSError
 from ...phone import validate_e164
 from ...records import ENVIRONMENTS, Sender
-from ...services import conversation_reads
+from ...services import conversation_reads, opt_out_files
 from ...services import templates as template_service
 from ...services.metrics import summarise
 from ...services.outbound import start_outbound
@@ -469,6 +469,20 @@ def opt_outs():
         history=list(reversed(history)),  # newest first
     )
     return page, (400 if problem else 200)
+
+
+@bp.route("/opt-outs/export.csv")
+def opt_outs_export():
+    """The project's current opt-outs as a CSV download (``user_number,sender,keyword,
+    created_at``, as ``flask polysms opt-outs export`` writes them)."""
+    state, tenant = get_state(), _tenant()
+    text = opt_out_files.export_text(state, tenant.project_id)
+    day = utcnow().strftime("%Y%m%d")
+    return Response(
+        text,
+        mimetype="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="opt-outs-{day}.csv"'},
+    )
 
 
 # -- phone simulator ------------------------------------------------------------------------------
