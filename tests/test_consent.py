@@ -5,6 +5,8 @@ their history. CSV import and export are in test_opt_out_files.py."""
 from __future__ import annotations
 
 import pytest
+import store_backends
+from store_backends import BACKENDS
 
 from flask_polysms.backends import create_store
 
@@ -26,28 +28,11 @@ FRENCH = {
     "opt_in": "Vous êtes réinscrit.",
     "help": "Répondez ARRET pour vous désinscrire.",
 }
-BACKENDS = [
-    "memory",
-    "sqlite",
-    pytest.param("postgresql", marks=pytest.mark.services),
-    pytest.param("mysql", marks=pytest.mark.services),
-]
 
 
 @pytest.fixture(params=BACKENDS)
 def storage_url(request, tmp_path) -> str:
-    backend = request.param
-    if backend == "memory":
-        return "memory://"
-    if backend == "sqlite":
-        return f"sqlite:///{tmp_path / 'polysms.db'}"
-    url = request.getfixturevalue(
-        "fresh_postgres_url" if backend == "postgresql" else "fresh_mysql_url"
-    )
-    store = create_store(url)
-    store.create_schema()  # servers wait for `flask polysms init-db`
-    store.disconnect()
-    return url
+    return store_backends.storage_url(request, request.param, tmp_path)
 
 
 class Agent:

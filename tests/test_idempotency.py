@@ -7,9 +7,10 @@ import threading
 from datetime import timedelta
 
 import pytest
+import store_backends
 from freezegun import freeze_time
+from store_backends import BACKENDS
 
-from flask_polysms.backends import create_store
 from flask_polysms.clock import utcnow
 from flask_polysms.services import idempotency
 from flask_polysms.services.tenancy import AUTH_HEADER, CONNECTOR_HEADER
@@ -17,27 +18,7 @@ from flask_polysms.services.tenancy import AUTH_HEADER, CONNECTOR_HEADER
 AGENT = "+14155552671"
 USER = "+14155552674"
 OTHER_USER = "+14155552675"
-BACKENDS = [
-    "memory",
-    "sqlite",
-    pytest.param("postgresql", marks=pytest.mark.services),
-    pytest.param("mysql", marks=pytest.mark.services),
-]
 THREADS = 8
-
-
-def _storage_url(request, backend: str, tmp_path) -> str:
-    if backend == "memory":
-        return "memory://"
-    if backend == "sqlite":
-        return f"sqlite:///{tmp_path / 'polysms.db'}"
-    url = request.getfixturevalue(
-        "fresh_postgres_url" if backend == "postgresql" else "fresh_mysql_url"
-    )
-    store = create_store(url)
-    store.create_schema()  # servers wait for `flask polysms init-db`
-    store.disconnect()
-    return url
 
 
 @pytest.fixture(params=BACKENDS)
@@ -48,7 +29,7 @@ def backend(request) -> str:
 @pytest.fixture
 def make(request, make_sms, tmp_path, backend):
     def build(**config):
-        url = _storage_url(request, backend, tmp_path)
+        url = store_backends.storage_url(request, backend, tmp_path)
         return make_sms(numbers=(AGENT,), POLYSMS_STORAGE_URL=url, **config)
 
     return build

@@ -8,8 +8,8 @@ import io
 import re
 
 import pytest
-
-from flask_polysms.backends import create_store
+import store_backends
+from store_backends import BACKENDS
 
 AGENT = "+14155552671"
 OTHER_AGENT = "+14155552672"
@@ -17,29 +17,12 @@ FOREIGN_AGENT = "+14155552673"
 USER = "+14155552674"
 OTHER_USER = "+14155552675"
 HEADER = "user_number,sender,keyword,created_at"
-BACKENDS = [
-    "memory",
-    "sqlite",
-    pytest.param("postgresql", marks=pytest.mark.services),
-    pytest.param("mysql", marks=pytest.mark.services),
-]
 CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
 @pytest.fixture(params=BACKENDS)
 def storage_url(request, tmp_path) -> str:
-    backend = request.param
-    if backend == "memory":
-        return "memory://"
-    if backend == "sqlite":
-        return f"sqlite:///{tmp_path / 'polysms.db'}"
-    url = request.getfixturevalue(
-        "fresh_postgres_url" if backend == "postgresql" else "fresh_mysql_url"
-    )
-    store = create_store(url)
-    store.create_schema()
-    store.disconnect()
-    return url
+    return store_backends.storage_url(request, request.param, tmp_path)
 
 
 @pytest.fixture

@@ -8,8 +8,9 @@ from __future__ import annotations
 import re
 
 import pytest
+import store_backends
+from store_backends import BACKENDS
 
-from flask_polysms.backends import create_store
 from flask_polysms.clock import utcnow
 from flask_polysms.services import provisioning
 from flask_polysms.services.conversation import Conversation
@@ -19,27 +20,6 @@ POOL_A, POOL_B, OUTSIDE = "+14155552671", "+14155552672", "+14155552673"
 MG = "MG" + "ab" * 16
 OTHER_MG = "MG" + "cd" * 16
 USER, OTHER_USER = "+14155552674", "+14155552675"
-
-BACKENDS = [
-    "memory",
-    "sqlite",
-    pytest.param("postgresql", marks=pytest.mark.services),
-    pytest.param("mysql", marks=pytest.mark.services),
-]
-
-
-def _storage_url(request, backend: str, tmp_path) -> str:
-    """A storage URL of ``backend`` whose tables are fresh and empty."""
-    if backend == "memory":
-        return "memory://"
-    if backend == "sqlite":
-        return f"sqlite:///{tmp_path / 'pools.db'}"
-    url = request.getfixturevalue("postgres_url" if backend == "postgresql" else "mysql_url")
-    store = create_store(url)
-    store.drop_schema()
-    store.create_schema()
-    store.disconnect()
-    return url
 
 
 def _pool(harness, *, members=(POOL_A, POOL_B)):
@@ -56,7 +36,7 @@ def _pool(harness, *, members=(POOL_A, POOL_B)):
 def backend_config(request, tmp_path):
     """Config for a fresh store of the test's backend (see ``backend``)."""
     return {
-        "POLYSMS_STORAGE_URL": _storage_url(request, request.param, tmp_path),
+        "POLYSMS_STORAGE_URL": store_backends.storage_url(request, request.param, tmp_path),
         "POLYSMS_RATE_LIMIT": "100000 per second",
         "POLYSMS_READ_RATE_LIMIT": "100000 per second",
     }

@@ -10,9 +10,10 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
+import store_backends
 from emulator_account import EMULATOR_ACCOUNT_SID, EMULATOR_AUTH_TOKEN
+from store_backends import BACKENDS
 
-from flask_polysms.backends import create_store
 from flask_polysms.services.lifecycle import end_session
 from flask_polysms.services.sending import CALLBACK_MESSAGE_PARAMETER
 
@@ -20,27 +21,11 @@ AGENT = "+14155552671"
 USER = "+14155552674"
 OTHER_USER = "+14155552675"
 PUBLIC_URL = "https://sms.example.com"
-BACKENDS = [
-    "memory",
-    "sqlite",
-    pytest.param("postgresql", marks=pytest.mark.services),
-    pytest.param("mysql", marks=pytest.mark.services),
-]
 
 
 @pytest.fixture(params=BACKENDS)
 def storage_url(request, tmp_path) -> str:
-    if request.param == "memory":
-        return "memory://"
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'polysms.db'}"
-    url = request.getfixturevalue(
-        "fresh_postgres_url" if request.param == "postgresql" else "fresh_mysql_url"
-    )
-    store = create_store(url)
-    store.create_schema()
-    store.disconnect()
-    return url
+    return store_backends.storage_url(request, request.param, tmp_path)
 
 
 @pytest.fixture
