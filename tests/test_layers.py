@@ -46,6 +46,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "flask_polysms.phone",
             "flask_polysms.records",
             "flask_polysms.segments",
+            "flask_polysms.signals",
         ),
     ),
 ]

@@ -13,7 +13,7 @@ import requests
 from emulator_account import EMULATOR_ACCOUNT_SID, EMULATOR_AUTH_TOKEN
 
 from flask_polysms.backends import create_store
-from flask_polysms.services.lifecycle import end_session
+from flask_polysms.services.operators import end_session
 from flask_polysms.services.sending import CALLBACK_MESSAGE_PARAMETER
 
 AGENT = "+14155552671"
