@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections import defaultdict
 from datetime import datetime, timedelta, timezone
 from types import SimpleNamespace
@@ -633,3 +634,68 @@ def test_a_carrier_opt_out_fires_opted_out(make_emulated_sms, storage_url):
     finally:
         recorder.disconnect()
         get_state(sms.app).store.disconnect()
+
+
+# -- concurrency (real threads, on the database servers) -------------------------------------------
+SERVERS = [b for b in BACKENDS if b not in ("memory", "sqlite")]
+THREADS = 8
+
+
+@pytest.fixture(params=SERVERS)
+def server_sms(request, make_sms, tmp_path, agent):
+    harness = make_sms(
+        agent=agent,
+        numbers=(AGENT,),
+        POLYSMS_STORAGE_URL=store_backends.storage_url(request, request.param, tmp_path),
+        POLYSMS_READ_RATE_LIMIT="10000 per second",
+    )
+    yield harness
+    get_state(harness.app).store.disconnect()
+
+
+def _at_once(sms, conversation_id: str, actions: list[str]) -> list:
+    barrier = threading.Barrier(len(actions))
+    responses = []
+    lock = threading.Lock()
+
+    def attempt(action):
+        client = sms.app.test_client()
+        barrier.wait()
+        response = client.post(
+            f"/v1/conversations/{conversation_id}/{action}", headers=sms.tenant.headers
+        )
+        with lock:
+            responses.append((action, response.status_code))
+
+    threads = [threading.Thread(target=attempt, args=(a,)) for a in actions]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert len(responses) == len(actions)
+    return responses
+
+
+def test_concurrent_handoffs_signal_once(server_sms):
+    sms = server_sms
+    conversation_id = start(sms)
+    recorder = Recorder(sms.app)
+    try:
+        responses = _at_once(sms, conversation_id, ["handoff"] * THREADS)
+        assert {code for _, code in responses} == {200}
+        assert len(recorder.kwargs("handoff_requested")) == 1
+    finally:
+        recorder.disconnect()
+
+
+def test_concurrent_ends_close_once(server_sms):
+    sms = server_sms
+    conversation_id = start(sms)
+    recorder = Recorder(sms.app)
+    try:
+        responses = _at_once(sms, conversation_id, ["end"] * THREADS)
+        codes = sorted(code for _, code in responses)
+        assert codes == [200] + [409] * (THREADS - 1)
+        assert len(recorder.kwargs("conversation_closed")) == 1
+    finally:
+        recorder.disconnect()
