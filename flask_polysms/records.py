@@ -16,11 +16,12 @@ ENVIRONMENT_ALIASES = {"dev": "sandbox"}
 
 # Session states and why a session ended.
 ACTIVE, WARNED, CLOSED = "active", "warned", "closed"
-END_INACTIVITY, END_UNENGAGED, END_AGENT, END_OPT_OUT = (
+END_INACTIVITY, END_UNENGAGED, END_AGENT, END_OPT_OUT, END_API = (
     "inactivity",
     "unengaged",
     "agent",
     "opt_out",
+    "api",
 )
 
 # Timer kinds of a session: "idle" waits for 24 h of silence, "grace" for the reply to a warning.
@@ -154,6 +155,12 @@ class Session:
     entities: dict[str, Any] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)  # metadata.sms_sends, warnings
     language: str | None = None
+
+    @property
+    def handoff(self) -> dict[str, Any] | None:
+        """``{"reason", "since"}`` (``since`` an ISO 8601 text) while a person answers the user
+        instead of the agent, else None. Kept in ``metadata`` (the session's bookkeeping)."""
+        return self.metadata.get("handoff")
 
 
 @dataclass

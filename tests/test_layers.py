@@ -47,6 +47,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "flask_polysms.phone",
             "flask_polysms.records",
             "flask_polysms.segments",
+            "flask_polysms.signals",
         ),
     ),
 ]

@@ -11,7 +11,7 @@ import pytest
 
 from flask_polysms.crypto import hash_api_key
 from flask_polysms.services import provisioning
-from flask_polysms.services.lifecycle import end_session
+from flask_polysms.services.operators import end_session
 from flask_polysms.services.state import get_state
 from flask_polysms.services.tenancy import AUTH_HEADER, CONNECTOR_HEADER, revoke_api_key
 

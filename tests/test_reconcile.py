@@ -14,7 +14,7 @@ import store_backends
 from emulator_account import EMULATOR_ACCOUNT_SID, EMULATOR_AUTH_TOKEN
 from store_backends import BACKENDS
 
-from flask_polysms.services.lifecycle import end_session
+from flask_polysms.services.operators import end_session
 from flask_polysms.services.sending import CALLBACK_MESSAGE_PARAMETER
 
 AGENT = "+14155552671"

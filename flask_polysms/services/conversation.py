@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 from ..media import check_media_urls
 from ..phone import validate_e164
 from ..records import END_AGENT, Message, Session
-from .lifecycle import end_session, note_activity, update_with_retry
+from .lifecycle import note_activity, update_with_retry
+from .operators import end_session, hand_off
 
 if TYPE_CHECKING:
     from .state import PolySMSState
@@ -151,6 +152,13 @@ class Conversation:
         """Close the session now (``end_reason`` ``agent``)."""
         self.save()
         end_session(self._state, self.id, END_AGENT)
+
+    def handoff(self, reason: str | None = None) -> None:
+        """Hand the conversation to a person: the agent is not given the user's next messages,
+        and the inactivity warning and close wait, until ``POST .../resume``. A reply returned
+        by this turn is still sent."""
+        self.save()
+        hand_off(self._state, self.id, reason)
 
     def reply(self, text: str) -> dict[str, Any]:
         """Send ``text`` to the user from the session's agent number."""

@@ -12,10 +12,12 @@ A page costs two queries whatever its size: its sessions, then the messages of a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidInput, NotFoundError
 from ..records import OUTBOUND, Message, Session, canonical_environment
+from . import events
 from .conversation import message_dict
 from .cursors import CursorScope, open_cursor, seal_cursor
 
@@ -137,11 +139,36 @@ def conversation_dict(session: Session, messages: list[Message]) -> dict[str, An
         "last_activity_at": session.last_activity_at,
         "closed_at": session.closed_at,
         "end_reason": session.end_reason,
-        "messages": [{**message_dict(m), "drop_reason": m.drop_reason} for m in messages],
+        "handoff": handoff_dict(session),
+        "messages": [api_message_dict(m) for m in messages],
         "metadata": {"sms_sends": sends, "warnings": session.metadata.get("warnings", [])},
     }
+
+
+def handoff_dict(session: Session) -> dict[str, Any] | None:
+    """The conversation's ``handoff``: ``{"reason", "since"}`` while handed off, else None."""
+    handoff = session.handoff
+    if not handoff:
+        return None
+    return {"reason": handoff.get("reason"), "since": datetime.fromisoformat(handoff["since"])}
 
 
 def page_dicts(page: ConversationPage) -> list[dict[str, Any]]:
     """Every conversation of a page as :func:`conversation_dict` shows it."""
     return [conversation_dict(s, page.messages.get(s.id, [])) for s in page.sessions]
+
+
+def _conversation_payload(state: PolySMSState, session_id: str) -> dict[str, Any] | None:
+    session = state.store.get_session(session_id)
+    if session is None:
+        return None
+    return conversation_dict(session, state.store.list_messages(session.id))
+
+
+def api_message_dict(message: Message) -> dict[str, Any]:
+    """A message as the conversation API shows it."""
+    return {**message_dict(message), "drop_reason": message.drop_reason}
+
+
+# Signals carry the API's dicts (events sits below this module: it is told how to build them).
+events.use_payloads(_conversation_payload, lambda state, message: api_message_dict(message))

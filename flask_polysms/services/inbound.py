@@ -25,7 +25,9 @@ from ..records import (
     new_id,
 )
 from ..segments import count_segments
+from ..signals import message_received
 from .consent import custom_keywords, reply_text
+from .events import conversation_arg, emit, message_arg
 from .job_ids import agent_job_id
 from .keywords import match_keyword
 from .lifecycle import new_session, note_activity
@@ -128,6 +130,13 @@ def _record_inbound(
     )
     stored = state.store.add_message(message)
     count(state, sender.project_id, sender.environment, "inbound")
+    emit(
+        state,
+        message_received,
+        sender.project_id,
+        conversation=conversation_arg(session_id),
+        message=message_arg(stored),
+    )
     if status == DROPPED:
         count(state, sender.project_id, sender.environment, "inbound_dropped")
         log.info("inbound %s from a user dropped: %s", message_sid, drop_reason)
@@ -146,7 +155,8 @@ def handle_inbound(
 ) -> str:
     """Process one inbound SMS already authenticated for ``sender``'s project.
 
-    Returns what happened (``duplicate``, ``keyword:STOP``, ``dropped:<reason>``, ``routed``).
+    Returns what happened (``duplicate``, ``keyword:STOP``, ``dropped:<reason>``, ``routed``,
+    ``handed_off``).
     Everything it writes, the claim of the MessageSid included, is one transaction: a failure
     leaves the message unclaimed for Twilio's retry. ``project``: the sender's, if already read.
     ``media``: the message's pictures (MMS), ``{"url", "content_type"}`` each.
@@ -256,9 +266,13 @@ def _handle_inbound(
         body=body,
         message_sid=message_sid,
         kind="user",
+        # Handed off to a person: recorded, never the agent's (a person answers it).
+        status=HANDLED if session.handoff else RECEIVED,
         media=media,
     )
     note_activity(state, session.id, user_reply=True, session=session)
+    if session.handoff:
+        return "handed_off"
     window = state.settings.merge_window
     if window:
         # The turn starts when the window closes, so a text split by the carrier joins it.
@@ -291,8 +305,8 @@ def _run_agent(state: PolySMSState, session_id: str, message: Message) -> bool:
 
     agent = state.agent
     session = state.store.get_session(session_id)
-    if agent is None or session is None:
-        return False
+    if agent is None or session is None or session.handoff:
+        return False  # handed off since the message came: a person answers it
     conv = Conversation(state, session)
     conv.attachments = copy.deepcopy(message.media)
     try:

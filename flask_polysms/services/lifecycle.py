@@ -40,6 +40,7 @@ from ..records import (
     Session,
     new_id,
 )
+from . import events
 from .job_ids import agent_job_id, send_job_id
 from .metrics import count
 from .units import unit_of_work
@@ -90,6 +91,7 @@ def new_session(
         session = state.store.create_session(session)
     _schedule_wake(state, deadline)
     count(state, project_id, environment, "conversations")
+    events.opened(state, session)
     return session
 
 
@@ -102,7 +104,7 @@ def _schedule_wake(state: PolySMSState, when: datetime) -> None:
     state.scheduler.enqueue_at(at, "wake", job_id=f"wake-{slot}")
 
 
-def _closed(now: datetime, reason: str, **extra: Any) -> dict[str, Any]:
+def closed_fields(now: datetime, reason: str, **extra: Any) -> dict[str, Any]:
     """The fields of a session closing now: no deadline, no wake-up left."""
     return {
         "state": CLOSED,
@@ -135,7 +137,10 @@ def update_with_retry(
         if fields is None:
             return session, False
         try:
-            return state.store.update_session(session_id, session.version, **fields), True
+            updated = state.store.update_session(session_id, session.version, **fields)
+            if fields.get("state") == CLOSED:
+                events.closed(state, updated)
+            return updated, True
         except StaleVersion:
             session = None
     raise RuntimeError(f"session {session_id} kept changing under {MAX_CAS_TRIES} updates")
@@ -153,14 +158,12 @@ def note_activity(
     def change(session: Session) -> dict[str, Any] | None:
         if session.state == CLOSED:
             return None
-        fields: dict[str, Any] = {
-            "last_activity_at": now,
-            "deadline_at": deadline,
-            "timer_kind": TIMER_IDLE,
-        }
+        fields: dict[str, Any] = {"last_activity_at": now}
         if user_reply:
-            fields["engaged"] = True
-            fields["state"] = ACTIVE
+            fields.update(engaged=True, state=ACTIVE)
+        if session.handoff:  # a person answers: no warning, no close until the agent resumes
+            return fields
+        fields.update(deadline_at=deadline, timer_kind=TIMER_IDLE)
         if session.wake_at is None or session.wake_at > deadline:
             fields["wake_at"] = deadline
         return fields
@@ -204,7 +207,7 @@ def _wake(state: PolySMSState, current: Session, now: datetime) -> bool:
             # A newer session of the same user and number carries the conversation now: this one
             # ends quietly instead of warning a user who is talking in the other.
             fired["close"] = session
-            return _closed(
+            return closed_fields(
                 now,
                 END_INACTIVITY if session.engaged else END_UNENGAGED,
                 metadata={**session.metadata, "superseded": True},
@@ -219,7 +222,9 @@ def _wake(state: PolySMSState, current: Session, now: datetime) -> bool:
                 "wake_at": grace_end,
             }
         fired["close"] = session
-        return _closed(now, END_INACTIVITY if session.timer_kind == TIMER_GRACE else END_UNENGAGED)
+        return closed_fields(
+            now, END_INACTIVITY if session.timer_kind == TIMER_GRACE else END_UNENGAGED
+        )
 
     session, changed = update_with_retry(state, session_id, change, current)
     if not changed or session is None:
@@ -250,19 +255,6 @@ def _wake(state: PolySMSState, current: Session, now: datetime) -> bool:
     if session.end_reason == END_INACTIVITY and not superseded:
         tell_user("closing", state.settings.closing_message)
     return True
-
-
-def end_session(state: PolySMSState, session_id: str, reason: str) -> Session | None:
-    """Close a session now (the agent's ``conv.end()``); a closed session stays closed."""
-    now = utcnow()
-
-    def change(session: Session) -> dict[str, Any] | None:
-        if session.state == CLOSED:
-            return None
-        return _closed(now, reason)
-
-    session, _ = update_with_retry(state, session_id, change)
-    return session
 
 
 def _retry_due(state: PolySMSState, message: Message) -> datetime:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from ..errors import InvalidInput
 from ..phone import is_messaging_service_sid
 from ..records import SOURCE_KEYWORD, Sender
+from .events import opt_out_changed
 
 if TYPE_CHECKING:
     from .state import PolySMSState
@@ -103,4 +104,6 @@ def change_opt_out(
             )
             or changed
         )
+    if changed:
+        opt_out_changed(state, sender.project_id, user_number, address, opted_out, keyword, source)
     return changed

@@ -33,6 +33,7 @@ from ..records import (
     new_id,
 )
 from ..segments import count_segments
+from .events import opt_out_changed, status_changed
 from .job_ids import send_job_id
 from .metrics import count
 from .pools import change_opt_out
@@ -210,6 +211,7 @@ def _fail(
         last_error_at=now,
         updated_at=now,
     )
+    status_changed(state, updated)
     if updated is not None:
         count(state, message.project_id, message.environment, "api_failures")
     log_attempt(message, FAILED_OUTCOME, started, error_code=code, reason=reason)
@@ -230,13 +232,15 @@ def send_job(state: PolySMSState, message_id: str) -> bool:
     message = claim.message
     # The opt-out is checked here, at send time, not only when the message was accepted.
     if message.kind not in UNSUPPRESSED_KINDS and claim.opted_out:
-        if store.update_message(
+        suppressed = store.update_message(
             message_id,
             expected_status=SENDING,
             status=SUPPRESSED,
             drop_reason="opted_out",
             updated_at=utcnow(),
-        ):
+        )
+        status_changed(state, suppressed)
+        if suppressed:
             count(state, message.project_id, message.environment, "suppressed")
         log_attempt(message, SUPPRESSED_OUTCOME, started, reason="opted_out")
         return True
@@ -278,6 +282,7 @@ def send_job(state: PolySMSState, message_id: str) -> bool:
         return True
     # Counted in the `sent` metric by the same Store call.
     sent, raced = store.record_sent(message_id, result.sid, utcnow())
+    status_changed(state, sent)
     log_attempt(
         message, SENT_OUTCOME, started, twilio_sid=result.sid, reason="adopted" if found else None
     )
@@ -373,16 +378,17 @@ def _carrier_opt_out(
         last_error_at=now,
         updated_at=now,
     )
+    status_changed(state, updated)
     if updated is not None:
         count(state, message.project_id, message.environment, "suppressed")
     address = message.messaging_service_sid or message.from_ or ""
     if sender is not None and sender.address == address:
         # A member number's opt-out is its service's, as Twilio keeps it.
         change_opt_out(state, sender, message.to, True, None, now, SOURCE_CARRIER)
-    else:  # not provisioned (any more): the pair as sent
-        state.store.set_opt_out(
-            message.project_id, message.to, address, True, None, now, SOURCE_CARRIER
-        )
+    elif state.store.set_opt_out(  # not provisioned (any more): the pair as sent
+        message.project_id, message.to, address, True, None, now, SOURCE_CARRIER
+    ):
+        opt_out_changed(state, message.project_id, message.to, address, True, None, SOURCE_CARRIER)
     log_attempt(message, SUPPRESSED_OUTCOME, started, error_code=OPTED_OUT_CODE, reason="opted_out")
 
 
@@ -400,6 +406,7 @@ def apply_status(
     updated = state.store.update_message(message.id, expected_status=lower, **fields)
     if updated is None:
         return False
+    status_changed(state, updated)
     if status in ("delivered", "undelivered", "failed"):
         count(state, message.project_id, message.environment, status)
     return True

@@ -30,6 +30,7 @@ def register_api(app: Flask, state: PolySMSState) -> None:
         docs,
         health,
         metrics,
+        operators,
         opt_outs,
         outbound,
         project,
@@ -69,7 +70,17 @@ def register_api(app: Flask, state: PolySMSState) -> None:
         what="request budget",
         fail_open=True,
     )
-    modules = (outbound, conversations, metrics, senders, templates, project, opt_outs, webhooks)
+    modules = (
+        outbound,
+        conversations,
+        operators,
+        metrics,
+        senders,
+        templates,
+        project,
+        opt_outs,
+        webhooks,
+    )
     for module in modules:
         api.register_blueprint(module.blp, url_prefix=prefix + module.URL_PREFIX)
     # The browsable reference, from installed packages only (flask-smorest's loads a CDN).

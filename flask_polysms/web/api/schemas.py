@@ -68,7 +68,9 @@ class MessageSchema(ma.Schema):
     id = ma.fields.String()
     direction = ma.fields.String(metadata={"enum": ["outbound", "inbound"]})
     kind = ma.fields.String(
-        metadata={"enum": ["greeting", "agent", "user", "compliance", "warning", "closing"]}
+        metadata={
+            "enum": ["greeting", "agent", "user", "compliance", "warning", "closing", "human"]
+        }
     )
     body = ma.fields.String()
     status = ma.fields.String()
@@ -113,6 +115,11 @@ class ConversationMetadataSchema(ma.Schema):
     warnings = ma.fields.List(ma.fields.String())
 
 
+class HandoffSchema(ma.Schema):
+    reason = ma.fields.String(allow_none=True)
+    since = ma.fields.DateTime()
+
+
 class ConversationSchema(ma.Schema):
     id = ma.fields.String()
     environment = ma.fields.String()
@@ -125,5 +132,10 @@ class ConversationSchema(ma.Schema):
     last_activity_at = ma.fields.DateTime()
     closed_at = ma.fields.DateTime(allow_none=True)
     end_reason = ma.fields.String(allow_none=True)
+    handoff = ma.fields.Nested(
+        HandoffSchema,
+        allow_none=True,
+        metadata={"description": "null, or while a person answers instead of the agent"},
+    )
     messages = ma.fields.List(ma.fields.Nested(MessageSchema))
     metadata = ma.fields.Nested(ConversationMetadataSchema)

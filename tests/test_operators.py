@@ -1,0 +1,701 @@
+"""Operators (handoff, a person's messages, resume, end) and the signals, on every backend
+(memory, SQLite, PostgreSQL, MariaDB).
+
+- ``conv.handoff()`` and ``POST .../handoff`` pause the agent: the user's messages are recorded,
+  not given to it; the inactivity warning and close do not run; the reply of the turn that hands
+  off is still sent. ``POST .../resume`` gives it back and starts the timers again.
+- ``POST .../messages`` sends a person's message (kind ``human``) through the one send path:
+  suppressed when opted out, counted by the outbound rate limit, ``Idempotency-Key`` honoured.
+- ``POST .../end`` closes with ``end_reason`` ``api`` and no closing text. Every operator route
+  answers 409 on a closed conversation and 404 across projects and environments.
+- ``flask_polysms.signals`` fire once each, after their change commits, never for a rolled-back
+  one; a receiver that raises is logged and changes nothing else.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import defaultdict
+from datetime import datetime, timedelta, timezone
+from types import SimpleNamespace
+
+import pytest
+import store_backends
+from freezegun import freeze_time
+from store_backends import BACKENDS
+
+from flask_polysms import signals
+from flask_polysms.services import lifecycle, provisioning
+from flask_polysms.services.state import get_state
+from flask_polysms.services.tenancy import CONNECTOR_HEADER
+from flask_polysms.services.units import unit_of_work
+
+AGENT = "+14155552671"
+SANDBOX_NUMBER = "+14155552678"
+USER = "+14155552674"
+OTHER_USER = "+14155552675"
+START = datetime(2026, 3, 2, 10, 0, tzinfo=timezone.utc)
+ALL_SIGNALS = (
+    "message_received",
+    "message_status_changed",
+    "opted_out",
+    "opted_in",
+    "conversation_opened",
+    "conversation_closed",
+    "handoff_requested",
+)
+
+
+class Agent:
+    """Records each text it is given; ``action(conv, text)`` answers when set, else "Got it"."""
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+        self.action = None
+
+    def __call__(self, conv, text):
+        self.texts.append(text)
+        if self.action is not None:
+            return self.action(conv, text)
+        return "Got it"
+
+
+@pytest.fixture(params=BACKENDS)
+def storage_url(request, tmp_path) -> str:
+    return store_backends.storage_url(request, request.param, tmp_path)
+
+
+@pytest.fixture
+def agent() -> Agent:
+    return Agent()
+
+
+@pytest.fixture
+def sms(make_sms, storage_url, agent):
+    harness = make_sms(agent=agent, numbers=(AGENT,), POLYSMS_STORAGE_URL=storage_url)
+    yield harness
+    get_state(harness.app).store.disconnect()
+
+
+class Recorder:
+    """Connected to every signal for one app: ``calls[name]`` is a list of (sender, kwargs)."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+        self.calls: dict[str, list] = defaultdict(list)
+        self._receivers = []
+        for name in ALL_SIGNALS:
+
+            def receive(sender, _name=name, **kwargs):
+                self.calls[_name].append((sender, kwargs))
+
+            self._receivers.append(receive)
+            getattr(signals, name).connect(receive, sender=app)
+
+    def disconnect(self) -> None:
+        for name, receive in zip(ALL_SIGNALS, self._receivers, strict=True):
+            getattr(signals, name).disconnect(receive)
+
+    def kwargs(self, name: str) -> list[dict]:
+        assert all(sender is self.app for sender, _ in self.calls[name])
+        return [kwargs for _, kwargs in self.calls[name]]
+
+    def clear(self) -> None:
+        self.calls.clear()
+
+
+@pytest.fixture
+def recorder(sms):
+    recorder = Recorder(sms.app)
+    yield recorder
+    recorder.disconnect()
+
+
+def post(sms, conversation_id: str, action: str, body=None, tenant=None, headers=None):
+    return sms.client.post(
+        f"/v1/conversations/{conversation_id}/{action}",
+        json=body,
+        headers={**(tenant or sms.tenant).headers, **(headers or {})},
+    )
+
+
+def ok(response, status: int = 200) -> dict:
+    assert response.status_code == status, response.get_data(as_text=True)
+    return response.get_json()
+
+
+def start(sms, user: str = USER) -> str:
+    """An outbound conversation the user replied to (engaged); its id."""
+    conversation_id = sms.send_ok(user)["conversation_id"]
+    sms.inbound_ok(user, "hello")
+    return conversation_id
+
+
+def messages(sms, conversation_id: str) -> list[dict]:
+    return sms.conversation(conversation_id)["messages"]
+
+
+def fire(sms) -> int:
+    return sms.run_due_timers()
+
+
+# -- handoff --------------------------------------------------------------------------------------
+def test_handoff_pauses_the_agent_and_the_messages_are_still_recorded(sms, agent):
+    with freeze_time(START):
+        conversation_id = start(sms)
+        assert agent.texts == ["hello"]
+        outbox_before = len(sms.outbox)
+
+        body = ok(post(sms, conversation_id, "handoff", {"reason": "billing question"}))
+        assert body["id"] == conversation_id
+        assert body["handoff"] == {"reason": "billing question", "since": START.isoformat()}
+        assert sms.conversation(conversation_id)["handoff"] == body["handoff"]
+
+        sms.inbound_ok(USER, "are you a person?")
+        assert agent.texts == ["hello"]  # not given to the agent
+        assert len(sms.outbox) == outbox_before  # and nothing answered
+        last = messages(sms, conversation_id)[-1]
+        assert (last["kind"], last["body"], last["status"]) == (
+            "user",
+            "are you a person?",
+            "handled",
+        )
+
+
+def test_a_conversation_not_handed_off_shows_null(sms):
+    conversation_id = sms.send_ok(USER)["conversation_id"]
+    assert sms.conversation(conversation_id)["handoff"] is None
+    (listed,) = sms.conversations()
+    assert listed["handoff"] is None
+
+
+def test_handoff_without_a_body_and_twice_keeps_the_first(sms, recorder):
+    with freeze_time(START) as clock:
+        conversation_id = start(sms)
+        first = ok(post(sms, conversation_id, "handoff"))
+        assert first["handoff"] == {"reason": None, "since": START.isoformat()}
+        clock.tick(timedelta(minutes=5))
+        again = ok(post(sms, conversation_id, "handoff", {"reason": "later"}))
+        assert again["handoff"] == first["handoff"]
+    assert len(recorder.kwargs("handoff_requested")) == 1
+
+
+def test_the_agent_hands_off_and_its_reply_is_still_sent(sms, agent, recorder):
+    def hand_off(conv, text):
+        conv.handoff("wants a human")
+        return "Connecting you with a person"
+
+    conversation_id = sms.send_ok(USER)["conversation_id"]
+    agent.action = hand_off
+    sms.inbound_ok(USER, "human please")
+    assert sms.outbox[-1]["body"] == "Connecting you with a person"
+    assert sms.outbox[-1]["from"] == AGENT
+
+    conversation = sms.conversation(conversation_id)
+    assert conversation["handoff"]["reason"] == "wants a human"
+    (handed,) = recorder.kwargs("handoff_requested")
+    assert handed["conversation"]["id"] == conversation_id
+    assert handed["conversation"]["handoff"]["reason"] == "wants a human"
+    assert handed["project_id"] == sms.tenant.project_id
+
+    sms.inbound_ok(USER, "hello?")
+    assert agent.texts == ["human please"]
+
+
+def test_a_message_waiting_for_its_turn_when_the_handoff_comes_is_not_given_to_the_agent(
+    sms, agent
+):
+    # The manual scheduler holds jobs while a unit of work runs: the message is recorded for
+    # the agent, then the conversation is handed off before its turn runs.
+    conversation_id = start(sms)
+    state = get_state(sms.app)
+    from flask_polysms.services import operators
+
+    with sms.app.app_context():
+
+        def both():
+            sms.inbound_ok(USER, "one more thing")
+            operators.hand_off(state, conversation_id, "racing")
+
+        unit_of_work(state, both)
+    assert agent.texts == ["hello"]
+    last = [m for m in messages(sms, conversation_id) if m["kind"] == "user"][-1]
+    assert (last["body"], last["status"]) == ("one more thing", "handled")
+
+
+def test_timers_do_not_fire_while_handed_off_and_start_again_on_resume(sms, agent):
+    settings = get_state(sms.app).settings
+    with freeze_time(START) as clock:
+        conversation_id = start(sms)
+        ok(post(sms, conversation_id, "handoff", {"reason": "x"}))
+        clock.tick(timedelta(days=3))
+        assert fire(sms) == 0
+        sms.inbound_ok(USER, "still there?")  # activity during the handoff sets no timer
+        clock.tick(timedelta(days=3))
+        assert fire(sms) == 0
+        conversation = sms.conversation(conversation_id)
+        assert conversation["state"] == "active"
+        assert [m["kind"] for m in conversation["messages"]].count("warning") == 0
+
+        resumed = ok(post(sms, conversation_id, "resume"))
+        assert resumed["handoff"] is None
+        assert resumed["state"] == "active"
+        clock.tick(settings.idle_timeout - timedelta(seconds=1))
+        assert fire(sms) == 0
+        clock.tick(timedelta(seconds=1))
+        assert fire(sms) == 1
+        conversation = sms.conversation(conversation_id)
+        assert conversation["state"] == "warned"
+        assert conversation["messages"][-1]["kind"] == "warning"
+        clock.tick(settings.grace_period)
+        assert fire(sms) == 1
+        closed = sms.conversation(conversation_id)
+        assert (closed["state"], closed["end_reason"]) == ("closed", "inactivity")
+
+
+def test_a_handoff_during_the_warning_stops_the_close(sms):
+    settings = get_state(sms.app).settings
+    with freeze_time(START) as clock:
+        conversation_id = start(sms)
+        clock.tick(settings.idle_timeout)
+        assert fire(sms) == 1
+        assert sms.conversation(conversation_id)["state"] == "warned"
+        handed = ok(post(sms, conversation_id, "handoff"))
+        assert handed["state"] == "active"
+        clock.tick(settings.grace_period * 10)
+        assert fire(sms) == 0
+        conversation = sms.conversation(conversation_id)
+        assert conversation["state"] == "active"
+        assert "closing" not in [m["kind"] for m in conversation["messages"]]
+
+
+def test_after_resume_the_agent_answers_the_next_message(sms, agent):
+    conversation_id = start(sms)
+    ok(post(sms, conversation_id, "handoff"))
+    sms.inbound_ok(USER, "for the person")
+    ok(post(sms, conversation_id, "resume"))
+    sms.inbound_ok(USER, "for the agent")
+    assert agent.texts == ["hello", "for the agent"]
+    assert sms.outbox[-1]["body"] == "Got it"
+
+
+def test_resume_of_a_conversation_not_handed_off_changes_nothing(sms):
+    with freeze_time(START) as clock:
+        conversation_id = start(sms)
+        before = sms.conversation(conversation_id)
+        clock.tick(timedelta(hours=1))
+        after = ok(post(sms, conversation_id, "resume"))
+        assert after == before
+
+
+# -- a person's messages --------------------------------------------------------------------------
+def test_a_person_writes_without_a_handoff(sms, recorder):
+    conversation_id = start(sms)
+    body = ok(post(sms, conversation_id, "messages", {"message": "Hi, Sam here"}), 202)
+    assert body["kind"] == "human"
+    assert body["direction"] == "outbound"
+    assert body["body"] == "Hi, Sam here"
+    assert body["status"] == "sent"  # the manual scheduler sent it already
+    sent = sms.outbox[-1]
+    assert (sent["to"], sent["from"], sent["body"]) == (USER, AGENT, "Hi, Sam here")
+    assert messages(sms, conversation_id)[-1]["id"] == body["id"]
+    (changed,) = [
+        k for k in recorder.kwargs("message_status_changed") if k["message"]["id"] == body["id"]
+    ]
+    assert changed["message"]["status"] == "sent"
+
+
+def test_a_person_writes_during_a_handoff_with_pictures(sms):
+    conversation_id = start(sms)
+    ok(post(sms, conversation_id, "handoff"))
+    pictures = ["https://example.org/map.png"]
+    body = ok(
+        post(sms, conversation_id, "messages", {"message": "Here", "media_urls": pictures}), 202
+    )
+    assert body["media"] == [{"url": pictures[0], "content_type": None}]
+    assert sms.outbox[-1]["media_urls"] == pictures
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"message": "hi", "unknown": 1},
+        {},
+        {"message": ""},
+        {"message": "x" * 1601},
+        {"message": "hi", "media_urls": []},
+        {"message": "hi", "media_urls": ["http://example.org/a.png"]},
+    ],
+)
+def test_a_bad_message_body_is_400_and_sends_nothing(sms, body):
+    conversation_id = start(sms)
+    before = messages(sms, conversation_id)
+    outbox = len(sms.outbox)
+    response = post(sms, conversation_id, "messages", body)
+    assert response.status_code == 400, response.get_data(as_text=True)
+    assert set(response.get_json()) <= {"detail", "errors"}
+    assert messages(sms, conversation_id) == before
+    assert len(sms.outbox) == outbox
+
+
+def test_a_bad_handoff_body_is_400(sms):
+    conversation_id = start(sms)
+    for body in ({"reason": "x", "other": 1}, {"reason": 5}, {"reason": "x" * 501}):
+        response = post(sms, conversation_id, "handoff", body)
+        assert response.status_code == 400, body
+    assert sms.conversation(conversation_id)["handoff"] is None
+
+
+def test_a_person_s_message_to_an_opted_out_user_is_suppressed(sms):
+    conversation_id = start(sms)
+    sms.inbound_ok(USER, "STOP")
+    outbox = len(sms.outbox)
+    body = ok(post(sms, conversation_id, "messages", {"message": "Are you sure?"}), 202)
+    assert (body["status"], body["drop_reason"]) == ("suppressed", "opted_out")
+    assert len(sms.outbox) == outbox
+
+
+def test_a_person_s_message_is_idempotent_with_a_key(sms):
+    conversation_id = start(sms)
+    key = {"Idempotency-Key": "operator-msg-1"}
+    first = post(sms, conversation_id, "messages", {"message": "Once"}, headers=key)
+    again = post(sms, conversation_id, "messages", {"message": "Once"}, headers=key)
+    assert first.status_code == again.status_code == 202
+    assert again.get_json() == first.get_json()
+    assert again.headers["Idempotent-Replayed"] == "true"
+    other = post(sms, conversation_id, "messages", {"message": "Another"}, headers=key)
+    assert other.status_code == 422
+    assert [m["body"] for m in sms.outbox].count("Once") == 1
+    assert [m["body"] for m in messages(sms, conversation_id)].count("Once") == 1
+
+
+def test_a_person_s_message_counts_against_the_outbound_rate_limit(make_sms, storage_url):
+    sms = make_sms(
+        numbers=(AGENT,), POLYSMS_STORAGE_URL=storage_url, POLYSMS_RATE_LIMIT="2 per hour"
+    )
+    try:
+        conversation_id = sms.send_ok(USER)["conversation_id"]  # 1
+        ok(post(sms, conversation_id, "messages", {"message": "two"}), 202)  # 2
+        refused = post(sms, conversation_id, "messages", {"message": "three"})
+        assert refused.status_code == 429
+        assert int(refused.headers["Retry-After"]) > 0
+        assert "three" not in [m["body"] for m in messages(sms, conversation_id)]
+        assert sms.send(OTHER_USER).status_code == 429  # the same budget
+    finally:
+        get_state(sms.app).store.disconnect()
+
+
+# -- end ------------------------------------------------------------------------------------------
+def test_end_closes_with_reason_api_and_no_closing_text(sms, recorder):
+    with freeze_time(START):
+        conversation_id = start(sms)
+        outbox = len(sms.outbox)
+        body = ok(post(sms, conversation_id, "end"))
+    assert (body["state"], body["end_reason"]) == ("closed", "api")
+    assert body["closed_at"] == START.isoformat()
+    assert len(sms.outbox) == outbox
+    assert "closing" not in [m["kind"] for m in body["messages"]]
+    (closed,) = recorder.kwargs("conversation_closed")
+    assert closed["conversation"]["end_reason"] == "api"
+
+
+def test_end_during_a_handoff(sms):
+    conversation_id = start(sms)
+    ok(post(sms, conversation_id, "handoff"))
+    assert ok(post(sms, conversation_id, "end"))["state"] == "closed"
+    assert fire(sms) == 0
+
+
+@pytest.mark.parametrize(
+    "action,body",
+    [
+        ("handoff", {"reason": "x"}),
+        ("messages", {"message": "hi"}),
+        ("resume", None),
+        ("end", None),
+    ],
+)
+def test_operator_routes_on_a_closed_conversation_are_409(sms, action, body):
+    conversation_id = start(sms)
+    ok(post(sms, conversation_id, "end"))
+    before = sms.conversation(conversation_id)
+    outbox = len(sms.outbox)
+    response = post(sms, conversation_id, action, body)
+    assert response.status_code == 409, response.get_data(as_text=True)
+    assert response.get_json()["detail"]
+    assert sms.conversation(conversation_id) == before
+    assert len(sms.outbox) == outbox
+
+
+def test_a_closed_conversation_refuses_conv_handoff(sms, agent):
+    from flask_polysms.errors import ConflictError
+    from flask_polysms.services.conversation import Conversation
+
+    conversation_id = start(sms)
+    ok(post(sms, conversation_id, "end"))
+    with sms.app.app_context():
+        state = get_state(sms.app)
+        conv = Conversation(state, state.store.get_session(conversation_id))
+        with pytest.raises(ConflictError):
+            conv.handoff("too late")
+
+
+@pytest.mark.parametrize(
+    "action,body",
+    [
+        ("handoff", {"reason": "x"}),
+        ("messages", {"message": "hi"}),
+        ("resume", None),
+        ("end", None),
+    ],
+)
+def test_operator_routes_across_projects_and_environments_are_404(sms, action, body):
+    conversation_id = start(sms)
+    other = sms.provision(numbers=("+14155552679",))
+    with sms.app.app_context():
+        state = get_state(sms.app)
+        provisioning.add_sender(state, sms.tenant.project_id, SANDBOX_NUMBER, "sandbox")
+        connector = provisioning.create_connector(state, sms.tenant.project_id, "sandbox")
+    sandbox = SimpleNamespace(headers={**sms.tenant.headers, CONNECTOR_HEADER: connector.id})
+    before = sms.conversation(conversation_id)
+    outbox = len(sms.outbox)
+    for tenant in (other, sandbox):
+        response = post(sms, conversation_id, action, body, tenant=tenant)
+        assert response.status_code == 404, response.get_data(as_text=True)
+    assert post(sms, "conv_does_not_exist", action, body).status_code == 404
+    assert sms.conversation(conversation_id) == before
+    assert len(sms.outbox) == outbox
+
+
+# -- signals --------------------------------------------------------------------------------------
+def test_each_signal_fires_once_with_its_arguments(sms, recorder):
+    conversation_id = sms.send_ok(USER)["conversation_id"]
+    (opened,) = recorder.kwargs("conversation_opened")
+    assert opened["project_id"] == sms.tenant.project_id
+    assert opened["conversation"]["id"] == conversation_id
+    (greeting_sent,) = recorder.kwargs("message_status_changed")
+    assert greeting_sent["message"]["kind"] == "greeting"
+    assert greeting_sent["message"]["status"] == "sent"
+
+    recorder.clear()
+    sms.inbound_ok(USER, "hello")
+    (received,) = recorder.kwargs("message_received")
+    assert received["message"]["body"] == "hello"
+    assert received["message"]["direction"] == "inbound"
+    assert received["conversation"]["id"] == conversation_id
+    assert received["message"]["id"] in [m["id"] for m in received["conversation"]["messages"]]
+    (reply_sent,) = recorder.kwargs("message_status_changed")
+    assert reply_sent["message"]["kind"] == "agent"
+
+    recorder.clear()
+    sid = sms.outbox[-1]["sid"]
+    assert sms.status_callback(sid, "delivered").status_code == 200
+    assert sms.status_callback(sid, "delivered").status_code == 200  # Twilio's repeat
+    assert sms.status_callback(sid, "sent").status_code == 200  # out of order: no change
+    (delivered,) = recorder.kwargs("message_status_changed")
+    assert delivered["message"]["status"] == "delivered"
+
+    recorder.clear()
+    sms.inbound_ok(USER, "STOP")
+    sms.inbound_ok(USER, "STOP")  # already opted out: no change, no second opted_out
+    (stop,) = recorder.kwargs("opted_out")
+    assert stop == {
+        "project_id": sms.tenant.project_id,
+        "user_number": USER,
+        "sender_address": AGENT,
+        "keyword": "STOP",
+        "source": "keyword",
+    }
+    keyword_messages = recorder.kwargs("message_received")
+    assert [k["message"]["kind"] for k in keyword_messages] == ["compliance", "compliance"]
+
+    recorder.clear()
+    sms.inbound_ok(USER, "start")
+    (start_again,) = recorder.kwargs("opted_in")
+    assert (start_again["keyword"], start_again["source"]) == ("start", "keyword")
+    assert recorder.kwargs("opted_out") == []
+
+    recorder.clear()
+    ok(post(sms, conversation_id, "handoff", {"reason": "r"}))
+    ok(post(sms, conversation_id, "end"))
+    assert [k["conversation"]["id"] for k in recorder.kwargs("handoff_requested")] == [
+        conversation_id
+    ]
+    (closed,) = recorder.kwargs("conversation_closed")
+    assert closed["conversation"]["state"] == "closed"
+
+
+def test_a_dropped_message_outside_a_conversation_is_received_too(sms, recorder):
+    sms.inbound_ok(USER, "STOP")  # a keyword with no conversation
+    (received,) = recorder.kwargs("message_received")
+    assert received["conversation"] is None
+    assert received["message"]["kind"] == "compliance"
+
+
+def test_timers_closing_a_conversation_fire_conversation_closed_once(sms, recorder):
+    settings = get_state(sms.app).settings
+    with freeze_time(START) as clock:
+        conversation_id = sms.send_ok(USER)["conversation_id"]
+        clock.tick(settings.idle_timeout)
+        assert fire(sms) == 1
+        assert fire(sms) == 0
+    (closed,) = recorder.kwargs("conversation_closed")
+    assert closed["conversation"]["id"] == conversation_id
+    assert closed["conversation"]["end_reason"] == "unengaged"
+
+
+def test_a_rolled_back_change_fires_nothing(sms, recorder):
+    state = get_state(sms.app)
+
+    class Boom(Exception):
+        pass
+
+    def open_then_fail():
+        lifecycle.new_session(state, sms.tenant.project_id, "live", USER, AGENT)
+        raise Boom
+
+    with sms.app.app_context():
+        with pytest.raises(Boom):
+            unit_of_work(state, open_then_fail)
+        if state.settings.storage_url != "memory://":  # the memory store keeps no undo log
+            assert state.store.find_open_session(sms.tenant.project_id, USER, AGENT) is None
+        assert recorder.kwargs("conversation_opened") == []
+        # A unit of work that commits sends its signal after the commit, once.
+        session = unit_of_work(
+            state,
+            lambda: lifecycle.new_session(state, sms.tenant.project_id, "live", USER, AGENT),
+        )
+    assert [k["conversation"]["id"] for k in recorder.kwargs("conversation_opened")] == [session.id]
+
+
+def test_signals_fire_after_the_commit(sms):
+    """A receiver reads what the signal reports: it is committed (another connection sees it)."""
+    seen = []
+    state = get_state(sms.app)
+
+    def receive(app, project_id, conversation):
+        # A store of its own: its own connection, outside the request's transaction.
+        from flask_polysms.backends import create_store
+
+        url = state.settings.storage_url
+        store = state.store if url == "memory://" else create_store(url)
+        try:
+            seen.append(store.get_session(conversation["id"]) is not None)
+        finally:
+            if store is not state.store:
+                store.disconnect()
+
+    signals.conversation_opened.connect(receive, sender=sms.app)
+    try:
+        sms.send_ok(USER)
+    finally:
+        signals.conversation_opened.disconnect(receive)
+    assert seen == [True]
+
+
+def test_a_receiver_that_raises_is_logged_and_changes_nothing(sms, agent, caplog, recorder):
+    def broken(sender, **kwargs):
+        raise RuntimeError("receiver bug")
+
+    signals.message_received.connect(broken, sender=sms.app)
+    signals.conversation_opened.connect(broken, sender=sms.app)
+    try:
+        with caplog.at_level(logging.ERROR, logger="flask_polysms.signals"):
+            response = sms.inbound(USER, "hello")
+            assert response.status_code == 200
+    finally:
+        signals.message_received.disconnect(broken)
+        signals.conversation_opened.disconnect(broken)
+    assert "receiver bug" in caplog.text
+    (conversation,) = sms.conversations()
+    assert [m["body"] for m in conversation["messages"]] == ["hello", "Got it"]
+    assert agent.texts == ["hello"]
+    # The other receivers still got their signals.
+    assert len(recorder.kwargs("message_received")) == 1
+    assert len(recorder.kwargs("conversation_opened")) == 1
+
+
+def test_a_carrier_opt_out_fires_opted_out(make_emulated_sms, storage_url):
+    sms, twilio = make_emulated_sms(numbers=(AGENT,), POLYSMS_STORAGE_URL=storage_url)
+    recorder = Recorder(sms.app)
+    try:
+        twilio.fail_next(1, 21610)
+        body = sms.send_ok(USER)
+        assert body["status"] == "suppressed"
+        (carrier,) = recorder.kwargs("opted_out")
+        assert (carrier["keyword"], carrier["source"], carrier["sender_address"]) == (
+            None,
+            "carrier",
+            AGENT,
+        )
+        (suppressed,) = recorder.kwargs("message_status_changed")
+        assert suppressed["message"]["status"] == "suppressed"
+    finally:
+        recorder.disconnect()
+        get_state(sms.app).store.disconnect()
+
+
+# -- concurrency (real threads, on the database servers) -------------------------------------------
+SERVERS = [b for b in BACKENDS if b not in ("memory", "sqlite")]
+THREADS = 8
+
+
+@pytest.fixture(params=SERVERS)
+def server_sms(request, make_sms, tmp_path, agent):
+    harness = make_sms(
+        agent=agent,
+        numbers=(AGENT,),
+        POLYSMS_STORAGE_URL=store_backends.storage_url(request, request.param, tmp_path),
+        POLYSMS_READ_RATE_LIMIT="10000 per second",
+    )
+    yield harness
+    get_state(harness.app).store.disconnect()
+
+
+def _at_once(sms, conversation_id: str, actions: list[str]) -> list:
+    barrier = threading.Barrier(len(actions))
+    responses = []
+    lock = threading.Lock()
+
+    def attempt(action):
+        client = sms.app.test_client()
+        barrier.wait()
+        response = client.post(
+            f"/v1/conversations/{conversation_id}/{action}", headers=sms.tenant.headers
+        )
+        with lock:
+            responses.append((action, response.status_code))
+
+    threads = [threading.Thread(target=attempt, args=(a,)) for a in actions]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert len(responses) == len(actions)
+    return responses
+
+
+def test_concurrent_handoffs_signal_once(server_sms):
+    sms = server_sms
+    conversation_id = start(sms)
+    recorder = Recorder(sms.app)
+    try:
+        responses = _at_once(sms, conversation_id, ["handoff"] * THREADS)
+        assert {code for _, code in responses} == {200}
+        assert len(recorder.kwargs("handoff_requested")) == 1
+    finally:
+        recorder.disconnect()
+
+
+def test_concurrent_ends_close_once(server_sms):
+    sms = server_sms
+    conversation_id = start(sms)
+    recorder = Recorder(sms.app)
+    try:
+        responses = _at_once(sms, conversation_id, ["end"] * THREADS)
+        codes = sorted(code for _, code in responses)
+        assert codes == [200] + [409] * (THREADS - 1)
+        assert len(recorder.kwargs("conversation_closed")) == 1
+    finally:
+        recorder.disconnect()
