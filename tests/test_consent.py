@@ -582,3 +582,40 @@ def test_through_a_messaging_services_number_the_api_and_imports_use_the_service
     assert [(o["user_number"], o["sender"], o["source"]) for o in opt_outs(sms)] == [
         (OTHER_USER, service, "import")
     ]
+
+
+def test_api_and_import_opt_outs_send_the_opt_out_signals_once_each(sms, tmp_path):
+    from flask_polysms import signals
+
+    seen = []
+
+    def receive(name):
+        def receiver(app, **kwargs):
+            seen.append((name, kwargs["user_number"], kwargs["sender_address"], kwargs["source"]))
+
+        return receiver
+
+    on_out, on_in = receive("opted_out"), receive("opted_in")
+    signals.opted_out.connect(on_out, sender=sms.app)
+    signals.opted_in.connect(on_in, sender=sms.app)
+    try:
+        pair = {"user_number": USER, "sender": AGENT}
+        assert sms.client.post("/v1/opt-outs", json=pair, headers=sms.tenant.headers).status_code
+        # Already opted out: nothing changes, nothing is sent.
+        sms.client.post("/v1/opt-outs", json=pair, headers=sms.tenant.headers)
+        gone = sms.client.delete("/v1/opt-outs", query_string=pair, headers=sms.tenant.headers)
+        assert gone.status_code == 204
+        csv_file = tmp_path / "optouts.csv"
+        csv_file.write_text(f"user_number,sender,keyword,created_at\n{OTHER_USER},{AGENT},STOP,\n")
+        result = sms.app.test_cli_runner().invoke(
+            args=["polysms", "opt-outs", "import", str(csv_file)]
+        )
+        assert result.exit_code == 0, result.output
+    finally:
+        signals.opted_out.disconnect(on_out)
+        signals.opted_in.disconnect(on_in)
+    assert seen == [
+        ("opted_out", USER, AGENT, "api"),
+        ("opted_in", USER, AGENT, "api"),
+        ("opted_out", OTHER_USER, AGENT, "import"),
+    ]
