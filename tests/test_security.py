@@ -175,6 +175,13 @@ def routes(t: Tenants) -> list[tuple[str, str, str, Any]]:
          f"/v1/opt-outs?user_number=%2B{B_USER[1:]}&sender=%2B{B_NUMBER[1:]}", None),
         ("polysms_opt_outs.opt_out_history", "GET",
          f"/v1/opt-outs/history?user_number=%2B{B_USER[1:]}", None),
+        ("polysms_operators.hand_off", "POST",
+         f"/v1/conversations/{t.b_conversation_id}/handoff", {"reason": "hijack"}),
+        ("polysms_operators.send_message", "POST",
+         f"/v1/conversations/{t.b_conversation_id}/messages", {"message": "hijack"}),
+        ("polysms_operators.resume", "POST",
+         f"/v1/conversations/{t.b_conversation_id}/resume", None),
+        ("polysms_operators.end", "POST", f"/v1/conversations/{t.b_conversation_id}/end", None),
     ]  # fmt: skip
 
 
@@ -200,6 +207,10 @@ EXPECTED_FOR_B_IDS = {
     "polysms_opt_outs.create_opt_out": 400,  # B's number is not A's sender
     "polysms_opt_outs.delete_opt_out": 404,  # as if B's pair were not opted out
     "polysms_opt_outs.opt_out_history": 200,  # empty
+    "polysms_operators.hand_off": 404,
+    "polysms_operators.send_message": 404,
+    "polysms_operators.resume": 404,
+    "polysms_operators.end": 404,
 }
 
 
