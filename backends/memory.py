@@ -40,6 +40,7 @@ from flask_polysms.records import (
 
 from .memory_idempotency import IdempotencyRecordsInMemory
 from .memory_opt_outs import MemoryOptOuts
+from .memory_scheduled import MemoryScheduled
 from .memory_turns import MemoryTurns
 
 
@@ -57,7 +58,7 @@ def _apply(record, fields: dict[str, Any], frozen: tuple[str, ...] = ("id",)) ->
         setattr(record, name, copy.deepcopy(value))
 
 
-class MemoryStore(MemoryOptOuts, MemoryTurns, IdempotencyRecordsInMemory, Store):
+class MemoryStore(MemoryOptOuts, MemoryTurns, MemoryScheduled, IdempotencyRecordsInMemory, Store):
     """Everything in dictionaries guarded by one lock; every method is atomic."""
 
     schemes = ("memory",)

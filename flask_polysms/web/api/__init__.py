@@ -29,6 +29,7 @@ def register_api(app: Flask, state: PolySMSState) -> None:
         conversations,
         docs,
         health,
+        messages,
         metrics,
         outbound,
         prometheus,
@@ -67,7 +68,7 @@ def register_api(app: Flask, state: PolySMSState) -> None:
         what="request budget",
         fail_open=True,
     )
-    for module in (outbound, conversations, metrics, senders, templates, webhooks):
+    for module in (outbound, conversations, messages, metrics, senders, templates, webhooks):
         api.register_blueprint(module.blp, url_prefix=prefix + module.URL_PREFIX)
     # The browsable reference, from installed packages only (flask-smorest's loads a CDN).
     app.register_blueprint(docs.bp, url_prefix=f"{prefix}/v1")
