@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import datetime, timezone
 
 import marshmallow as ma
 
@@ -30,7 +30,7 @@ _RFC3339 = re.compile(
 
 class Rfc3339DateTime(ma.fields.DateTime):
     """An RFC 3339 date-time with its offset (``2026-12-24T09:00:00+01:00``), as an aware
-    datetime; a time without an offset is refused (whose 9 o'clock would it be?)."""
+    UTC datetime; a time without an offset is refused (whose 9 o'clock would it be?)."""
 
     def _deserialize(self, value, attr, data, **kwargs):
         if not isinstance(value, str) or not _RFC3339.match(value):
@@ -41,7 +41,7 @@ class Rfc3339DateTime(ma.fields.DateTime):
         # fromisoformat reads at most microseconds: cut finer fractions.
         text = re.sub(r"(\.\d{6})\d+", r"\1", text)
         try:
-            return datetime.fromisoformat(text.replace("Z", "+00:00"))
+            return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(timezone.utc)
         except ValueError as exc:  # 2026-02-30, 25:00:00, an offset over 24 h
             raise ma.ValidationError(f"not a valid date-time: {exc}") from exc
 
