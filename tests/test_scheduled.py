@@ -4,6 +4,7 @@ then, and the session's timers starting when the greeting goes out. Every backen
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta, timezone
 from types import SimpleNamespace
 
@@ -295,3 +296,73 @@ def test_scheduled_conversations_can_be_listed_by_state(sms):
         sms.send_ok(OTHER_USER)
         found = sms.conversations(state="scheduled")
         assert [c["id"] for c in found] == [accepted["conversation_id"]]
+
+
+# -- the dashboard ---------------------------------------------------------------------------------
+CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+def sign_in(harness):
+    """A browser signed in to the dashboard (at the clock's time)."""
+    browser = harness.app.test_client()
+    token = CSRF.search(browser.get("/dashboard/sign-in").get_data(as_text=True)).group(1)
+    signed_in = browser.post(
+        "/dashboard/sign-in",
+        data={
+            "api_key": harness.tenant.api_key,
+            "connector_id": harness.tenant.connector_id,
+            "csrf_token": token,
+        },
+    )
+    assert signed_in.status_code == 302
+    return browser
+
+
+@pytest.fixture
+def dashboard(make_sms, backend_url):
+    harness = make_sms(numbers=(AGENT,), POLYSMS_STORAGE_URL=backend_url, POLYSMS_DASHBOARD=True)
+    yield harness
+    harness.store.disconnect()
+
+
+def test_the_dashboard_lists_scheduled_messages_and_cancels_one(dashboard):
+    sms = dashboard
+    with freeze_time(START):
+        browser = sign_in(sms)
+        first = schedule(sms, START + timedelta(hours=2))
+        second = schedule(sms, START + timedelta(hours=1), user=OTHER_USER)
+        sms.send_ok(USER, "not scheduled")
+        page = browser.get("/dashboard/scheduled")
+        html = page.get_data(as_text=True)
+        assert page.status_code == 200
+        rows = re.findall(r'data-message="([^"]+)"', html)
+        assert rows == [second["message_id"], first["message_id"]]  # soonest first
+        assert "2026-12-07 10:00:00 UTC" in html
+
+        action = f"/dashboard/scheduled/{first['message_id']}/cancel"
+        # Without the form's CSRF token: refused, nothing canceled.
+        assert browser.post(action).status_code == 400
+        assert get_message(sms, first["message_id"]).get_json()["status"] == "scheduled"
+        token = CSRF.search(html).group(1)
+        done = browser.post(action, data={"csrf_token": token})
+        assert done.status_code == 302
+        assert get_message(sms, first["message_id"]).get_json()["status"] == "canceled"
+        html = browser.get("/dashboard/scheduled").get_data(as_text=True)
+        assert re.findall(r'data-message="([^"]+)"', html) == [second["message_id"]]
+        # Another project's message is not found; a message that went out is a conflict.
+        other = sms.provision(numbers=("+14155552672",))
+        foreign = sms.send_ok(USER, "theirs", send_at=iso(START + timedelta(hours=1)), tenant=other)
+        with sms.app.app_context():
+            (foreign_message,) = sms.store.list_messages(foreign["conversation_id"])
+        foreign_id = foreign_message.id
+        refused = browser.post(
+            f"/dashboard/scheduled/{foreign_id}/cancel", data={"csrf_token": token}
+        )
+        assert refused.status_code == 404
+        assert sms.store.get_message(foreign_id).status == "scheduled"
+
+
+def test_the_dashboard_page_needs_a_sign_in(make_sms):
+    sms = make_sms(numbers=(AGENT,), POLYSMS_DASHBOARD=True)
+    response = sms.app.test_client().get("/dashboard/scheduled")
+    assert response.status_code == 302 and "/sign-in" in response.headers["Location"]
