@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -33,6 +34,7 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from flask_polysms import PolySMS
+from flask_polysms.clock import utcnow
 from flask_polysms.services.state import get_state
 from flask_polysms.testing import provision, sign_twilio_request
 
@@ -107,6 +109,21 @@ class Target:
         )
         assert response.status_code == 201, response.get_json()
         return response.get_json()["id"]
+
+    def new_scheduled_message(self) -> str:
+        """A fresh scheduled greeting for one operation's cases (cancel it, read it)."""
+        send_at = (utcnow() + timedelta(days=1)).isoformat()
+        response = self.client.post(
+            "/v1/outbound-sms",
+            json={"user_number": USER, "message": "later", "send_at": send_at},
+            headers=self.headers,
+        )
+        assert response.status_code == 202, response.get_json()
+        conversation_id = response.get_json()["conversation_id"]
+        conversation = self.client.get(
+            f"/v1/conversations/{conversation_id}", headers=self.headers
+        ).get_json()
+        return conversation["messages"][0]["id"]
 
 
 def _steer(case, draw, target: Target) -> dict[str, str]:
@@ -204,6 +221,8 @@ def test_every_operation_survives_schemathesis(storage_url):
             fixed["template_id"] = target.new_template()
         if "{conversation_id}" in operation.path:
             fixed["conversation_id"] = target.conversation_id
+        if "{message_id}" in operation.path:
+            fixed["message_id"] = target.new_scheduled_message()
         if "{sender}" in operation.path:
             fixed["sender"] = AGENT
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
