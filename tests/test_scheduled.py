@@ -366,3 +366,19 @@ def test_the_dashboard_page_needs_a_sign_in(make_sms):
     sms = make_sms(numbers=(AGENT,), POLYSMS_DASHBOARD=True)
     response = sms.app.test_client().get("/dashboard/scheduled")
     assert response.status_code == 302 and "/sign-in" in response.headers["Location"]
+
+
+def test_the_openapi_document_describes_send_at_and_the_message_routes(make_sms):
+    sms = make_sms(numbers=(AGENT,))
+    document = sms.client.get("/v1/openapi.json").get_json()
+    schemas = document["components"]["schemas"]
+    send_at = schemas["OutboundRequest"]["properties"]["send_at"]
+    assert (send_at["format"], send_at["nullable"]) == ("date-time", True)
+    assert "35 days" in send_at["description"]
+    assert schemas["Message"]["properties"]["send_at"]["nullable"] is True
+    assert "scheduled" in schemas["Conversation"]["properties"]["state"]["enum"]
+    paths = document["paths"]
+    assert {"200", "404"} <= set(paths["/v1/messages/{message_id}"]["get"]["responses"])
+    assert {"200", "404", "409"} <= set(
+        paths["/v1/messages/{message_id}/cancel"]["post"]["responses"]
+    )
