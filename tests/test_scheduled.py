@@ -382,3 +382,16 @@ def test_the_openapi_document_describes_send_at_and_the_message_routes(make_sms)
     assert {"200", "404", "409"} <= set(
         paths["/v1/messages/{message_id}/cancel"]["post"]["responses"]
     )
+
+
+def test_a_user_who_writes_before_send_at_starts_the_conversation(sms):
+    send_at = START + timedelta(hours=1)
+    with freeze_time(START) as frozen:
+        accepted = schedule(sms, send_at)
+        sms.inbound_ok(USER, "hello?")
+        conversation = sms.conversation(accepted["conversation_id"])
+        assert (conversation["state"], conversation["engaged"]) == ("active", True)
+        frozen.move_to(send_at)
+        sms.run_due_timers()  # the greeting still goes out, as asked
+        assert get_message(sms, accepted["message_id"]).get_json()["status"] == "sent"
+    assert [m["body"] for m in sms.outbox] == ["See you tomorrow"]
