@@ -41,6 +41,7 @@ from flask_polysms.records import (
 from .memory_idempotency import IdempotencyRecordsInMemory
 from .memory_opt_out_pages import MemoryOptOutPages
 from .memory_opt_outs import MemoryOptOuts
+from .memory_scheduled import MemoryScheduled
 from .memory_turns import MemoryTurns
 
 
@@ -58,7 +59,14 @@ def _apply(record, fields: dict[str, Any], frozen: tuple[str, ...] = ("id",)) ->
         setattr(record, name, copy.deepcopy(value))
 
 
-class MemoryStore(MemoryOptOuts, MemoryOptOutPages, MemoryTurns, IdempotencyRecordsInMemory, Store):
+class MemoryStore(
+    MemoryOptOuts,
+    MemoryOptOutPages,
+    MemoryTurns,
+    MemoryScheduled,
+    IdempotencyRecordsInMemory,
+    Store,
+):
     """Everything in dictionaries guarded by one lock; every method is atomic."""
 
     schemes = ("memory",)

@@ -29,10 +29,11 @@ def set_worker_app(app: Flask) -> None:
 
 
 def _handlers() -> dict[str, Any]:
-    from .services import inbound, lifecycle, sending
+    from .services import inbound, lifecycle, scheduled, sending
 
     return {
         "send": sending.send_job,
+        "release": scheduled.release_job,
         "agent": inbound.agent_job,
         "wake": lifecycle.wake_job,
         "timer": lifecycle.wake_job,  # one session's wake-up, as 0.1.0 scheduled it: the same job

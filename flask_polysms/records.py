@@ -14,8 +14,9 @@ from typing import Any
 ENVIRONMENTS = ("sandbox", "pre-release", "live")
 ENVIRONMENT_ALIASES = {"dev": "sandbox"}
 
-# Session states and why a session ended.
-ACTIVE, WARNED, CLOSED = "active", "warned", "closed"
+# Session states and why a session ended. A session whose greeting waits for its ``send_at``
+# is ``scheduled``; its timers start when the greeting goes out.
+ACTIVE, WARNED, CLOSED, SCHEDULED = "active", "warned", "closed", "scheduled"
 END_INACTIVITY, END_UNENGAGED, END_AGENT, END_OPT_OUT, END_API = (
     "inactivity",
     "unengaged",
@@ -37,10 +38,13 @@ QUEUED, SENDING, SENT, DELIVERED, UNDELIVERED, FAILED = (
     "failed",
 )
 SUPPRESSED, RECEIVED, DROPPED = "suppressed", "received", "dropped"
+# An outbound message waiting for its ``send_at`` is ``scheduled`` (released to ``queued`` when
+# due); ``canceled`` before it went out, it never sends.
+CANCELED = "canceled"
 # Inbound messages on their way through the agent: received -> processing -> handled. One left
 # received/processing (a lost agent job, a killed worker) is found by the sweep and run again.
 PROCESSING, HANDLED = "processing", "handled"
-FINAL_STATUSES = frozenset({DELIVERED, UNDELIVERED, FAILED, SUPPRESSED})
+FINAL_STATUSES = frozenset({DELIVERED, UNDELIVERED, FAILED, SUPPRESSED, CANCELED})
 # Order of Twilio's outbound statuses: a callback never moves a message to a lower rank.
 STATUS_RANK = {
     QUEUED: 0,
@@ -199,6 +203,8 @@ class Message:
     # Pictures (MMS): ``{"url", "content_type"}`` each, in order; ``content_type`` is None on
     # outbound ones (Twilio finds it when it fetches the URL).
     media: list[dict[str, Any]] = field(default_factory=list)
+    # When a scheduled message goes out (None unless scheduled).
+    send_at: datetime | None = None
 
     def __post_init__(self) -> None:
         # Rows written before messages had pictures read back as NULL.

@@ -632,6 +632,66 @@ def test_redis_restarted_mid_run_loses_no_message_and_no_timer(make_rig, live_se
     assert figures["timers"] <= RECOVERY_TARGET
 
 
+@pytest.mark.slow
+def test_scheduled_sends_survive_a_redis_restart_and_a_canceled_one_never_sends(
+    make_rig, live_server
+):
+    base_url, bind = live_server
+    rig = make_rig(emulator={"callbacks": "auto"}, POLYSMS_PUBLIC_URL=base_url)
+    bind(rig.app)
+    rig.start_workers(1)
+    run = uuid.uuid4().hex[:8]
+    # The shortest lead the API takes is a minute: a little more, for the requests' own time.
+    send_at = utcnow() + timedelta(seconds=70)
+
+    def schedule(user: str, body: str) -> str:
+        response = rig.client.post(
+            "/v1/outbound-sms",
+            json={"user_number": user, "message": body, "send_at": send_at.isoformat()},
+            headers=rig.tenant.headers,
+        )
+        assert response.status_code == 202, response.get_json()
+        assert response.get_json()["status"] == "scheduled"
+        return response.get_json()["conversation_id"]
+
+    def greeting(conversation_id: str):
+        with rig.app.app_context():
+            (message,) = rig.state.store.list_messages(conversation_id)
+            return message
+
+    kept = [schedule(USERS[i], f"scheduled {run} #{i}") for i in range(3)]
+    dropped = schedule(USERS[3], f"canceled {run}")
+    response = rig.client.post(
+        f"/v1/messages/{greeting(dropped).id}/cancel", headers=rig.tenant.headers
+    )
+    assert response.status_code == 200 and response.get_json()["status"] == "canceled"
+    # Every release job (and the canceled one's, which would find nothing) goes with Redis.
+    rig.redis.restart()
+
+    def all_sent() -> bool:
+        rig.replace_dead_workers()
+        statuses = [greeting(cid).status for cid in kept]
+        if any(status not in ("scheduled", "queued") for status in statuses):
+            assert utcnow() >= send_at, f"sent before its send_at: {statuses}"
+        return all(status in FINAL | {"sent"} for status in statuses)
+
+    # Nobody runs a sweep here: the workers' own sweeps release what is due.
+    wait_for(all_sent, "every scheduled message sent", 70 + RECOVERY_TARGET + 30, rig.worker_logs)
+    late = (utcnow() - send_at).total_seconds()
+    rig.stop_workers()
+    print("scheduled sends after a redis restart:", json.dumps({"late_at_most_s": round(late, 1)}))
+    assert late <= RECOVERY_TARGET
+    bodies = Counter(m["body"] for m in rig.emulator.messages)
+    # Each kept one once, the canceled one never.
+    assert bodies == Counter(f"scheduled {run} #{i}" for i in range(3))
+    with rig.app.app_context():
+        store = rig.state.store
+        assert {store.get_session(cid).state for cid in kept} == {"active"}
+        closed = store.get_session(dropped)
+        assert (closed.state, closed.end_reason) == ("closed", "canceled")
+    assert greeting(dropped).status == "canceled"
+
+
 # -- 3. a worker killed with SIGKILL in the middle of a send ---------------------------------------
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -116,6 +117,21 @@ class Target:
         )
         assert response.status_code == 201, response.get_json()
         return response.get_json()["id"]
+
+    def new_scheduled_message(self) -> str:
+        """A fresh scheduled greeting for one operation's cases (cancel it, read it)."""
+        send_at = (utcnow() + timedelta(days=1)).isoformat()
+        response = self.client.post(
+            "/v1/outbound-sms",
+            json={"user_number": USER, "message": "later", "send_at": send_at},
+            headers=self.headers,
+        )
+        assert response.status_code == 202, response.get_json()
+        conversation_id = response.get_json()["conversation_id"]
+        conversation = self.client.get(
+            f"/v1/conversations/{conversation_id}", headers=self.headers
+        ).get_json()
+        return conversation["messages"][0]["id"]
 
 
 def _steer(case, draw, target: Target) -> dict[str, str]:
@@ -223,6 +239,8 @@ def test_every_operation_survives_schemathesis(storage_url):
             fixed["template_id"] = target.new_template()
         if "{conversation_id}" in operation.path:
             fixed["conversation_id"] = target.conversation_id
+        if "{message_id}" in operation.path:
+            fixed["message_id"] = target.new_scheduled_message()
         if "{sender}" in operation.path:
             fixed["sender"] = AGENT
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):

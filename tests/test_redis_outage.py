@@ -433,6 +433,7 @@ def test_the_sweep_command_says_what_it_did(rq_app, redis_server, no_grace):
     assert result.exit_code == 0, result.output
     assert result.output.splitlines() == [
         "0 timers fired",
+        "0 scheduled messages released",
         "1 sends enqueued (queued, their job not in Redis)",
         "0 sends re-queued (their worker died or their job was lost)",
         "0 inbound turns enqueued (their agent job not in Redis)",

@@ -25,6 +25,7 @@ from flask_polysms import backends
 from flask_polysms.ports.store import Conflict, NotFound, StaleVersion, Store
 from flask_polysms.records import (
     ACTIVE,
+    CANCELED,
     CLOSED,
     DELIVERED,
     FAILED,
@@ -32,6 +33,7 @@ from flask_polysms.records import (
     OUTBOUND,
     QUEUED,
     RECEIVED,
+    SCHEDULED,
     SENDING,
     SENT,
     WARNED,
@@ -829,6 +831,39 @@ def test_stuck_messages(store: Store) -> None:
     assert [m.id for m in store.stuck_messages(cutoff)] == [old_queued.id, old_sending.id]
     assert [m.id for m in store.stuck_messages(cutoff, limit=1)] == [old_queued.id]
     assert store.stuck_messages(T0) == []
+
+
+def test_scheduled_messages_due_and_listed(store: Store) -> None:
+    at = T0 + timedelta(hours=1)
+    later = store.add_message(a_message(status=SCHEDULED, send_at=at + timedelta(minutes=5)))
+    due = store.add_message(a_message(status=SCHEDULED, send_at=at))
+    early = store.add_message(a_message(status=SCHEDULED, send_at=at - timedelta(minutes=5)))
+    store.add_message(a_message(status=CANCELED, send_at=at - timedelta(minutes=9)))
+    store.add_message(a_message(status=QUEUED, send_at=at - timedelta(minutes=9)))  # released
+    store.add_message(a_message(status=SCHEDULED, environment="sandbox", send_at=at))
+    other = store.add_message(a_message(status=SCHEDULED, project_id="prj_b", send_at=at))
+    assert store.get_message(due.id).send_at == at  # round trip, aware UTC
+    assert store.add_message(a_message()).send_at is None
+
+    found = store.due_scheduled_messages(at)
+    assert [m.id for m in found if m.project_id == "prj_a" and m.environment == "live"] == [
+        early.id,
+        due.id,
+    ]
+    assert {m.id for m in found} >= {other.id}
+    assert len(store.due_scheduled_messages(at, limit=1)) == 1
+    assert store.due_scheduled_messages(at - timedelta(minutes=6)) == []
+    listed = store.list_scheduled_messages("prj_a", "live")
+    assert [m.id for m in listed] == [early.id, due.id, later.id]
+    assert [m.id for m in store.list_scheduled_messages("prj_a", "live", limit=2)] == [
+        early.id,
+        due.id,
+    ]
+    # Released (a compare-and-set on scheduled), it is neither due nor listed any more.
+    assert store.update_message(due.id, SCHEDULED, status=QUEUED) is not None
+    assert store.update_message(due.id, SCHEDULED, status=CANCELED) is None
+    assert [m.id for m in store.list_scheduled_messages("prj_a", "live")] == [early.id, later.id]
+    assert store.list_scheduled_messages("prj_a", "pre-release") == []
 
 
 def test_status_events_are_recorded_once_per_sid_and_status(store: Store) -> None:

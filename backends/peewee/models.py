@@ -155,6 +155,8 @@ def _build_models(database: pw.Database, prefix: str) -> SimpleNamespace:
         last_error_at = UTCDateTimeField(null=True)
         # Pictures (migration 0004): a JSON list; NULL on rows written before, read as [].
         media = JSONTextField(null=True)
+        # When a scheduled message goes out (migration 0009); NULL unless scheduled.
+        send_at = UTCDateTimeField(null=True)
 
         class Meta:
             table_name = prefix + "message"
@@ -309,6 +311,7 @@ def _build_models(database: pw.Database, prefix: str) -> SimpleNamespace:
     index(Message, "message_sid", Message.twilio_sid)
     index(Message, "message_session", Message.session_id, Message.seq)
     index(Message, "message_stuck", Message.status, Message.updated_at)
+    index(Message, "message_send_at", Message.status, Message.send_at)
     index(StatusEvent, "status_event_pair", StatusEvent.twilio_sid, StatusEvent.status, unique=True)
     index(Template, "template_title", Template.project_id, Template.title, unique=True)
     index(OptOut, "opt_out_pair", OptOut.recipient, OptOut.sender, unique=True)

@@ -26,6 +26,7 @@ from .metrics import MetricRecords
 from .models import _build_models
 from .mysql import binary_collation
 from .opt_outs import OptOutRecords
+from .scheduled import ScheduledRecords
 from .sessions import SessionRecords
 from .statements import StatementRunner, T
 from .templates import TemplateRecords
@@ -41,6 +42,7 @@ class PeeweeStore(
     TurnRecords,
     SessionRecords,
     MessageRecords,
+    ScheduledRecords,
     TemplateRecords,
     OptOutRecords,
     MetricRecords,

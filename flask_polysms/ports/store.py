@@ -463,6 +463,16 @@ class Store(TurnClaims, OperationsFigures, DashboardSignIns, IdempotencyKeys, AB
         ``sending``, inbound ``received`` or ``processing`` (the agent's turn)."""
 
     @abstractmethod
+    def due_scheduled_messages(self, now: datetime, limit: int = 500) -> list[Message]:
+        """``scheduled`` messages whose ``send_at`` is at or before ``now``, soonest first."""
+
+    @abstractmethod
+    def list_scheduled_messages(
+        self, project_id: str, environment: str, limit: int = 100
+    ) -> list[Message]:
+        """A project's ``scheduled`` messages in one environment, soonest ``send_at`` first."""
+
+    @abstractmethod
     def add_status_event(self, event: StatusEvent) -> bool:
         """Record a status callback; False when the (SID, status) pair was recorded already."""
 

@@ -35,6 +35,7 @@ def message_dict(message: Message) -> dict[str, Any]:
         "attempts": message.attempts,
         "last_error": last_error(message),
         "media": [dict(item) for item in message.media],
+        "send_at": message.send_at,
     }
 
 

@@ -21,3 +21,8 @@ def send_job_id(message_id: str, attempt: int) -> str:
 def agent_job_id(message_id: str) -> str:
     """The id of the job that runs the agent's turn on one inbound message."""
     return f"agent-{message_id}"
+
+
+def release_job_id(message_id: str) -> str:
+    """The id of the job that releases a scheduled message to its send at its ``send_at``."""
+    return f"release-{message_id}"

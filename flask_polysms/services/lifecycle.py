@@ -13,10 +13,9 @@ make one transition.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..clock import utcnow
@@ -43,7 +42,9 @@ from ..records import (
 from . import events
 from .job_ids import agent_job_id, send_job_id
 from .metrics import count
+from .scheduled import release_due
 from .units import unit_of_work
+from .wakeups import schedule_wake as _schedule_wake
 
 if TYPE_CHECKING:
     from .state import PolySMSState
@@ -93,15 +94,6 @@ def new_session(
     count(state, project_id, environment, "conversations")
     events.opened(state, session)
     return session
-
-
-def _schedule_wake(state: PolySMSState, when: datetime) -> None:
-    # The slot is the next whole second: its job wakes every session due by then. Its id names
-    # the second, so the same slot scheduled twice (two sessions, two processes) is one job (RQ
-    # replaces by id), and a slot scheduled from inside a running wake-up is always a later one.
-    slot = math.ceil(when.timestamp())
-    at = datetime.fromtimestamp(slot, timezone.utc)
-    state.scheduler.enqueue_at(at, "wake", job_id=f"wake-{slot}")
 
 
 def closed_fields(now: datetime, reason: str, **extra: Any) -> dict[str, Any]:
@@ -507,6 +499,8 @@ class SweepReport:
     #: Timed jobs (retries, wake-ups) whose time had come, moved to the queue because no RQ
     #: scheduler held its lock.
     scheduled_moved: int = 0
+    #: Scheduled messages whose send_at had come, handed to their send.
+    scheduled_released: int = 0
     #: Whether the broker answered (None: the scheduler needs none). Unreachable, only timers
     #: are fired: nothing could be enqueued.
     broker_reachable: bool | None = None
@@ -529,6 +523,7 @@ class SweepReport:
         """One line per figure, as ``flask polysms sweep`` prints them."""
         lines = [
             f"{self.timers_fired} timers fired",
+            f"{self.scheduled_released} scheduled messages released",
             f"{self.sends_enqueued} sends enqueued (queued, their job not in Redis)",
             f"{self.sends_requeued} sends re-queued (their worker died or their job was lost)",
             f"{self.turns_enqueued} inbound turns enqueued (their agent job not in Redis)",
@@ -556,13 +551,14 @@ def run_sweep(state: PolySMSState) -> SweepReport:
     if report.broker_reachable is not False:
         report.scheduled_moved = _tolerant(state, report, scheduler.move_due_jobs, 0)
     report.timers_fired = fire_due(state)
+    report.scheduled_released = release_due(state)
     if report.broker_reachable is not False:
         verified = _tolerant(state, report, lambda: recover_lost_jobs(state, report), set())
         if report.broker_reachable is not False:
             report.stuck_requeued = reap_stuck_messages(state, verified)
     if report.recovered or report.broker_reachable is False:
         log.warning("sweep: %s", "; ".join(report.lines()))
-    elif report.timers_fired or report.scheduled_moved:
+    elif report.timers_fired or report.scheduled_moved or report.scheduled_released:
         log.info("sweep: %s", "; ".join(report.lines()))
     return report
 

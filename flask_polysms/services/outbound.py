@@ -9,12 +9,14 @@ counts once.
 from __future__ import annotations
 
 import zlib
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from ..errors import InvalidInput, NotFoundError
 from ..phone import region_of
 from ..records import Message, Sender, Session
 from .lifecycle import new_session
+from .scheduled import open_scheduled_session
 from .sender_facts import guard_error, two_way_supported
 from .senders import guard_enabled
 from .sending import queue_message
@@ -75,9 +77,11 @@ def start_outbound(
     text: str,
     agent_number: str | None = None,
     media_urls: list[str] | None = None,
+    send_at: datetime | None = None,
 ) -> tuple[Session, Message]:
     """Open a session whose greeting is ``text`` (with pictures: ``media_urls``, already
-    checked) and queue it for sending.
+    checked) and queue it for sending; with ``send_at`` (already checked), the session and its
+    greeting are ``scheduled`` until then.
 
     Counts against the project's ``POLYSMS_RATE_LIMIT`` first (RateLimited, 429, when over it),
     whoever the caller is.
@@ -97,8 +101,11 @@ def start_outbound(
         )
         metadata = {"warnings": [warning]}
 
+    # Opted out when accepted: suppressed now, whenever it was meant to go.
+    opened = open_scheduled_session if send_at is not None and not opted_out else new_session
+
     def open_and_queue() -> tuple[Session, Message]:
-        session = new_session(
+        session = opened(
             state, tenant.project_id, tenant.environment, user_number, chosen, metadata
         )
         # Opted out when accepted: recorded `suppressed` at once, never queued, so no later
@@ -114,6 +121,7 @@ def start_outbound(
             sender=chosen,
             suppressed=opted_out,
             media_urls=media_urls,
+            send_at=send_at,
         )
         return session, message
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 from urllib.parse import urlencode
 
@@ -23,6 +23,7 @@ from ..records import (
     FAILED,
     OUTBOUND,
     QUEUED,
+    SCHEDULED,
     SENDING,
     SOURCE_CARRIER,
     STATUS_RANK,
@@ -34,7 +35,7 @@ from ..records import (
 )
 from ..segments import count_segments
 from .events import opt_out_changed, status_changed
-from .job_ids import send_job_id
+from .job_ids import release_job_id, send_job_id
 from .metrics import count
 from .pools import change_opt_out
 from .sender_facts import guard_error
@@ -67,6 +68,7 @@ def queue_message(
     error: tuple[int | None, str] | None = None,
     suppressed: bool = False,
     media_urls: list[str] | None = None,
+    send_at: datetime | None = None,
 ) -> Message:
     """Record an outbound message as ``queued`` and hand it to the send job.
 
@@ -75,7 +77,8 @@ def queue_message(
     With ``suppressed`` (its recipient opted out when it was accepted) it is recorded as
     ``suppressed`` (drop reason ``opted_out``) at once and counted: no job, so no later path
     (a sweep, a retry, a START in between) can ever send it. ``media_urls``: pictures to send with
-    it (an MMS), already checked.
+    it (an MMS), already checked. With ``send_at`` it is recorded ``scheduled`` and its release
+    job (:mod:`~flask_polysms.services.scheduled`) wakes it then.
     """
     now = utcnow()
     segments = count_segments(body)
@@ -99,6 +102,7 @@ def queue_message(
         template=template,
         max_attempts=state.settings.send_max_attempts if max_attempts is None else max_attempts,
         media=media_from_urls(media_urls),
+        send_at=send_at,
     )
     if error is not None:
         message.status = FAILED
@@ -114,6 +118,13 @@ def queue_message(
         state.store.add_message(message)
         count(state, project_id, environment, "suppressed")
         log_attempt(message, SUPPRESSED_OUTCOME, time.perf_counter(), reason="opted_out")
+        return message
+    if send_at is not None:
+        message.status = SCHEDULED
+        state.store.add_message(message)
+        state.scheduler.enqueue_at(
+            send_at, "release", message.id, job_id=release_job_id(message.id)
+        )
         return message
     state.store.add_message(message)
     state.scheduler.enqueue("send", message.id, job_id=send_job_id(message.id, 0))

@@ -21,7 +21,9 @@ blp = Blueprint("polysms_conversations", __name__, description="Conversation ses
 
 class ConversationQuerySchema(ma.Schema):
     user_number = E164()
-    state = ma.fields.String(validate=ma.validate.OneOf(["active", "warned", "closed"]))
+    state = ma.fields.String(
+        validate=ma.validate.OneOf(["scheduled", "active", "warned", "closed"])
+    )
     environment = ma.fields.String(
         validate=ma.validate.OneOf(["sandbox", "pre-release", "live"]),
         metadata={"description": "the connector's environment (another one is a 400)"},

@@ -6,13 +6,14 @@ import marshmallow as ma
 from flask import request
 
 from ...services.outbound import start_outbound
+from ...services.scheduled import send_at_problem
 from ...services.state import get_state
 from . import conversations
 from .auth import authenticated
 from .blueprint import Blueprint
 from .errors import ErrorSchema
 from .idempotency import idempotent
-from .schemas import E164, MediaUrls
+from .schemas import E164, MediaUrls, Rfc3339DateTime
 
 URL_PREFIX = "/v1"
 
@@ -28,6 +29,21 @@ class OutboundRequestSchema(ma.Schema):
     message = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=1600))
     agent_number = E164(load_default=None, metadata={"description": "a provisioned number"})
     media_urls = MediaUrls()
+    send_at = Rfc3339DateTime(
+        load_default=None,
+        allow_none=True,
+        metadata={
+            "description": "send later: an RFC 3339 time with its offset, 1 minute to 35 days "
+            "ahead; the greeting and the conversation are `scheduled` until then",
+            "example": "2026-12-24T09:00:00+01:00",
+        },
+    )
+
+    @ma.validates("send_at")
+    def _send_at_ahead(self, value, **kwargs):
+        problem = send_at_problem(value) if value is not None else None
+        if problem:
+            raise ma.ValidationError(problem)
 
 
 class OutboundResponseSchema(ma.Schema):
@@ -56,6 +72,10 @@ def send_outbound(body, tenant):
     else one spread across the environment's numbers. A recipient opted out of that number is
     accepted too: the message is recorded as `suppressed` and never sent.
 
+    With `send_at`, the greeting (`status` `scheduled`) and the conversation wait until then;
+    `POST /v1/messages/<id>/cancel` cancels it before. The opt-out is checked again when it
+    goes out; the rate limit counts it when accepted.
+
     With `Idempotency-Key`, a repeat within 24 h answers the first response (status and body)
     and sends nothing; a request that failed kept nothing, and may be tried again with its key.
     """
@@ -68,6 +88,7 @@ def send_outbound(body, tenant):
         body["message"],
         body.get("agent_number"),
         media_urls=body.get("media_urls"),
+        send_at=body.get("send_at"),
     )
     # The path of GET /v1/conversations/<id>, as url_for would build it (ids are URL-safe):
     # a third of the cost of url_for, on the route the API serves most.

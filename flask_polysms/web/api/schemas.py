@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from datetime import datetime, timezone
+
 import marshmallow as ma
 
 from ...media import MAX_MEDIA, MAX_URL_LENGTH, https_url_problem
@@ -17,6 +20,30 @@ class E164(ma.fields.String):
             return validate_e164(value)
         except ValueError as exc:
             raise ma.ValidationError(str(exc)) from exc
+
+
+# RFC 3339's date-time: a full date and time, seconds included, and an offset (Z or ±hh:mm).
+_RFC3339 = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})\Z"
+)
+
+
+class Rfc3339DateTime(ma.fields.DateTime):
+    """An RFC 3339 date-time with its offset (``2026-12-24T09:00:00+01:00``), as an aware
+    UTC datetime; a time without an offset is refused (whose 9 o'clock would it be?)."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, str) or not _RFC3339.match(value):
+            raise ma.ValidationError(
+                "not an RFC 3339 date-time with an offset, e.g. 2026-12-24T09:00:00+01:00"
+            )
+        text = value.replace("z", "Z").replace("t", "T")
+        # fromisoformat reads at most microseconds: cut finer fractions.
+        text = re.sub(r"(\.\d{6})\d+", r"\1", text)
+        try:
+            return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(timezone.utc)
+        except ValueError as exc:  # 2026-02-30, 25:00:00, an offset over 24 h
+            raise ma.ValidationError(f"not a valid date-time: {exc}") from exc
 
 
 class HttpsUrl(ma.fields.String):
@@ -98,6 +125,10 @@ class MessageSchema(ma.Schema):
     media = ma.fields.List(
         ma.fields.Nested(MediaSchema), metadata={"description": "pictures (MMS); [] for none"}
     )
+    send_at = ma.fields.DateTime(
+        allow_none=True,
+        metadata={"description": "when a scheduled message goes out; null unless scheduled"},
+    )
 
 
 class SmsSendSchema(ma.Schema):
@@ -126,7 +157,7 @@ class ConversationSchema(ma.Schema):
     channel = ma.fields.String()
     user_number = ma.fields.String()
     agent_number = ma.fields.String()
-    state = ma.fields.String(metadata={"enum": ["active", "warned", "closed"]})
+    state = ma.fields.String(metadata={"enum": ["scheduled", "active", "warned", "closed"]})
     engaged = ma.fields.Boolean()
     created_at = ma.fields.DateTime()
     last_activity_at = ma.fields.DateTime()
