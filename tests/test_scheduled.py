@@ -14,7 +14,8 @@ from store_backends import BACKENDS, storage_url
 
 from flask_polysms.clock import utcnow
 from flask_polysms.services import provisioning, scheduled
-from flask_polysms.services.lifecycle import end_session, sweep
+from flask_polysms.services.lifecycle import sweep
+from flask_polysms.services.operators import end_session
 from flask_polysms.services.sending import send_job
 from flask_polysms.services.tenancy import CONNECTOR_HEADER
 

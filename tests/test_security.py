@@ -70,6 +70,8 @@ class Tenants:
         client = self.sms.client
         b_conv = self.sms.send_ok(B_USER, B_SECRET_TEXT, tenant=self.b)
         self.b_conversation_id = b_conv["conversation_id"]
+        b_view = client.get(f"/v1/conversations/{self.b_conversation_id}", headers=self.b.headers)
+        self.b_message_id = b_view.get_json()["messages"][0]["id"]
         response = client.post(
             "/v1/sms-templates",
             json={
@@ -92,6 +94,7 @@ class Tenants:
     def b_secrets(self) -> list[str]:
         return [
             self.b_conversation_id,
+            self.b_message_id,
             self.b_template_id,
             B_SECRET_TEXT,
             B_TEMPLATE_TITLE,
@@ -182,6 +185,8 @@ def routes(t: Tenants) -> list[tuple[str, str, str, Any]]:
         ("polysms_operators.resume", "POST",
          f"/v1/conversations/{t.b_conversation_id}/resume", None),
         ("polysms_operators.end", "POST", f"/v1/conversations/{t.b_conversation_id}/end", None),
+        ("polysms_messages.get_message", "GET", f"/v1/messages/{t.b_message_id}", None),
+        ("polysms_messages.cancel_message", "POST", f"/v1/messages/{t.b_message_id}/cancel", None),
     ]  # fmt: skip
 
 
@@ -211,6 +216,8 @@ EXPECTED_FOR_B_IDS = {
     "polysms_operators.send_message": 404,
     "polysms_operators.resume": 404,
     "polysms_operators.end": 404,
+    "polysms_messages.get_message": 404,
+    "polysms_messages.cancel_message": 404,
 }
 
 
