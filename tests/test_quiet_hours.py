@@ -1,11 +1,14 @@
 """Quiet hours in the recipient's local time: the end of a hold, across daylight-saving changes
-and numbers with several time zones."""
+and numbers with several time zones; greetings of the outbound API held to that end (scheduled
+ones too) on every backend, replies never."""
 
 from __future__ import annotations
 
 from datetime import datetime, timezone
 
 import pytest
+from freezegun import freeze_time
+from store_backends import BACKENDS, storage_url
 
 from flask_polysms.services.quiet_hours import held_until, parse_clock, zones_of
 
@@ -85,3 +88,78 @@ def test_nothing_is_held_without_quiet_hours_an_empty_window_or_a_known_zone():
 def test_clock_times_are_hh_mm(text):
     with pytest.raises(ValueError):
         parse_clock(text)
+
+
+# -- through the outbound API, on every backend ----------------------------------------------------
+AGENT = "+14155552671"
+USER = SAN_FRANCISCO  # America/Los_Angeles: DST from 2026-03-08 10:00 UTC to 2026-11-01 09:00 UTC
+
+
+@pytest.fixture(params=BACKENDS)
+def backend_url(request, tmp_path) -> str:
+    return storage_url(request, request.param, tmp_path)
+
+
+@pytest.fixture
+def sms(make_sms, backend_url):
+    harness = make_sms(agent=lambda conv, text: f"agent: {text}", numbers=(AGENT,),
+                       POLYSMS_STORAGE_URL=backend_url)  # fmt: skip
+    yield harness
+    harness.store.disconnect()
+
+
+def set_quiet_hours(sms, hours) -> None:
+    response = sms.client.patch(
+        "/v1/project", json={"quiet_hours": hours}, headers=sms.tenant.headers
+    )
+    assert response.status_code == 200, response.get_json()
+
+
+def greeting(sms, accepted: dict) -> dict:
+    return sms.conversation(accepted["conversation_id"])["messages"][0]
+
+
+def test_a_greeting_in_quiet_hours_waits_for_their_local_end_across_the_spring_change(sms):
+    set_quiet_hours(sms, NIGHT)
+    with freeze_time(utc(2026, 3, 8, 9, 30)) as clock:  # 01:30 PST, before clocks go forward
+        accepted = sms.send_ok(USER, "Your table is ready")
+        assert accepted["status"] == "scheduled"
+        assert sms.conversation(accepted["conversation_id"])["state"] == "scheduled"
+        # 08:00 in San Francisco that day is PDT: 15:00 UTC, not 16:00.
+        assert greeting(sms, accepted)["send_at"] == utc(2026, 3, 8, 15, 0).isoformat()
+        clock.move_to(utc(2026, 3, 8, 14, 59))
+        sms.run_due_timers()
+        assert sms.outbox == []
+        clock.move_to(utc(2026, 3, 8, 15, 0, 1))
+        sms.run_due_timers()
+        assert [m["to"] for m in sms.outbox] == [USER]
+        assert greeting(sms, accepted)["status"] == "sent"
+
+
+def test_a_scheduled_send_that_falls_in_quiet_hours_moves_to_their_end_across_the_fall_change(
+    sms,
+):
+    set_quiet_hours(sms, NIGHT)
+    with freeze_time(utc(2026, 10, 31, 18, 0)):
+        # 2026-11-01 09:30 UTC is 01:30 PST, half an hour after the clocks went back.
+        accepted = sms.send_ok(USER, "Reminder", send_at=utc(2026, 11, 1, 9, 30).isoformat())
+        assert greeting(sms, accepted)["send_at"] == utc(2026, 11, 1, 16, 0).isoformat()
+
+
+def test_outside_quiet_hours_or_without_them_nothing_waits(sms):
+    with freeze_time(utc(2026, 7, 1, 6, 0)):  # 23:00 PDT
+        assert sms.send_ok(USER, "No quiet hours set")["status"] != "scheduled"
+        set_quiet_hours(sms, NIGHT)
+        assert sms.send_ok("+14155552675", "At night")["status"] == "scheduled"
+        set_quiet_hours(sms, None)
+        assert sms.send_ok("+14155552676", "Off again")["status"] != "scheduled"
+    set_quiet_hours(sms, NIGHT)
+    with freeze_time(utc(2026, 7, 1, 20, 0)):  # 13:00 PDT
+        assert sms.send_ok("+14155552677", "Midday")["status"] != "scheduled"
+
+
+def test_replies_in_a_conversation_the_user_engaged_in_are_never_held(sms):
+    set_quiet_hours(sms, NIGHT)
+    with freeze_time(utc(2026, 7, 1, 6, 0)):  # 23:00 PDT
+        sms.inbound_ok(USER, "are you open tomorrow?")
+        assert [m["body"] for m in sms.outbox] == ["agent: are you open tomorrow?"]

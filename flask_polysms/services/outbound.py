@@ -12,10 +12,13 @@ import zlib
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from ..clock import utcnow
 from ..errors import InvalidInput, NotFoundError
 from ..phone import region_of
 from ..records import Message, Sender, Session
+from .consent import quiet_hours
 from .lifecycle import new_session
+from .quiet_hours import held_until
 from .scheduled import open_scheduled_session
 from .sender_facts import guard_error, two_way_supported
 from .senders import guard_enabled
@@ -81,7 +84,8 @@ def start_outbound(
 ) -> tuple[Session, Message]:
     """Open a session whose greeting is ``text`` (with pictures: ``media_urls``, already
     checked) and queue it for sending; with ``send_at`` (already checked), the session and its
-    greeting are ``scheduled`` until then.
+    greeting are ``scheduled`` until then. A greeting that would go out in the project's quiet
+    hours, in the recipient's local time, is scheduled for their end.
 
     Counts against the project's ``POLYSMS_RATE_LIMIT`` first (RateLimited, 429, when over it),
     whoever the caller is.
@@ -101,6 +105,10 @@ def start_outbound(
         )
         metadata = {"warnings": [warning]}
 
+    # A business-initiated message: held past the recipient's quiet hours.
+    held = held_until(user_number, send_at or utcnow(), quiet_hours(tenant.project))
+    if held is not None:
+        send_at = held
     # Opted out when accepted: suppressed now, whenever it was meant to go.
     opened = open_scheduled_session if send_at is not None and not opted_out else new_session
 
