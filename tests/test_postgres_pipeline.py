@@ -245,12 +245,12 @@ def test_every_prepared_statement_finds_its_rows_by_key_in_a_generic_plan(
         checked.close()
 
 
-def test_an_outbound_request_reads_its_credentials_from_the_headers_alone(
+def test_an_outbound_request_reads_its_credentials_and_senders_in_one_message(
     make_sms, fresh_postgres_url
 ):
-    """The credentials are read alone (authentication reads the headers only), then the senders
-    and the user's last number; the writes follow in one transaction. The number the user knows
-    is still the one chosen."""
+    """One read before the writes: the credentials, the senders and the user's last number come
+    in one message; the writes follow in one transaction. The number the user knows is still the
+    one chosen."""
     schema = backends.create_store(fresh_postgres_url)
     schema.create_schema()
     schema.disconnect()
@@ -263,9 +263,8 @@ def test_an_outbound_request_reads_its_credentials_from_the_headers_alone(
     shown = [sql[:60] for sql in messages.sent]
     begun = next(i for i, sql in enumerate(messages.sent) if sql.startswith("BEGIN"))
     committed = next(i for i, sql in enumerate(messages.sent) if sql.endswith("COMMIT"))
-    # Two reads, each a message of its own: the credentials, then the senders and the user's
-    # last number; the transaction's BEGIN leaves with its first write.
-    assert begun == 2 and begun <= committed, shown
+    # One read, then the transaction, whose BEGIN leaves with its first write.
+    assert begun == 1 and begun <= committed, shown
     assert again["agent_number"] == first["agent_number"] == AGENT_NUMBERS[1]
     stored = sms.state.store.get_session(again["conversation_id"])
     assert stored.agent_number == AGENT_NUMBERS[1]

@@ -153,3 +153,99 @@ def test_an_unreachable_budget_storage_lets_reads_through(make_sms, caplog):
     assert answers == [200, 200, 200]
     assert "request budget not counted" in caplog.text
     assert get_state(sms.app).read_limiter.fail_open
+
+
+# -- the outbound route: budget and outbound limit counted together -------------------------------
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.services)])
+def limit_storage(request) -> dict:
+    """Where the limits count: this process's memory, or the real Redis (one script call)."""
+    if request.param == "memory":
+        return {}
+    request.getfixturevalue("redis_conn")  # an empty Redis database, or a skip with the reason
+    return {"POLYSMS_RATE_LIMIT_STORAGE_URL": request.getfixturevalue("redis_url")}
+
+
+def test_a_send_refused_by_the_budget_spends_no_outbound_limit(make_sms, limit_storage):
+    sms = make_sms(
+        POLYSMS_READ_RATE_LIMIT="2 per minute", POLYSMS_RATE_LIMIT="2 per minute", **limit_storage
+    )
+    assert sms.send(USER).status_code == 202
+    assert get_conversations(sms).status_code == 200
+    spent(sms.send(OTHER_NUMBER))  # over the budget: the outbound limit is not counted
+    assert sms.store.list_sessions(sms.tenant.project_id, user_number=OTHER_NUMBER)[0] == []
+
+    other = sms.provision(numbers=("+14155550150",))
+    assert (
+        sms.client.post(
+            "/v1/outbound-sms", json={"user_number": USER, "message": "Hi"}, headers=other.headers
+        ).status_code
+        == 202
+    )  # another project: its own budget and limit
+
+
+def test_a_send_over_the_outbound_limit_has_spent_its_budget(make_sms, limit_storage):
+    sms = make_sms(
+        POLYSMS_READ_RATE_LIMIT="3 per minute", POLYSMS_RATE_LIMIT="1 per minute", **limit_storage
+    )
+    assert sms.send(USER).status_code == 202
+    refused = sms.send(OTHER_NUMBER)
+    assert refused.status_code == 429 and "rate limit" in refused.get_json()["detail"]
+    assert get_conversations(sms).status_code == 200  # the third request of the budget
+    spent(get_conversations(sms))
+
+
+def test_a_bad_send_answers_in_the_order_of_every_route(make_sms, limit_storage):
+    """The outbound route reads its caller late (with the senders): a refused body still comes
+    after a bad key (401) and after a spent budget (429), and is counted against the budget."""
+    sms = make_sms(POLYSMS_READ_RATE_LIMIT="2 per minute", **limit_storage)
+    bad_body = {"user_number": "not a number", "message": ""}
+    wrong_key = {**sms.tenant.headers, AUTH_HEADER: "not-a-key"}
+
+    assert sms.client.post("/v1/outbound-sms", json=bad_body, headers=wrong_key).status_code == 401
+    first = sms.client.post("/v1/outbound-sms", json=bad_body, headers=sms.tenant.headers)
+    assert first.status_code == 400 and set(first.get_json()["errors"]) >= {"user_number"}
+    assert get_conversations(sms).status_code == 200
+    spent(sms.client.post("/v1/outbound-sms", json=bad_body, headers=sms.tenant.headers))
+    spent(sms.send(USER))
+
+
+@pytest.mark.services
+def test_a_send_counts_both_limits_in_one_redis_call(make_sms, redis_conn, redis_url, monkeypatch):
+    import redis.connection
+
+    sms = make_sms(
+        POLYSMS_RATE_LIMIT_STORAGE_URL=redis_url,
+        POLYSMS_READ_RATE_LIMIT="50 per minute",
+        POLYSMS_RATE_LIMIT="50 per minute",
+    )
+    assert sms.send(USER).status_code == 202  # the script is loaded on the first use
+    sent: list[bytes] = []
+    send = redis.connection.Connection.send_packed_command
+
+    def counted(connection, command, *args, **kwargs):
+        sent.append(command if isinstance(command, bytes) else b"".join(command))
+        return send(connection, command, *args, **kwargs)
+
+    # Counts what this process sends to Redis (the server is shared with other test runs).
+    monkeypatch.setattr(redis.connection.Connection, "send_packed_command", counted)
+    assert sms.send(OTHER_NUMBER).status_code == 202
+    monkeypatch.undo()
+
+    assert len(sent) == 1 and b"EVALSHA" in sent[0], sent
+    keys = sorted(k.decode() for k in redis_conn.keys("LIMITS:*"))
+    assert len(keys) == 2 and any("/requests:" in k for k in keys), keys
+    assert all(int(redis_conn.get(k)) == 2 for k in keys)
+
+
+def test_an_unreachable_limit_storage_lets_sends_through(make_sms, caplog):
+    sms = make_sms(
+        POLYSMS_RATE_LIMIT_STORAGE_URL="redis://127.0.0.1:1/0",
+        POLYSMS_READ_RATE_LIMIT="1 per minute",
+        POLYSMS_RATE_LIMIT="1 per minute",
+    )
+
+    with caplog.at_level(logging.WARNING, logger="flask_polysms.rate_limits"):
+        answers = [sms.send(number).status_code for number in (USER, OTHER_NUMBER)]
+
+    assert answers == [202, 202]
+    assert "request budget not counted" in caplog.text and "rate limit not counted" in caplog.text

@@ -15,7 +15,7 @@ from flask_polysms import backends as store_backends
 from flask_polysms.clock import utcnow
 from flask_polysms.crypto import hash_api_key
 from flask_polysms.ports.schedulers import RUN_JOB, JobSerializer
-from flask_polysms.records import Session, new_id
+from flask_polysms.records import Sender, Session, new_id
 from flask_polysms.services.units import unit_of_work
 
 
@@ -169,6 +169,75 @@ def test_credentials_come_together(store):
     assert (found_key, found_connector, found_project) == (key, connector, project)
     assert store.get_credentials(hash_api_key("pk_secret"), "con_missing") == (key, None, None)
     assert store.get_credentials(hash_api_key("pk_secret"), None) == (key, None, None)
+
+
+def test_credentials_come_with_the_senders_only_when_they_authorise(store):
+    """The outbound route's one read: the senders of the connector's environment, the user's
+    last number and the senders the user opted out from, joined only to credentials that let the
+    caller in (another account's key, a revoked key or a missing connector read no senders)."""
+    account = store.create_account("acme")
+    project = store.create_project(account.id, "reminders")
+    live = store.create_connector(project.id, "live")
+    sandbox = store.create_connector(project.id, "sandbox")
+    key = store.add_api_key(account.id, hash_api_key("pk_secret"), "pk_secr")
+    other_account = store.create_account("other")
+    other_key = store.add_api_key(other_account.id, hash_api_key("pk_other"), "pk_othe")
+    revoked = store.add_api_key(account.id, hash_api_key("pk_old"), "pk_old_")
+    store.revoke_api_key(revoked.id, utcnow())
+    user, first, second, third = "+14155552671", "+14155550100", "+14155550101", "+14155550199"
+    for address, environment in ((first, "live"), (second, "live"), (third, "sandbox")):
+        store.add_sender(
+            Sender(
+                id=new_id("snd_"),
+                project_id=project.id,
+                environment=environment,
+                address=address,
+                created_at=utcnow(),
+            )
+        )
+    now = utcnow()
+    store.create_session(
+        Session(
+            id=new_id("conv_"),
+            project_id=project.id,
+            environment="live",
+            user_number=user,
+            agent_number=second,
+            created_at=now,
+            last_activity_at=now,
+        )
+    )
+    store.set_opt_out(project.id, user, first, True, "STOP", now)
+
+    found = store.get_credentials_and_senders(hash_api_key("pk_secret"), live.id, user)
+    assert found[:3] == (key, live, project)
+    assert found[3] == store.senders_for_outbound(project.id, "live", user)
+    senders, previous, opted_out = found[3]
+    assert [s.address for s in senders] == [first, second]
+    assert previous == second and opted_out == frozenset({first})
+    sandbox_found = store.get_credentials_and_senders(hash_api_key("pk_secret"), sandbox.id, user)
+    assert [s.address for s in sandbox_found[3][0]] == [third]
+    assert sandbox_found[3][1:] == (None, frozenset())
+
+    assert store.get_credentials_and_senders(hash_api_key("pk_other"), live.id, user) == (
+        other_key,
+        live,
+        project,
+        None,
+    )
+    assert store.get_credentials_and_senders(hash_api_key("pk_old"), live.id, user)[3] is None
+    assert store.get_credentials_and_senders(hash_api_key("pk_secret"), "con_x", user) == (
+        key,
+        None,
+        None,
+        None,
+    )
+    assert store.get_credentials_and_senders(hash_api_key("pk_nobody"), live.id, user) == (
+        None,
+        None,
+        None,
+        None,
+    )
 
 
 @pytest.mark.services

@@ -8,10 +8,11 @@ from typing import Any
 
 import peewee as pw
 
+from flask_polysms.authorisation import authorises
 from flask_polysms.ports.store import Conflict, NotFound, StaleVersion, check_cursor
-from flask_polysms.records import CLOSED, Sender, Session
+from flask_polysms.records import CLOSED, ApiKey, Connector, Project, Sender, Session
 
-from .statements import StatementRunner, _is_open_clash, _record, _values
+from .statements import StatementRunner, _is_open_clash, _prefixed_record, _record, _values
 
 
 class SessionRecords(StatementRunner):
@@ -398,19 +399,84 @@ class SessionRecords(StatementRunner):
     ) -> tuple[list[Sender], str | None, frozenset[str]]:
         """:meth:`senders_for_user` with, on each sender's row, whether the user opted out from
         it or from its Messaging Service (as :meth:`is_opted_out`): one query."""
-        S, O_ = self._m.Sender, self._m.OptOut
+        S = self._m.Sender
 
         def build(param: Callable[[int], pw.Value]) -> Any:
-            opted_out = pw.fn.EXISTS(
-                O_.select(O_.recipient).where(
-                    (O_.recipient == param(2))
-                    & ((O_.sender == S.address) | (O_.sender == S.messaging_service_sid))
-                    & (O_.opted_out == True)  # noqa: E712
-                )
-            )
+            opted_out = self._user_opted_out(param(2))
             return self._senders_with_previous(param, opted_out.alias("user_opted_out"))
 
         rows = self._rows("senders_for_outbound", build, [project_id, environment, user_number], S)
         previous = rows[0]["previous_agent_number"] if rows else None
         opted_out = frozenset(row["address"] for row in rows if row["user_opted_out"])
         return [_record(Sender, row) for row in rows], previous, opted_out
+
+    def _user_opted_out(self, user: pw.Node) -> pw.Node:
+        """Whether ``user`` opted out from the sender of the row, or from its Messaging Service."""
+        S, O_ = self._m.Sender, self._m.OptOut
+        return pw.fn.EXISTS(
+            O_.select(O_.recipient).where(
+                (O_.recipient == user)
+                & ((O_.sender == S.address) | (O_.sender == S.messaging_service_sid))
+                & (O_.opted_out == True)  # noqa: E712
+            )
+        )
+
+    def get_credentials_and_senders(
+        self, key_hash: str, connector_id: str | None, user_number: str
+    ) -> tuple[
+        ApiKey | None,
+        Connector | None,
+        Project | None,
+        tuple[list[Sender], str | None, frozenset[str]] | None,
+    ]:
+        """:meth:`get_credentials` and, when they authorise, :meth:`senders_for_outbound` of the
+        connector's environment: one query (a sender's row is joined only to credentials that
+        authorise, so nobody else's senders are read)."""
+        K, C, P, S, Sn = (
+            self._m.ApiKey,
+            self._m.Connector,
+            self._m.Project,
+            self._m.Sender,
+            self._m.Session,
+        )
+        parts = self._credential_parts()
+        sender_part = ("s_", S, Sender)
+
+        def build(param: Callable[[int], pw.Value]) -> Any:
+            previous = (
+                Sn.select(Sn.agent_number)
+                .where(
+                    (Sn.project_id == C.project_id)
+                    & (Sn.environment == C.environment)
+                    & (Sn.user_number == param(2))
+                )
+                .order_by(Sn.seq.desc())
+                .limit(1)
+            )
+            authorised = (
+                (S.project_id == P.id)
+                & (S.environment == C.environment)
+                & (P.account_id == K.account_id)
+                & K.revoked_at.is_null()
+            )
+            extra = (previous.alias("previous"), self._user_opted_out(param(2)).alias("opted"))
+            return (
+                self._credentials_select(param, (*parts, sender_part), *extra)
+                .join(S, pw.JOIN.LEFT_OUTER, on=authorised)
+                .order_by(K.created_at, K.id, S.created_at, S.address)
+            )
+
+        rows = self._prefixed_rows(
+            "get_credentials_and_senders", build, [key_hash, connector_id or "", user_number]
+        )
+        if not rows:
+            return None, None, None, None
+        first_key = rows[0]["k_id"]
+        rows = [row for row in rows if row["k_id"] == first_key]  # the first key's rows only
+        key, connector, project = (_prefixed_record(rows[0], *part) for part in parts)
+        if not authorises(key, connector, project):
+            return key, connector, project, None
+        rows = [row for row in rows if row["s_id"] is not None]
+        senders = [_prefixed_record(row, *sender_part) for row in rows]
+        opted_out = frozenset(row["s_address"] for row in rows if row["opted"])
+        return key, connector, project, (senders, rows[0]["previous"] if rows else None, opted_out)

@@ -46,6 +46,7 @@ from .store_optional import (
     DashboardSignIns,
     IdempotencyKeys,
     OperationsFigures,
+    OutboundReads,
     TurnClaims,
 )
 
@@ -85,7 +86,7 @@ def check_cursor(cursor: str | None) -> str | None:
     return cursor
 
 
-class Store(TurnClaims, OperationsFigures, DashboardSignIns, IdempotencyKeys, ABC):
+class Store(OutboundReads, TurnClaims, OperationsFigures, DashboardSignIns, IdempotencyKeys, ABC):
     """Persistence for accounts, projects, sessions, messages, templates, opt-outs and metrics."""
 
     #: URL schemes this backend serves (used by the backend registry).

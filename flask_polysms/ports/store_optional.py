@@ -13,14 +13,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from ..authorisation import authorises
 from ..records import (
     INBOUND,
     OUTBOUND,
     QUEUED,
     RECEIVED,
     SENDING,
+    ApiKey,
+    Connector,
     IdempotentRequest,
     Message,
+    Project,
+    Sender,
 )
 
 
@@ -40,6 +45,27 @@ class DashboardSignIn:
     ended_at: datetime | None = None
     #: Why it ended: ``signed_out``, ``idle``, ``expired`` (absolute timeout), ``revoked``.
     end_reason: str | None = None
+
+
+class OutboundReads:
+    """What an outbound request reads before it writes, together."""
+
+    def get_credentials_and_senders(
+        self, key_hash: str, connector_id: str | None, user_number: str
+    ) -> tuple[
+        ApiKey | None,
+        Connector | None,
+        Project | None,
+        tuple[list[Sender], str | None, frozenset[str]] | None,
+    ]:
+        """``get_credentials`` and, only when those credentials authorise, what
+        ``senders_for_outbound`` answers for the connector's environment and ``user_number``
+        (None otherwise). A backend may answer in one round trip; this default asks both."""
+        key, connector, project = self.get_credentials(key_hash, connector_id)
+        if not authorises(key, connector, project):
+            return key, connector, project, None
+        senders = self.senders_for_outbound(project.id, connector.environment, user_number)
+        return key, connector, project, senders
 
 
 class TurnClaims:

@@ -9,6 +9,7 @@ counts once.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -19,11 +20,12 @@ from ..records import Message, Sender, Session
 from .consent import quiet_hours
 from .lifecycle import new_session
 from .quiet_hours import held_until
+from .rate_limits import ProjectRateLimit
 from .scheduled import open_scheduled_session
 from .sender_facts import guard_error, two_way_supported
 from .senders import guard_enabled
 from .sending import queue_message
-from .tenancy import Tenant
+from .tenancy import OutboundSenders, Tenant
 from .units import unit_of_work
 
 if TYPE_CHECKING:
@@ -31,13 +33,19 @@ if TYPE_CHECKING:
 
 
 def choose_agent_number(
-    state: PolySMSState, tenant: Tenant, user_number: str, requested: str | None
+    state: PolySMSState,
+    tenant: Tenant,
+    user_number: str,
+    requested: str | None,
+    senders: OutboundSenders | None = None,
 ) -> tuple[Sender, bool]:
     """The sender for a new outbound conversation (number selection), and whether the user
-    opted out from it (read in the same query)."""
-    provisioned, previous, opted_out = state.store.senders_for_outbound(
-        tenant.project_id, tenant.environment, user_number
-    )
+    opted out from it (read in the same query, or given: ``senders``)."""
+    if senders is None:
+        senders = state.store.senders_for_outbound(
+            tenant.project_id, tenant.environment, user_number
+        )
+    provisioned, previous, opted_out = senders
     senders = {s.address: s for s in provisioned if s.kind == "number"}
     numbers = list(senders)
     if requested is not None:
@@ -81,6 +89,8 @@ def start_outbound(
     agent_number: str | None = None,
     media_urls: list[str] | None = None,
     send_at: datetime | None = None,
+    senders: OutboundSenders | None = None,
+    count_with: Callable[[ProjectRateLimit], None] | None = None,
 ) -> tuple[Session, Message]:
     """Open a session whose greeting is ``text`` (with pictures: ``media_urls``, already
     checked) and queue it for sending; with ``send_at`` (already checked), the session and its
@@ -88,10 +98,15 @@ def start_outbound(
     hours, in the recipient's local time, is scheduled for their end.
 
     Counts against the project's ``POLYSMS_RATE_LIMIT`` first (RateLimited, 429, when over it),
-    whoever the caller is.
+    whoever the caller is; through ``count_with`` when given, which counts it with the caller's
+    own limits. ``senders``: what :meth:`~flask_polysms.ports.store.Store.senders_for_outbound`
+    answered for this request, when it was read already.
     """
-    count_outbound(state, tenant.project_id)
-    sender, opted_out = choose_agent_number(state, tenant, user_number, agent_number)
+    if count_with is not None:
+        count_with(state.limiter)
+    else:
+        count_outbound(state, tenant.project_id)
+    sender, opted_out = choose_agent_number(state, tenant, user_number, agent_number, senders)
     chosen = sender.address
     if guard_enabled(state, tenant.project):
         problem = guard_error(sender)

@@ -15,10 +15,11 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from limits import parse_many
-from limits.storage import Storage, storage_from_string
+from limits.storage import RedisStorage, Storage, storage_from_string
 from limits.strategies import FixedWindowRateLimiter
 
 from ..errors import PolySMSError
@@ -139,26 +140,97 @@ class ProjectRateLimit:
         self.what = what
         self.fail_open = fail_open
         self.outage = StorageOutage(what)
+        self._count_script: Any = None
+
+    def count_script(self) -> Any:
+        """The script of :func:`hit_together`, registered once with this limit's Redis."""
+        if self._count_script is None:
+            self._count_script = self.storage.get_connection().register_script(_COUNT_IN_ORDER)
+        return self._count_script
+
+    def key(self, project_id: str) -> str:
+        """The project's identifier in this limit's storage (beside KEY_PREFIX)."""
+        return f"{self.namespace}:{project_id}"
 
     def hit(self, project_id: str) -> None:
         """Count one request of the project; raise :class:`RateLimited` when over a limit."""
-        key = f"{self.namespace}:{project_id}"
+        key = self.key(project_id)
         for item in self.items:
             try:
                 allowed = self.strategy.hit(item, KEY_PREFIX, key)
-                # Only on a 429: when the window that is full starts again.
-                stats = None if allowed else self.strategy.get_window_stats(item, KEY_PREFIX, key)
             except self.storage.base_exceptions as exc:
-                if not self.fail_open:
-                    raise
-                # A limit must not take every route down with its storage: count nothing now.
-                self.outage.failed(exc)
+                self.uncounted(exc)
                 return
             self.outage.worked()
-            if stats is not None:
-                retry_after = max(1, math.ceil(stats.reset_time - time.time()))
-                raise RateLimited(str(item), min(retry_after, item.get_expiry()), self.what)
+            if not allowed:
+                self.refuse(item, key)
+
+    def uncounted(self, exc: BaseException) -> None:
+        """The storage could not be reached: raise when the limit fails closed, else log."""
+        if not self.fail_open:
+            raise exc
+        # A limit must not take every route down with its storage: count nothing now.
+        self.outage.failed(exc)
+
+    def refuse(self, item: Any, key: str) -> None:
+        """Raise the 429 of ``item``, with when its full window starts again."""
+        try:
+            stats = self.strategy.get_window_stats(item, KEY_PREFIX, key)
+            retry_after = max(1, math.ceil(stats.reset_time - time.time()))
+        except self.storage.base_exceptions:
+            retry_after = item.get_expiry()
+        raise RateLimited(str(item), min(retry_after, item.get_expiry()), self.what)
 
     def reset(self) -> None:
         """Forget every count (tests)."""
         self.storage.reset()
+
+
+# Counts several fixed-window limits in one Redis call: the keys and expiries the limits library's
+# own script uses, and it stops at the first limit over its amount, as hits one after another do
+# (a later limit is not counted for a request an earlier one refused).
+_COUNT_IN_ORDER = """
+for i, key in ipairs(KEYS) do
+    local count = redis.call("incrby", key, 1)
+    if count == 1 then
+        redis.call("expire", key, ARGV[2 * i - 1])
+    end
+    if count > tonumber(ARGV[2 * i]) then
+        return i
+    end
+end
+return 0
+"""
+
+
+def hit_together(project_id: str, limits: Sequence[ProjectRateLimit]) -> None:
+    """Count one request of the project against each of ``limits``, in order, as their
+    :meth:`~ProjectRateLimit.hit` calls one after another would (the first limit over its amount
+    raises :class:`RateLimited` and the later ones are not counted), in one round trip when they
+    share one plain Redis storage."""
+    storage = limits[0].storage
+    # A cluster or sentinel storage may hold the keys on different nodes: one call each there.
+    if (
+        len(limits) == 1
+        or type(storage) is not RedisStorage
+        or any(limit.storage is not storage for limit in limits)
+    ):
+        for limit in limits:
+            limit.hit(project_id)
+        return
+    checks = [(limit, item, limit.key(project_id)) for limit in limits for item in limit.items]
+    keys = [storage.prefixed_key(item.key_for(KEY_PREFIX, key)) for _, item, key in checks]
+    args: list[int] = []
+    for _, item, _ in checks:
+        args += [item.get_expiry(), item.amount]
+    try:
+        refused = int(limits[0].count_script()(keys=keys, args=args))
+    except storage.base_exceptions as exc:
+        for limit in limits:
+            limit.uncounted(exc)
+        return
+    for limit in limits:
+        limit.outage.worked()
+    if refused:
+        limit, item, key = checks[refused - 1]
+        limit.refuse(item, key)

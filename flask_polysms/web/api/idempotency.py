@@ -53,11 +53,13 @@ def idempotent(blp):
 
     def decorate(view):
         @wraps(view)
-        def wrapper(*args, tenant, **kwargs):
+        def wrapper(*args, **kwargs):
             key = request.headers.get(idempotency.KEY_HEADER)
             if key is None:
-                return view(*args, tenant=tenant, **kwargs)
-            return _run_once(view, args, kwargs, tenant, key)
+                return view(*args, **kwargs)
+            # Under @authenticated(caller=True) the view gets the Caller: the key needs its project.
+            tenant = kwargs["caller"].tenant() if "caller" in kwargs else kwargs["tenant"]
+            return _run_once(view, args, kwargs, tenant.project_id, key)
 
         wrapper._apidoc = getattr(view, "_apidoc", {})  # keep flask-smorest's docs
         documented = blp.doc(parameters=[*AUTH_PARAMETERS, IDEMPOTENCY_KEY_PARAMETER])(wrapper)
@@ -75,7 +77,7 @@ def idempotent(blp):
     return decorate
 
 
-def _run_once(view, args, kwargs, tenant, key: str) -> Response:
+def _run_once(view, args, kwargs, project_id: str, key: str) -> Response:
     state = get_state()
     idempotency.check_key(key)
     asked = idempotency.fingerprint(
@@ -84,12 +86,12 @@ def _run_once(view, args, kwargs, tenant, key: str) -> Response:
         request.get_data(cache=True),
         request.get_json(silent=True) if request.is_json else None,
     )
-    held = idempotency.claim(state, tenant.project_id, request.url_rule.endpoint, key, asked)
+    held = idempotency.claim(state, project_id, request.url_rule.endpoint, key, asked)
     if held.response is not None:
         return _replay(held.response)
 
     def work() -> Response:
-        response = view(*args, tenant=tenant, **kwargs)
+        response = view(*args, **kwargs)
         if response.status_code >= 400:
             raise _Failed(response)
         idempotency.finish(state, held, _snapshot(response))

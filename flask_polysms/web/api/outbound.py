@@ -54,7 +54,7 @@ class OutboundResponseSchema(ma.Schema):
 
 
 @blp.route("/outbound-sms", methods=["POST"])
-@authenticated
+@authenticated(caller=True)  # with the senders in one read, the limits in one count
 @idempotent(blp)  # Idempotency-Key, with its documentation (and the auth headers')
 @blp.doc(security=[{"ApiKey": [], "Connector": []}])
 @blp.arguments(OutboundRequestSchema())
@@ -65,7 +65,7 @@ class OutboundResponseSchema(ma.Schema):
 @blp.alt_response(404, schema=ErrorSchema, description="unknown connector or no numbers")
 @blp.alt_response(413, schema=ErrorSchema, description="body over 64 KB")
 @blp.alt_response(429, schema=ErrorSchema, description="project rate limit; see Retry-After")
-def send_outbound(body, tenant):
+def send_outbound(body, caller):
     """Create a conversation session and queue its greeting.
 
     The number is the request's `agent_number`, else the number already talking to this user,
@@ -80,7 +80,9 @@ def send_outbound(body, tenant):
     and sends nothing; a request that failed kept nothing, and may be tried again with its key.
     """
     state = get_state()
-    # start_outbound counts the project's POLYSMS_RATE_LIMIT (429), as for every other caller.
+    tenant, senders = caller.tenant_with_senders(body["user_number"])
+    # start_outbound counts the project's POLYSMS_RATE_LIMIT (429), as for every other caller,
+    # here with the request budget.
     session, message = start_outbound(
         state,
         tenant,
@@ -89,6 +91,8 @@ def send_outbound(body, tenant):
         body.get("agent_number"),
         media_urls=body.get("media_urls"),
         send_at=body.get("send_at"),
+        senders=senders,
+        count_with=caller.count_budget,
     )
     # The path of GET /v1/conversations/<id>, as url_for would build it (ids are URL-safe):
     # a third of the cost of url_for, on the route the API serves most.

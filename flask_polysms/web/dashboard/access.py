@@ -176,13 +176,7 @@ def _load_tenant(store: Store, key_id: object, connector_id: object) -> Tenant |
     project = store.get_project(connector.project_id) if connector is not None else None
     if not authorises(key, connector, project):
         return None
-    return Tenant(
-        account_id=key.account_id,
-        project=project,
-        environment=connector.environment,
-        connector=connector,
-        api_key_id=key.id,
-    )
+    return Tenant.of(key, connector, project)
 
 
 def csrf_token() -> str:
