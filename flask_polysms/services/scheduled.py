@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import TYPE_CHECKING
 
 from ..clock import utcnow
 from ..errors import ConflictError, NotFoundError
@@ -60,19 +61,9 @@ def send_at_problem(send_at: datetime, now: datetime | None = None) -> str | Non
     return None
 
 
-def open_scheduled_session(
-    state: PolySMSState,
-    project_id: str,
-    environment: str,
-    user_number: str,
-    agent_number: str,
-    metadata: dict[str, Any] | None = None,
-) -> Session:
-    """Open a session whose greeting waits for its ``send_at``: state ``scheduled``, no timer;
-    ``conversation_opened`` is sent once it commits."""
-    return new_session(
-        state, project_id, environment, user_number, agent_number, metadata, scheduled=True
-    )
+#: Open a session whose greeting waits for its ``send_at``: state ``scheduled``, no timer (they
+#: start at the release); ``conversation_opened`` is sent once it commits.
+open_scheduled_session = partial(new_session, scheduled=True)
 
 
 def release(state: PolySMSState, message_id: str, now: datetime | None = None) -> bool:
