@@ -16,17 +16,17 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import defaultdict
 from datetime import datetime, timedelta, timezone
 from types import SimpleNamespace
 
 import pytest
 import store_backends
 from freezegun import freeze_time
+from signal_recorder import Recorder
 from store_backends import BACKENDS
 
 from flask_polysms import signals
-from flask_polysms.services import lifecycle, provisioning
+from flask_polysms.services import provisioning, session_writes
 from flask_polysms.services.state import get_state
 from flask_polysms.services.tenancy import CONNECTOR_HEADER
 from flask_polysms.services.units import unit_of_work
@@ -36,15 +36,6 @@ SANDBOX_NUMBER = "+14155552678"
 USER = "+14155552674"
 OTHER_USER = "+14155552675"
 START = datetime(2026, 3, 2, 10, 0, tzinfo=timezone.utc)
-ALL_SIGNALS = (
-    "message_received",
-    "message_status_changed",
-    "opted_out",
-    "opted_in",
-    "conversation_opened",
-    "conversation_closed",
-    "handoff_requested",
-)
 
 
 class Agent:
@@ -76,33 +67,6 @@ def sms(make_sms, storage_url, agent):
     harness = make_sms(agent=agent, numbers=(AGENT,), POLYSMS_STORAGE_URL=storage_url)
     yield harness
     get_state(harness.app).store.disconnect()
-
-
-class Recorder:
-    """Connected to every signal for one app: ``calls[name]`` is a list of (sender, kwargs)."""
-
-    def __init__(self, app) -> None:
-        self.app = app
-        self.calls: dict[str, list] = defaultdict(list)
-        self._receivers = []
-        for name in ALL_SIGNALS:
-
-            def receive(sender, _name=name, **kwargs):
-                self.calls[_name].append((sender, kwargs))
-
-            self._receivers.append(receive)
-            getattr(signals, name).connect(receive, sender=app)
-
-    def disconnect(self) -> None:
-        for name, receive in zip(ALL_SIGNALS, self._receivers, strict=True):
-            getattr(signals, name).disconnect(receive)
-
-    def kwargs(self, name: str) -> list[dict]:
-        assert all(sender is self.app for sender, _ in self.calls[name])
-        return [kwargs for _, kwargs in self.calls[name]]
-
-    def clear(self) -> None:
-        self.calls.clear()
 
 
 @pytest.fixture
@@ -552,7 +516,7 @@ def test_a_rolled_back_change_fires_nothing(sms, recorder):
         pass
 
     def open_then_fail():
-        lifecycle.new_session(state, sms.tenant.project_id, "live", USER, AGENT)
+        session_writes.new_session(state, sms.tenant.project_id, "live", USER, AGENT)
         raise Boom
 
     with sms.app.app_context():
@@ -564,7 +528,7 @@ def test_a_rolled_back_change_fires_nothing(sms, recorder):
         # A unit of work that commits sends its signal after the commit, once.
         session = unit_of_work(
             state,
-            lambda: lifecycle.new_session(state, sms.tenant.project_id, "live", USER, AGENT),
+            lambda: session_writes.new_session(state, sms.tenant.project_id, "live", USER, AGENT),
         )
     assert [k["conversation"]["id"] for k in recorder.kwargs("conversation_opened")] == [session.id]
 

@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 
 import pytest
 from freezegun import freeze_time
+from signal_recorder import Recorder
 from store_backends import BACKENDS, storage_url
 
 from flask_polysms.services.quiet_hours import held_until, parse_clock, zones_of
@@ -163,3 +164,25 @@ def test_replies_in_a_conversation_the_user_engaged_in_are_never_held(sms):
     with freeze_time(utc(2026, 7, 1, 6, 0)):  # 23:00 PDT
         sms.inbound_ok(USER, "are you open tomorrow?")
         assert [m["body"] for m in sms.outbox] == ["agent: are you open tomorrow?"]
+
+
+def test_a_held_greeting_opens_its_conversation_once_when_accepted(sms):
+    set_quiet_hours(sms, NIGHT)
+    recorder = Recorder(sms.app)
+    try:
+        with freeze_time(utc(2026, 7, 1, 6, 0)) as clock:  # 23:00 PDT: held until 08:00 PDT
+            accepted = sms.send_ok(USER, "Your table is ready")
+            (opened,) = recorder.kwargs("conversation_opened")
+            assert (opened["conversation"]["id"], opened["conversation"]["state"]) == (
+                accepted["conversation_id"],
+                "scheduled",
+            )
+            assert recorder.counts() == {"conversation_opened": 1}
+            recorder.clear()
+            clock.move_to(utc(2026, 7, 1, 15, 0, 1))
+            sms.run_due_timers()
+        (sent,) = recorder.kwargs("message_status_changed")
+        assert sent["message"]["status"] == "sent"
+        assert recorder.counts() == {"message_status_changed": 1}  # going out opens nothing
+    finally:
+        recorder.disconnect()

@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING, Any
 from ..media import check_media_urls
 from ..phone import validate_e164
 from ..records import END_AGENT, Message, Session
-from .lifecycle import note_activity, update_with_retry
+from .lifecycle import note_activity
 from .operators import end_session, hand_off
+from .session_writes import update_with_retry
 
 if TYPE_CHECKING:
     from .state import PolySMSState

@@ -30,11 +30,12 @@ from .consent import custom_keywords, reply_text
 from .events import conversation_arg, emit, message_arg
 from .job_ids import agent_job_id
 from .keywords import match_keyword
-from .lifecycle import new_session, note_activity
+from .lifecycle import note_activity
 from .metrics import count
 from .pools import change_opt_out
 from .rate_limits import StorageOutage, limit_storage
 from .sending import apply_status, queue_message
+from .session_writes import new_session
 from .turns import run_turns
 from .units import unit_of_work
 

@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..clock import utcnow
 from ..ports.schedulers import LOST, MISSING, PENDING, RUNNING, UNSURE
-from ..ports.store import StaleVersion
 from ..records import (
     ACTIVE,
     CLOSED,
@@ -37,12 +36,11 @@ from ..records import (
     WARNED,
     Message,
     Session,
-    new_id,
 )
-from . import events
 from .job_ids import agent_job_id, send_job_id
-from .metrics import count
 from .scheduled import release_due
+from .session_writes import closed_fields, update_with_retry
+from .session_writes import new_session as new_session  # outbound opens sessions from here
 from .units import unit_of_work
 from .wakeups import schedule_wake as _schedule_wake
 
@@ -53,89 +51,7 @@ log = logging.getLogger("flask_polysms.lifecycle")
 
 T = TypeVar("T")
 
-MAX_CAS_TRIES = 20
 SWEEP_BATCH = 50  # timers fired per transaction by the sweep
-
-
-def new_session(
-    state: PolySMSState,
-    project_id: str,
-    environment: str,
-    user_number: str,
-    agent_number: str,
-    metadata: dict[str, Any] | None = None,
-    *,
-    join_open: bool = False,
-) -> Session:
-    """Open a session with its idle deadline, and schedule its wake-up; with ``join_open``, the
-    triple's open session instead when it has one (a message racing this one opened it)."""
-    now = utcnow()
-    deadline = now + state.settings.idle_timeout
-    session = Session(
-        id=new_id("conv_"),
-        project_id=project_id,
-        environment=environment,
-        user_number=user_number,
-        agent_number=agent_number,
-        created_at=now,
-        last_activity_at=now,
-        deadline_at=deadline,
-        timer_kind=TIMER_IDLE,
-        wake_at=deadline,
-        metadata=metadata or {},
-    )
-    if join_open:
-        session, created = state.store.open_session(session)
-        if not created:
-            return session
-    else:
-        session = state.store.create_session(session)
-    _schedule_wake(state, deadline)
-    count(state, project_id, environment, "conversations")
-    events.opened(state, session)
-    return session
-
-
-def closed_fields(now: datetime, reason: str, **extra: Any) -> dict[str, Any]:
-    """The fields of a session closing now: no deadline, no wake-up left."""
-    return {
-        "state": CLOSED,
-        "closed_at": now,
-        "end_reason": reason,
-        "deadline_at": None,
-        "timer_kind": None,
-        "wake_at": None,
-        **extra,
-    }
-
-
-def update_with_retry(
-    state: PolySMSState,
-    session_id: str,
-    change: Callable[[Session], dict[str, Any] | None],
-    session: Session | None = None,
-) -> tuple[Session | None, bool]:
-    """Apply ``change(session) -> fields`` with compare-and-set, re-reading on conflict.
-
-    ``change`` returns None to do nothing. Returns (the session as it ends, whether we changed it).
-    A ``session`` the caller has just read saves the first read; a stale one only costs a retry.
-    """
-    for _ in range(MAX_CAS_TRIES):
-        if session is None or session.id != session_id:
-            session = state.store.get_session(session_id)
-        if session is None:
-            return None, False
-        fields = change(session)
-        if fields is None:
-            return session, False
-        try:
-            updated = state.store.update_session(session_id, session.version, **fields)
-            if fields.get("state") == CLOSED:
-                events.closed(state, updated)
-            return updated, True
-        except StaleVersion:
-            session = None
-    raise RuntimeError(f"session {session_id} kept changing under {MAX_CAS_TRIES} updates")
 
 
 def note_activity(

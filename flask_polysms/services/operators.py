@@ -17,9 +17,10 @@ from ..clock import utcnow
 from ..errors import ConflictError, NotFoundError
 from ..records import ACTIVE, CLOSED, END_API, Message, Session
 from . import events
-from .lifecycle import closed_fields, note_activity, update_with_retry
+from .lifecycle import note_activity
 from .outbound import count_outbound
 from .sending import queue_message
+from .session_writes import closed_fields, update_with_retry
 from .units import unit_of_work
 
 if TYPE_CHECKING:

@@ -10,30 +10,27 @@ messages) never sends it, even when its job was already waiting.
 
 A scheduled greeting's session is ``scheduled`` too, without timers: they start when the greeting
 is released (its inactivity clock runs from the moment it goes out, not from the request).
+
+Signals: the conversation is opened when it is accepted (``conversation_opened`` then, state
+``scheduled``, not again when its greeting goes out); a cancel sends ``message_status_changed``
+(``canceled``) and, when it closes the conversation, ``conversation_closed``; a greeting whose
+conversation closed before it was due sends ``message_status_changed`` when it is canceled. A
+release (``scheduled`` to ``queued``) hands the message to its send, which reports ``sent``.
 """
 
 from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import TYPE_CHECKING
 
 from ..clock import utcnow
 from ..errors import ConflictError, NotFoundError
-from ..ports.store import StaleVersion
-from ..records import (
-    ACTIVE,
-    CANCELED,
-    CLOSED,
-    QUEUED,
-    SCHEDULED,
-    TIMER_IDLE,
-    Message,
-    Session,
-    new_id,
-)
+from ..records import ACTIVE, CANCELED, CLOSED, QUEUED, SCHEDULED, TIMER_IDLE, Message, Session
+from .events import status_changed
 from .job_ids import send_job_id
-from .metrics import count
+from .session_writes import closed_fields, new_session, update_with_retry
 from .units import unit_of_work
 from .wakeups import schedule_wake
 
@@ -52,7 +49,6 @@ DROP_CANCELED, DROP_CONVERSATION_CLOSED = "canceled", "conversation_closed"
 #: The end reason of a conversation whose scheduled greeting was canceled.
 END_CANCELED = "canceled"
 RELEASE_PAGE = 500
-MAX_CAS_TRIES = 20
 
 
 def send_at_problem(send_at: datetime, now: datetime | None = None) -> str | None:
@@ -65,31 +61,9 @@ def send_at_problem(send_at: datetime, now: datetime | None = None) -> str | Non
     return None
 
 
-def open_scheduled_session(
-    state: PolySMSState,
-    project_id: str,
-    environment: str,
-    user_number: str,
-    agent_number: str,
-    metadata: dict[str, Any] | None = None,
-) -> Session:
-    """Open a session whose greeting waits for its ``send_at``: state ``scheduled``, no timer."""
-    now = utcnow()
-    session = state.store.create_session(
-        Session(
-            id=new_id("conv_"),
-            project_id=project_id,
-            environment=environment,
-            user_number=user_number,
-            agent_number=agent_number,
-            created_at=now,
-            last_activity_at=now,
-            state=SCHEDULED,
-            metadata=metadata or {},
-        )
-    )
-    count(state, project_id, environment, "conversations")
-    return session
+#: Open a session whose greeting waits for its ``send_at``: state ``scheduled``, no timer (they
+#: start at the release); ``conversation_opened`` is sent once it commits.
+open_scheduled_session = partial(new_session, scheduled=True)
 
 
 def release(state: PolySMSState, message_id: str, now: datetime | None = None) -> bool:
@@ -128,9 +102,9 @@ def _start_session(state: PolySMSState, session: Session, now: datetime) -> None
     """The greeting goes out: a ``scheduled`` session becomes ``active`` and its idle timer
     starts now. A session the user already wrote in (it is ``active``) keeps its own timer."""
     deadline = now + state.settings.idle_timeout
-    started = _change_session(
+    _, started = update_with_retry(
         state,
-        session,
+        session.id,
         lambda current: (
             {
                 "state": ACTIVE,
@@ -142,31 +116,10 @@ def _start_session(state: PolySMSState, session: Session, now: datetime) -> None
             if current.state == SCHEDULED
             else None
         ),
+        session,
     )
     if started:
         schedule_wake(state, deadline)
-
-
-def _change_session(
-    state: PolySMSState, session: Session | None, change, session_id: str | None = None
-) -> bool:
-    """Apply ``change(session) -> fields or None`` with the session's version check, reading it
-    again on a conflict; True when it changed."""
-    session_id = session.id if session is not None else session_id
-    for _ in range(MAX_CAS_TRIES):
-        if session is None:
-            session = state.store.get_session(session_id)
-            if session is None:
-                return False
-        fields = change(session)
-        if fields is None:
-            return False
-        try:
-            state.store.update_session(session.id, session.version, **fields)
-            return True
-        except StaleVersion:
-            session = None
-    raise RuntimeError(f"session {session_id} kept changing under {MAX_CAS_TRIES} updates")
 
 
 def release_job(state: PolySMSState, message_id: str) -> bool:
@@ -211,9 +164,13 @@ def find_message(state: PolySMSState, tenant: Tenant, message_id: str) -> Messag
 
 
 def _cancel(state: PolySMSState, message_id: str, reason: str, now: datetime) -> Message | None:
-    return state.store.update_message(
+    """Move a scheduled message to ``canceled`` (``message_status_changed``); None when it is
+    not scheduled any more."""
+    canceled = state.store.update_message(
         message_id, expected_status=SCHEDULED, status=CANCELED, drop_reason=reason, updated_at=now
     )
+    status_changed(state, canceled)
+    return canceled
 
 
 def cancel(state: PolySMSState, tenant: Tenant, message_id: str) -> Message:
@@ -227,19 +184,12 @@ def cancel(state: PolySMSState, tenant: Tenant, message_id: str) -> Message:
     def work() -> Message | None:
         canceled = _cancel(state, message.id, DROP_CANCELED, now)
         if canceled is not None and canceled.session_id:
-            closed = {
-                "state": CLOSED,
-                "closed_at": now,
-                "end_reason": END_CANCELED,
-                "deadline_at": None,
-                "timer_kind": None,
-                "wake_at": None,
-            }
-            _change_session(
+            # Only a conversation still waiting for this greeting closes (one the user wrote in
+            # goes on); closing it sends conversation_closed.
+            update_with_retry(
                 state,
-                None,
-                lambda s: closed if s.state == SCHEDULED else None,
                 canceled.session_id,
+                lambda s: closed_fields(now, END_CANCELED) if s.state == SCHEDULED else None,
             )
         return canceled
 
