@@ -40,7 +40,6 @@ from ..records import (
 from .job_ids import agent_job_id, send_job_id
 from .scheduled import release_due
 from .session_writes import closed_fields, update_with_retry
-from .session_writes import new_session as new_session  # outbound opens sessions from here
 from .units import unit_of_work
 from .wakeups import schedule_wake as _schedule_wake
 

@@ -18,13 +18,12 @@ from ..errors import InvalidInput, NotFoundError
 from ..phone import region_of
 from ..records import Message, Sender, Session
 from .consent import quiet_hours
-from .lifecycle import new_session
 from .quiet_hours import held_until
 from .rate_limits import ProjectRateLimit
-from .scheduled import open_scheduled_session
 from .sender_facts import guard_error, two_way_supported
 from .senders import guard_enabled
 from .sending import queue_message
+from .session_writes import new_session
 from .tenancy import OutboundSenders, Tenant
 from .units import unit_of_work
 
@@ -125,11 +124,17 @@ def start_outbound(
     if held is not None:
         send_at = held
     # Opted out when accepted: suppressed now, whenever it was meant to go.
-    opened = open_scheduled_session if send_at is not None and not opted_out else new_session
+    scheduled = send_at is not None and not opted_out
 
     def open_and_queue() -> tuple[Session, Message]:
-        session = opened(
-            state, tenant.project_id, tenant.environment, user_number, chosen, metadata
+        session = new_session(
+            state,
+            tenant.project_id,
+            tenant.environment,
+            user_number,
+            chosen,
+            metadata,
+            scheduled=scheduled,
         )
         # Opted out when accepted: recorded `suppressed` at once, never queued, so no later
         # path (a sweep, a retry, a START before the send) can send it.

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
-from functools import partial
 from typing import TYPE_CHECKING
 
 from ..clock import utcnow
@@ -30,7 +29,7 @@ from ..errors import ConflictError, NotFoundError
 from ..records import ACTIVE, CANCELED, CLOSED, QUEUED, SCHEDULED, TIMER_IDLE, Message, Session
 from .events import status_changed
 from .job_ids import send_job_id
-from .session_writes import closed_fields, new_session, update_with_retry
+from .session_writes import closed_fields, update_with_retry
 from .units import unit_of_work
 from .wakeups import schedule_wake
 
@@ -59,11 +58,6 @@ def send_at_problem(send_at: datetime, now: datetime | None = None) -> str | Non
     if send_at > now + MAX_LEAD:
         return "must be at most 35 days ahead"
     return None
-
-
-#: Open a session whose greeting waits for its ``send_at``: state ``scheduled``, no timer (they
-#: start at the release); ``conversation_opened`` is sent once it commits.
-open_scheduled_session = partial(new_session, scheduled=True)
 
 
 def release(state: PolySMSState, message_id: str, now: datetime | None = None) -> bool:
