@@ -21,10 +21,13 @@ import argparse
 import contextlib
 import json
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import tracing  # noqa: E402
 from harness import (  # noqa: E402
     checkout,
     emit,
@@ -77,6 +80,12 @@ def main() -> None:
     parser.add_argument(
         "--against", metavar="REV", help="also serve this commit of the project, side by side"
     )
+    parser.add_argument(
+        "--trace",
+        action="store_true",
+        help="time every request inside the server too (benchmarks/tracing.py) and say where "
+        "the half-peak tail went",
+    )
     args = parser.parse_args()
 
     import polysms_app
@@ -96,12 +105,14 @@ def main() -> None:
             return HELLO_LUA
         return outbound_lua(headers, next(numbers))
 
+    trace_folder = tempfile.mkdtemp(prefix="polysms-trace-") if args.trace else None
+    traced = {"POLYSMS_BENCH_TRACE": trace_folder} if trace_folder else None
     with contextlib.ExitStack() as servers:
         serve = servers.enter_context
         ports = {
             "hello": serve(gunicorn("baseline_apps:hello_app()")),
             "baseline": serve(gunicorn("baseline_apps:outbound_app()")),
-            "polysms": serve(gunicorn("polysms_app:create_app()")),
+            "polysms": serve(gunicorn("polysms_app:create_app()", env=traced)),
         }
         if args.against:
             code = serve(checkout(args.against))
@@ -138,7 +149,10 @@ def main() -> None:
         half = {}
         for name in ("baseline", "polysms"):
             log(f"paced load at half of {name}'s peak ({peak[name] / 2:.0f} req/s)")
+            began = time.time()
             half[name] = paced(ports[name], build, rate=peak[name] / 2, seconds=args.paced_seconds)
+            if name == "polysms" and trace_folder:
+                half[name]["inside_the_server"] = tracing.summary(trace_folder, since=began)
 
     errors = {
         name: sum(r["non_2xx"] + r["connect_errors"] + r["timeouts"] for r in rs)

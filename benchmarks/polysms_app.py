@@ -69,4 +69,8 @@ def create_app() -> Flask:
         POLYSMS_GATEWAY=os.environ.get("POLYSMS_BENCH_GATEWAY", "twilio"),
     )
     polysms.init_app(app)
+    if os.environ.get("POLYSMS_BENCH_TRACE"):  # per-request timing from inside the server
+        from tracing import Traced
+
+        app.wsgi_app = Traced(app.wsgi_app, os.environ["POLYSMS_BENCH_TRACE"])
     return app
