@@ -34,7 +34,8 @@ def register_dashboard(app: Flask, state: PolySMSState) -> None:
             "SECRET_KEY must be set when POLYSMS_DASHBOARD is on: the dashboard's CSRF tokens "
             "live in the app's Flask session cookie, signed with SECRET_KEY"
         )
-    from . import scheduled  # noqa: F401 - its routes join the blueprint before it is mounted
+    # Their routes join the blueprint before it is mounted.
+    from . import conversation_page, scheduled  # noqa: F401
     from .views import bp
 
     app.register_blueprint(bp, url_prefix=state.settings.url_prefix + state.settings.dashboard_url)

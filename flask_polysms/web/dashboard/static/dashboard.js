@@ -40,11 +40,117 @@
     });
   }
 
+
+  // One conversation, live: poll its fragment (facts, handoff, messages) while the page is
+  // visible, and send the operator's forms by fetch, showing the page the server answers with.
+  // The server's ETag makes an unchanged poll a 304. Controls name the modes they are shown in
+  // (data-modes); the fragment says the conversation's mode (data-mode).
+  var POLL_MS = 1500;
+
+  function liveConversation(live) {
+    var url = live.getAttribute("data-live-url");
+    var status = document.getElementById("operator-status");
+    var etag = null;
+    var polling = true;
+    var sequence = 0; // answers older than the newest shown are dropped
+
+    function parse(html) {
+      return new DOMParser().parseFromString(html, "text/html");
+    }
+
+    function show(fresh, mine) {
+      if (!fresh || mine < sequence) { return; }
+      sequence = mine;
+      live.replaceWith(fresh);
+      live = fresh;
+      var mode = live.getAttribute("data-mode");
+      document.querySelectorAll("[data-modes]").forEach(function (control) {
+        control.hidden = control.getAttribute("data-modes").split(" ").indexOf(mode) < 0;
+      });
+    }
+
+    function say(notes) {
+      status.replaceChildren.apply(status, notes);
+    }
+
+    function stop(text) {
+      polling = false;
+      var note = document.createElement("p");
+      note.className = "flash flash-error";
+      note.textContent = text;
+      say([note]);
+    }
+
+    function poll() {
+      if (!polling || document.visibilityState !== "visible") { return; }
+      var mine = ++sequence;
+      var headers = etag ? { "If-None-Match": etag } : {};
+      fetch(url, { headers: headers, credentials: "same-origin" })
+        .then(function (response) {
+          if (response.status === 304) { return; }
+          if (response.redirected || response.status >= 400 && response.status < 500) {
+            stop("This page stopped updating (signed out, or the conversation is gone): reload it.");
+            return;
+          }
+          if (!response.ok) { return; } // the server is busy or restarting: try again later
+          etag = response.headers.get("ETag");
+          return response.text().then(function (html) {
+            show(parse(html).getElementById("conversation-live"), mine);
+          });
+        })
+        .catch(function () { /* offline for a moment: the next poll tries again */ });
+    }
+
+    function send(form) {
+      var button = form.querySelector("button[type=submit]");
+      var mine = ++sequence;
+      button.disabled = true;
+      fetch(form.action, { method: "POST", body: new FormData(form), credentials: "same-origin" })
+        .then(function (response) {
+          return response.text().then(function (html) {
+            var page = parse(html);
+            var notes = Array.prototype.slice.call(page.querySelectorAll("main .flash"));
+            var detail = page.getElementById("error-detail"); // the error page (CSRF, 404)
+            if (detail) {
+              detail.className = "flash flash-error";
+              notes.push(detail);
+            }
+            var fresh = page.getElementById("conversation-live");
+            if (!fresh && !detail) { // sent to the sign-in page
+              stop("You are signed out: nothing was done. Reload the page to sign in.");
+              return;
+            }
+            say(notes);
+            show(fresh, mine);
+            if (response.ok && !page.getElementById("operator-error") &&
+                form.hasAttribute("data-reset-on-success")) {
+              form.reset();
+            }
+          });
+        })
+        .catch(function () {
+          stop("The server could not be reached: nothing may have been sent. Reload the page.");
+        })
+        .then(function () { button.disabled = false; });
+    }
+
+    document.addEventListener("submit", function (event) {
+      var form = event.target;
+      if (event.defaultPrevented || !form.hasAttribute("data-live-form")) { return; }
+      event.preventDefault();
+      send(form);
+    });
+    document.addEventListener("visibilitychange", poll);
+    window.setInterval(poll, POLL_MS);
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
     var form = document.getElementById("template-form");
     if (form && window.fetch) { livePreview(form); }
     // Keep the phone's newest message in view.
     var thread = document.getElementById("phone-thread");
     if (thread) { thread.scrollTop = thread.scrollHeight; }
+    var live = document.getElementById("conversation-live");
+    if (live && window.fetch && window.DOMParser) { liveConversation(live); }
   });
 })();
