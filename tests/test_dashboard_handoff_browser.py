@@ -222,3 +222,38 @@ def test_the_buttons_work_without_javascript(page, served):
         assert [p for p in stale_problems if "status of 409" not in p] == []
     finally:
         context.close()
+
+
+def test_updates_pause_while_the_operator_is_away(page, served):
+    """No key, pointer or scroll for half the sign-in's idle timeout (30 min): the page stops
+    polling, so it cannot keep the sign-in alive for ever, and says so; the person's return starts
+    it again. The page's clock is Playwright's, moved by the test."""
+    from playwright.sync_api import expect
+
+    dashboard, sms, _agent = served
+    page.clock.install()
+    sign_in(page, dashboard, sms)
+    sms.inbound_ok(USER, "Hello")
+    conversation_id = sms.conversations()[0]["id"]
+    polls: list[str] = []
+    page.on(
+        "request", lambda request: polls.append(request.url) if "/live" in request.url else None
+    )
+    page.goto(f"{dashboard}/conversations/{conversation_id}")
+    messages = page.locator("#message-list")
+    sms.inbound_ok(USER, "Are you there?")
+    expect(messages).to_contain_text("Are you there?")
+
+    page.clock.fast_forward("16:00")  # sixteen minutes without the person
+    expect(page.locator("#updates-paused")).to_be_visible()
+    polled = len(polls)
+    sms.inbound_ok(USER, "Hello??")
+    page.clock.run_for(10_000)  # the poll's timer fires several times, and does not poll
+    assert len(polls) == polled
+    expect(messages).not_to_contain_text("Hello??")
+    shot(page, "37-handoff-updates-paused")
+
+    page.mouse.move(200, 200)  # back
+    expect(messages).to_contain_text("Hello??")
+    expect(page.locator("#updates-paused")).to_have_count(0)
+    assert page.problems == []

@@ -70,9 +70,17 @@ def _page(
         reason_text=reason_text,
         message_max_length=MESSAGE_MAX_LENGTH,
         reason_max_length=REASON_MAX_LENGTH,
+        pause_after_ms=_pause_after_ms(),
         **_live_context(get_state(), session),
     )
     return page, status
+
+
+def _pause_after_ms() -> int:
+    """How long the page polls after the person's last key, pointer or scroll: half the sign-in's
+    idle timeout, so a page left open ends its sign-in about 1.5 idle timeouts after the person
+    left."""
+    return int(get_state().settings.dashboard_idle_timeout.total_seconds() * 1000 / 2)
 
 
 @bp.route("/conversations/<conversation_id>")

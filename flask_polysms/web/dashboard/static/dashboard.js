@@ -44,14 +44,20 @@
   // One conversation, live: poll its fragment (facts, handoff, messages) while the page is
   // visible, and send the operator's forms by fetch, showing the page the server answers with.
   // The server's ETag makes an unchanged poll a 304. Controls name the modes they are shown in
-  // (data-modes); the fragment says the conversation's mode (data-mode).
+  // (data-modes); the fragment says the conversation's mode (data-mode). Polls stop while the
+  // person is away (no key, pointer or scroll for data-pause-after-ms) and start again when
+  // they are back: a poll is a request, and an open page must not keep a sign-in alive for ever.
   var POLL_MS = 1500;
+  var PRESENCE_EVENTS = ["pointermove", "pointerdown", "keydown", "wheel", "touchstart"];
 
   function liveConversation(live) {
     var url = live.getAttribute("data-live-url");
     var status = document.getElementById("operator-status");
     var etag = null;
     var polling = true;
+    var pauseAfter = Number(status.getAttribute("data-pause-after-ms")) || 0;
+    var lastPresence = Date.now();
+    var paused = false;
     var sequence = 0; // answers older than the newest shown are dropped
 
     function parse(html) {
@@ -73,16 +79,40 @@
       status.replaceChildren.apply(status, notes);
     }
 
+    function note(text, className, id) {
+      var element = document.createElement("p");
+      element.className = "flash " + className;
+      element.textContent = text;
+      if (id) { element.id = id; }
+      say([element]);
+    }
+
     function stop(text) {
       polling = false;
-      var note = document.createElement("p");
-      note.className = "flash flash-error";
-      note.textContent = text;
-      say([note]);
+      note(text, "flash-error");
+    }
+
+    function present() {
+      lastPresence = Date.now();
+      if (paused) {
+        paused = false;
+        say([]);
+        poll();
+      }
+    }
+
+    function away() {
+      if (!pauseAfter || Date.now() - lastPresence < pauseAfter) { return false; }
+      if (!paused) {
+        paused = true;
+        note("Updates are paused while you are away: move the pointer or press a key to resume.",
+          "flash-paused", "updates-paused");
+      }
+      return true;
     }
 
     function poll() {
-      if (!polling || document.visibilityState !== "visible") { return; }
+      if (!polling || document.visibilityState !== "visible" || away()) { return; }
       var mine = ++sequence;
       var headers = etag ? { "If-None-Match": etag } : {};
       fetch(url, { headers: headers, credentials: "same-origin" })
@@ -139,6 +169,9 @@
       if (event.defaultPrevented || !form.hasAttribute("data-live-form")) { return; }
       event.preventDefault();
       send(form);
+    });
+    PRESENCE_EVENTS.forEach(function (name) {
+      document.addEventListener(name, present, { passive: true });
     });
     document.addEventListener("visibilitychange", poll);
     window.setInterval(poll, POLL_MS);
