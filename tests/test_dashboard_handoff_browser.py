@@ -15,6 +15,7 @@ Chromium (or Playwright) the tests skip with the reason; under ``CI=true`` they 
 from __future__ import annotations
 
 import re
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -257,3 +258,38 @@ def test_updates_pause_while_the_operator_is_away(page, served):
     expect(messages).to_contain_text("Hello??")
     expect(page.locator("#updates-paused")).to_have_count(0)
     assert page.problems == []
+
+
+def test_a_refused_button_says_why_without_a_reload(page, served):
+    """The conversation was ended elsewhere (the API) while the page still offered the reply box:
+    the reply is refused (409) and the page shows why and the closed conversation, on the same
+    load. The page's clock (Playwright's) is paused first so that no poll shows the end before
+    the click."""
+    from playwright.sync_api import expect
+
+    dashboard, sms, _agent = served
+    page.clock.install()
+    sign_in(page, dashboard, sms)
+    sms.inbound_ok(USER, "Hello")
+    conversation_id = sms.conversations()[0]["id"]
+    page.goto(f"{dashboard}/conversations/{conversation_id}")
+    page.evaluate(f"window.operatorMarker = {MARKER!r}")
+    page.fill("#reply-form textarea[name=message]", "Sorry for the wait")
+    # The jump fires the poll's timer once: its answer comes before the end, then time stops.
+    with page.expect_response(lambda response: response.url.endswith("/live")):
+        page.clock.pause_at(datetime.now() + timedelta(minutes=1))
+    ended = sms.client.post(f"/v1/conversations/{conversation_id}/end", headers=sms.tenant.headers)
+    assert ended.status_code == 200
+    expect(page.locator("#conversation-live")).to_have_attribute("data-mode", "agent")
+
+    page.click("#reply-button")
+    expect(page.locator("#operator-error")).to_have_text(
+        "Nothing was changed: the conversation is closed."
+    )
+    expect(page.locator("#conversation-live")).to_have_attribute("data-mode", "closed")
+    expect(page.locator("#operator-panel")).to_be_hidden()
+    shot(page, "38-handoff-refused")
+    assert page.evaluate("window.operatorMarker") == MARKER
+    assert [m["kind"] for m in sms.conversation(conversation_id)["messages"]] == ["user", "agent"]
+    # The refusal answers 409, which Chromium logs; nothing else may go wrong.
+    assert [p for p in page.problems if "status of 409" not in p] == []

@@ -392,6 +392,7 @@ def test_a_reply_counts_against_the_outbound_limit(make_sms):
     before = snapshot(sms, conversation_id)
     response = operator.act(conversation_id, "reply", {"message": "Second"})
     assert response.status_code == 429
+    assert int(response.headers["Retry-After"]) > 0
     assert re.search(r'id="operator-error">Not sent: .*try again in \d+ s\)\.<', text(response))
     assert ">Second</textarea>" in text(response)
     assert snapshot(sms, conversation_id) == before

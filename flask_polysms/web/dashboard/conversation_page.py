@@ -115,7 +115,8 @@ def _operate(conversation_id: str, act: Act, **kept: str):
         outcome, category = act(state, session)
     except (InvalidInput, ConflictError, RateLimited) as exc:
         current = state.store.get_session(session.id) or session
-        return _page(current, status=exc.status, error=_refusal(exc), **kept)
+        page, status = _page(current, status=exc.status, error=_refusal(exc), **kept)
+        return page, status, exc.headers  # a 429's Retry-After
     flash(outcome, category)
     return redirect(url_for(".conversation", conversation_id=session.id))
 

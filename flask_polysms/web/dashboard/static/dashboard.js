@@ -118,7 +118,7 @@
       fetch(url, { headers: headers, credentials: "same-origin" })
         .then(function (response) {
           if (response.status === 304) { return; }
-          if (response.redirected || response.status >= 400 && response.status < 500) {
+          if (response.redirected || (response.status >= 400 && response.status < 500)) {
             stop("This page stopped updating (signed out, or the conversation is gone): reload it.");
             return;
           }
@@ -153,13 +153,16 @@
             say(notes);
             show(fresh, mine);
             if (response.ok && !page.getElementById("operator-error") &&
-                form.hasAttribute("data-reset-on-success")) {
-              form.reset();
+                form.hasAttribute("data-clear-on-success")) {
+              form.querySelectorAll("textarea, input[type=text]").forEach(function (field) {
+                field.value = "";
+              });
             }
           });
         })
         .catch(function () {
-          stop("The server could not be reached: nothing may have been sent. Reload the page.");
+          note("The server could not be reached: reload the page to see whether it was done.",
+            "flash-error");
         })
         .then(function () { button.disabled = false; });
     }
