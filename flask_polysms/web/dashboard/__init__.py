@@ -6,7 +6,8 @@ is a record in the store and the browser holds only its random secret (never the
 request checks again that the sign-in has not ended or timed out, that the key is not revoked and
 that the connector is still its account's, and every form carries a CSRF token. Pages show the
 widget (sent vs failed per day, delivery rate, API failures) and the conversations of the
-connector's environment, the project's templates (project-wide: they hold every environment's
+connector's environment (on each one's page a person can take it over from the agent, reply,
+hand it back or end it), the project's templates (project-wide: they hold every environment's
 senders) with a live preview, opt-outs and, when the app runs a
 :class:`~flask_polysms.emulator.TwilioEmulator` (``state.emulator``), a phone simulator.
 """
@@ -34,7 +35,8 @@ def register_dashboard(app: Flask, state: PolySMSState) -> None:
             "SECRET_KEY must be set when POLYSMS_DASHBOARD is on: the dashboard's CSRF tokens "
             "live in the app's Flask session cookie, signed with SECRET_KEY"
         )
-    from . import scheduled  # noqa: F401 - its routes join the blueprint before it is mounted
+    # Their routes join the blueprint before it is mounted.
+    from . import conversation_page, scheduled  # noqa: F401
     from .views import bp
 
     app.register_blueprint(bp, url_prefix=state.settings.url_prefix + state.settings.dashboard_url)

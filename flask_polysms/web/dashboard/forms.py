@@ -117,3 +117,20 @@ def preview_body(
     return template_service.Preview(
         text=text, encoding=counted.encoding, segments=counted.segments, missing_tokens=missing
     )
+
+
+def operator_text(
+    form: Mapping[str, str], name: str, *, label: str, min_length: int, max_length: int
+) -> str:
+    """The text an operator typed in field ``name`` (a reply, a handoff reason), its line breaks
+    as ``\\n`` (browsers send a textarea's as ``\\r\\n``, which an SMS would carry as two
+    characters). Raises InvalidInput (400) naming the field when its length is outside
+    ``min_length``..``max_length`` or it holds a NUL character, which no database stores."""
+    text = (form.get(name) or "").replace("\r\n", "\n")
+    if "\x00" in text:
+        problem = "must not contain NUL (0x00) characters"
+    elif not min_length <= len(text) <= max_length:
+        problem = f"must be {min_length} to {max_length} characters"
+    else:
+        return text
+    raise InvalidInput(f"the {label} {problem}", errors={name: [problem]})

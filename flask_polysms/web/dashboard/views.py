@@ -1,7 +1,8 @@
 """The dashboard's pages. Each view reads a form or a query, calls a service and renders a template.
 
 No view touches SQL or Twilio: they call the Store's methods, :func:`metrics.summarise`, the
-template service, :func:`outbound.start_outbound` and, for the simulator, the app's own webhook.
+template service, :func:`outbound.start_outbound` and, for the simulator, the app's own webhook
+(one conversation's page and its operator buttons are in :mod:`.conversation_page`).
 Every page but the sign-in requires a sign-in (a redirect otherwise); every POST requires the
 session's CSRF token (400 otherwise); an id of another project answers 404, as the API does.
 """
@@ -35,7 +36,6 @@ from ...services.outbound import start_outbound
 from ...services.rate_limits import RateLimited
 from ...services.state import PolySMSState, get_state
 from ...services.tenancy import Tenant
-from ..api.conversations import conversation_dict
 from . import access, forms, simulator
 from .chart import daily_chart
 
@@ -427,20 +427,6 @@ def conversation_send():
         return redirect(url_for(".conversations"))
     flash(f"Message to {user_number} from {session.agent_number}: {sent.status}.", "ok")
     return redirect(url_for(".conversation", conversation_id=session.id))
-
-
-@bp.route("/conversations/<conversation_id>")
-def conversation(conversation_id: str):
-    """Every message of one conversation with its status and error code; 404 for one of another
-    project or another environment."""
-    state, tenant = get_state(), _tenant()
-    session = state.store.get_session(conversation_id)
-    # Another environment's conversation is absent here, as in the API (the same rule).
-    if not conversation_reads.in_scope(tenant, session):
-        abort(404, "conversation not found")
-    return render_template(
-        "polysms_dashboard/conversation.html", conversation=conversation_dict(session)
-    )
 
 
 # -- opt-outs -------------------------------------------------------------------------------------
