@@ -10,7 +10,6 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from limits import parse
-from limits.strategies import MovingWindowRateLimiter
 
 from ..clock import utcnow
 from ..records import (
@@ -33,7 +32,7 @@ from .keywords import match_keyword
 from .lifecycle import note_activity
 from .metrics import count
 from .pools import change_opt_out
-from .rate_limits import StorageOutage, limit_storage
+from .rate_limits import MovingWindows, StorageOutage, limit_storage
 from .sending import apply_status, queue_message
 from .session_writes import new_session
 from .turns import run_turns
@@ -55,7 +54,7 @@ class InboundLimits:
     def __init__(self, state: PolySMSState) -> None:
         settings = state.settings
         self.storage = limit_storage(settings.rate_limit_storage_url)
-        self.window = MovingWindowRateLimiter(self.storage)
+        self.windows = MovingWindows(self.storage)
         self.per_sender = parse(settings.inbound_sender_limit)
         self.per_project = parse(settings.inbound_project_limit)
         self.same_text = parse(settings.duplicate_text_limit)
@@ -76,15 +75,16 @@ class InboundLimits:
         return reason
 
     def _hit(self, project_id: str, number: str, digest: str | None) -> str | None:
-        if digest is not None and not self.window.hit(
-            self.same_text, "polysms-text", project_id, number, digest
-        ):
-            return "duplicate_text"
-        if not self.window.hit(self.per_sender, "polysms-sender", project_id, number):
-            return "sender_rate_limited"
-        if not self.window.hit(self.per_project, "polysms-project", project_id):
-            return "project_rate_limited"
-        return None
+        checks = [
+            ("sender_rate_limited", self.per_sender, ("polysms-sender", project_id, number)),
+            ("project_rate_limited", self.per_project, ("polysms-project", project_id)),
+        ]
+        if digest is not None:
+            text = (self.same_text, ("polysms-text", project_id, number, digest))
+            checks.insert(0, ("duplicate_text", *text))
+        # In that order, in one Redis call: a message one limit refuses is not counted by the next.
+        refused = self.windows.first_refused([(item, ids) for _, item, ids in checks])
+        return None if refused is None else checks[refused][0]
 
 
 def inbound_limits(state: PolySMSState) -> InboundLimits:
