@@ -11,6 +11,7 @@ import pytest
 from limits import parse
 from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
+from redis_commands import sent_to_redis
 
 pytestmark = pytest.mark.services
 
@@ -69,19 +70,8 @@ def test_a_repeated_text_refused_first_is_not_counted_by_the_later_windows(sms, 
 
 
 def test_one_redis_call_takes_the_three_windows(sms, monkeypatch):
-    import redis.connection
-
     sms.inbound_ok(USER, "first", to=AGENT)  # the script is loaded on the first use
-    sent: list[bytes] = []
-    send = redis.connection.Connection.send_packed_command
-
-    def counted(connection, command, *args, **kwargs):
-        sent.append(command if isinstance(command, bytes) else b"".join(command))
-        return send(connection, command, *args, **kwargs)
-
-    # Counts what this process sends (the server is shared with other test runs).
-    monkeypatch.setattr(redis.connection.Connection, "send_packed_command", counted)
-    sms.inbound_ok(USER, "second", to=AGENT)
-    monkeypatch.undo()
+    with sent_to_redis(monkeypatch) as sent:
+        sms.inbound_ok(USER, "second", to=AGENT)
 
     assert len(sent) == 1 and b"EVALSHA" in sent[0], sent

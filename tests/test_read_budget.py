@@ -11,6 +11,7 @@ import logging
 import re
 
 import pytest
+from redis_commands import sent_to_redis
 
 from flask_polysms.config import DEFAULTS, ConfigError, ConfigVars
 from flask_polysms.services.state import get_state
@@ -211,25 +212,14 @@ def test_a_bad_send_answers_in_the_order_of_every_route(make_sms, limit_storage)
 
 @pytest.mark.services
 def test_a_send_counts_both_limits_in_one_redis_call(make_sms, redis_conn, redis_url, monkeypatch):
-    import redis.connection
-
     sms = make_sms(
         POLYSMS_RATE_LIMIT_STORAGE_URL=redis_url,
         POLYSMS_READ_RATE_LIMIT="50 per minute",
         POLYSMS_RATE_LIMIT="50 per minute",
     )
     assert sms.send(USER).status_code == 202  # the script is loaded on the first use
-    sent: list[bytes] = []
-    send = redis.connection.Connection.send_packed_command
-
-    def counted(connection, command, *args, **kwargs):
-        sent.append(command if isinstance(command, bytes) else b"".join(command))
-        return send(connection, command, *args, **kwargs)
-
-    # Counts what this process sends to Redis (the server is shared with other test runs).
-    monkeypatch.setattr(redis.connection.Connection, "send_packed_command", counted)
-    assert sms.send(OTHER_NUMBER).status_code == 202
-    monkeypatch.undo()
+    with sent_to_redis(monkeypatch) as sent:
+        assert sms.send(OTHER_NUMBER).status_code == 202
 
     assert len(sent) == 1 and b"EVALSHA" in sent[0], sent
     keys = sorted(k.decode() for k in redis_conn.keys("LIMITS:*"))
