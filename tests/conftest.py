@@ -308,7 +308,11 @@ def make_sms() -> Iterator[Callable[..., SmsHarness]]:
 
     yield make
     for harness in built:
-        get_state(harness.app).scheduler.stop()
+        state = get_state(harness.app)
+        state.scheduler.stop()
+        # Pooled connections stay open until the pool is closed: a suite of a few thousand apps
+        # would otherwise hold hundreds of server connections at once.
+        state.store.disconnect()
 
 
 @pytest.fixture

@@ -44,7 +44,7 @@ def sms(request, make_sms):
         url = request.getfixturevalue("fresh_postgres_url")
         store = create_store(url)
         store.create_schema()
-        store.close()
+        store.disconnect()
         config["POLYSMS_STORAGE_URL"] = url
     harness = make_sms(numbers=(AGENT,), **config)
     harness.greeting = harness.send_ok(USER, "seed")

@@ -49,7 +49,7 @@ def storage(request) -> dict[str, str]:
     url = request.getfixturevalue("fresh_postgres_url")
     store = create_store(url)
     store.create_schema()
-    store.close()
+    store.disconnect()
     return {"POLYSMS_STORAGE_URL": url}
 
 

@@ -95,7 +95,7 @@ def store(store_url: str, table_prefix: str) -> Iterator[Store]:
     store.create_schema()
     yield store
     store.drop_schema()
-    store.close()
+    store.disconnect()  # every pooled connection, the racing threads' too
 
 
 # -- record builders ------------------------------------------------------------------------------
