@@ -13,12 +13,13 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+import store_backends
 from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from flask import Flask
 
-from flask_polysms import PolySMS, backends
+from flask_polysms import PolySMS
 from flask_polysms.config import ConfigError
 from flask_polysms.crypto import TokenCipher
 from flask_polysms.services.state import get_state
@@ -295,24 +296,9 @@ def test_rotation_ends_the_need_for_the_secret_key(tmp_path):
 
 # -- rotate-keys on every backend ------------------------------------------------------------------
 @pytest.fixture(params=BACKENDS)
-def storage_url(request, tmp_path) -> Iterator[str]:
-    """An empty store of this test's own (the app's default table prefix, on this test's
-    database servers)."""
-    if request.param == "memory":
-        yield "memory://"
-        return
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'rotate.db'}"
-        return
-    url = request.getfixturevalue(
-        {"postgresql": "postgres_url", "mysql": "mysql_url"}[request.param]
-    )
-    store = backends.create_store(url)
-    store.drop_schema()
-    store.create_schema()
-    yield url
-    store.drop_schema()
-    store.disconnect()
+def storage_url(request, tmp_path) -> str:
+    """An empty, up-to-date store (the default table prefix; the servers' test database)."""
+    return store_backends.storage_url(request, request.param, tmp_path)
 
 
 def test_rotate_keys_re_encrypts_every_token_once(storage_url):

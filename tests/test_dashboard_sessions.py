@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 
 import pytest
+import store_backends
 from freezegun import freeze_time
 
 from flask_polysms import backends
@@ -39,17 +40,10 @@ def _server_url(request: pytest.FixtureRequest, backend: str) -> str:
 # -- the Store's sign-in records on every backend --------------------------------------------------
 @pytest.fixture(params=BACKENDS)
 def store(request, tmp_path) -> Iterator[Store]:
-    if request.param == "memory":
-        url = "memory://"
-    elif request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'sign_ins.db'}"
-    else:
-        url = _server_url(request, request.param)
-    store = backends.create_store(url, table_prefix=f"polysms_{uuid.uuid4().hex[:8]}_")
-    store.drop_schema()
+    url = store_backends.storage_url(request, request.param, tmp_path)
+    store = backends.create_store(url, table_prefix=store_backends.PREFIX)
     store.create_schema()
     yield store
-    store.drop_schema()
     store.disconnect()
 
 
@@ -165,21 +159,11 @@ def record_of(sms, browser: Browser) -> DashboardSignIn | None:
 
 
 @pytest.fixture(params=BACKENDS)
-def storage(request, tmp_path) -> Iterator[dict]:
+def storage(request, tmp_path) -> dict:
     """The app's storage on each backend (the app's own table names on this test's servers)."""
     if request.param == "memory":
-        yield {}
-        return
-    if request.param == "sqlite":
-        yield {"POLYSMS_STORAGE_URL": f"sqlite:///{tmp_path / 'dashboard.db'}"}
-        return
-    url = _server_url(request, request.param)
-    store = backends.create_store(url)
-    store.drop_schema()
-    store.create_schema()
-    yield {"POLYSMS_STORAGE_URL": url}
-    store.drop_schema()
-    store.disconnect()
+        return {}
+    return {"POLYSMS_STORAGE_URL": store_backends.storage_url(request, request.param, tmp_path)}
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import multiprocessing
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import date, datetime, timedelta, timezone
@@ -20,6 +19,7 @@ from typing import Any
 
 import pytest
 from freezegun import freeze_time
+from store_backends import BACKENDS, PREFIX, storage_url
 
 from flask_polysms import backends
 from flask_polysms.ports.store import Conflict, NotFound, StaleVersion, Store
@@ -46,12 +46,6 @@ from flask_polysms.records import (
     new_id,
 )
 
-BACKENDS = [
-    "memory",
-    "sqlite",
-    pytest.param("postgresql", marks=pytest.mark.services),
-    pytest.param("mysql", marks=pytest.mark.services),
-]
 DATABASE_BACKENDS = BACKENDS[1:]
 
 UTC = timezone.utc
@@ -73,28 +67,21 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def store_url(request: pytest.FixtureRequest, backend: str, tmp_path: Any) -> str:
-    if backend == "memory":
-        return "memory://"
-    if backend == "sqlite":
-        return f"sqlite:///{tmp_path / 'polysms.db'}"
-    if backend == "postgresql":
-        return request.getfixturevalue("postgres_url")
-    return request.getfixturevalue("mysql_url")
+    """Up-to-date empty tables: a new SQLite file, the servers' test database emptied."""
+    return storage_url(request, backend, tmp_path)
 
 
 @pytest.fixture
 def table_prefix() -> str:
-    return f"polysms_{uuid.uuid4().hex[:8]}_"
+    return PREFIX
 
 
 @pytest.fixture
 def store(store_url: str, table_prefix: str) -> Iterator[Store]:
-    """A store on a clean schema (the memory store ignores the prefix)."""
+    """A store on an empty, up-to-date schema (the memory store ignores the prefix)."""
     store = backends.create_store(store_url, table_prefix=table_prefix)
-    store.drop_schema()
     store.create_schema()
     yield store
-    store.drop_schema()
     store.disconnect()  # every pooled connection, the racing threads' too
 
 

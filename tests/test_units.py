@@ -8,6 +8,7 @@ import zlib
 from typing import Any
 
 import pytest
+import store_backends as backend_urls
 from flask import Flask
 
 from flask_polysms import PolySMS, get_state
@@ -143,17 +144,10 @@ def test_a_scheduled_wake_up_is_a_compact_hash_in_redis(redis_conn, redis_url):
     ]
 )
 def store(request, tmp_path, unique):
-    if request.param == "memory":
-        url = "memory://"
-    elif request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'creds.db'}"
-    else:
-        url = request.getfixturevalue(f"{request.param.replace('postgresql', 'postgres')}_url")
-    store = store_backends.create_store(url, table_prefix=f"polysms_{unique}_")
-    store.drop_schema()
+    url = backend_urls.storage_url(request, request.param, tmp_path)
+    store = store_backends.create_store(url, table_prefix=backend_urls.PREFIX)
     store.create_schema()
     yield store
-    store.drop_schema()
     store.disconnect()
 
 
