@@ -22,9 +22,9 @@ from collections.abc import Callable
 
 import pytest
 from flask import Flask
+from store_backends import storage_url
 
 from flask_polysms import PolySMS
-from flask_polysms.backends import create_store
 from flask_polysms.testing import provision
 
 AGENT = "+14155552671"
@@ -37,15 +37,11 @@ STATUS_HOOK = "/v1/twilio/status"
 
 
 @pytest.fixture(params=["memory", pytest.param("postgresql", marks=pytest.mark.services)])
-def sms(request, make_sms):
+def sms(request, make_sms, tmp_path):
     """A tenant with one conversation already (its greeting sent, with a Twilio SID)."""
     config = {}
     if request.param == "postgresql":
-        url = request.getfixturevalue("fresh_postgres_url")
-        store = create_store(url)
-        store.create_schema()
-        store.disconnect()
-        config["POLYSMS_STORAGE_URL"] = url
+        config["POLYSMS_STORAGE_URL"] = storage_url(request, "postgresql", tmp_path)
     harness = make_sms(numbers=(AGENT,), **config)
     harness.greeting = harness.send_ok(USER, "seed")
     harness.sid = harness.outbox[0]["sid"]

@@ -25,9 +25,9 @@ from typing import Any
 
 import pytest
 from flask import Flask
+from store_backends import storage_url
 
 from flask_polysms import PolySMS
-from flask_polysms.backends import create_store
 from flask_polysms.services.provisioning import create_api_key
 from flask_polysms.services.state import get_state
 from flask_polysms.testing import TwilioEmulator, sign_twilio_request
@@ -43,14 +43,10 @@ B_TEMPLATE_BODY = "B's template body 91c2"
 
 
 @pytest.fixture(params=["memory", pytest.param("postgresql", marks=pytest.mark.services)])
-def storage(request) -> dict[str, str]:
+def storage(request, tmp_path) -> dict[str, str]:
     if request.param == "memory":
         return {}
-    url = request.getfixturevalue("fresh_postgres_url")
-    store = create_store(url)
-    store.create_schema()
-    store.disconnect()
-    return {"POLYSMS_STORAGE_URL": url}
+    return {"POLYSMS_STORAGE_URL": storage_url(request, "postgresql", tmp_path)}
 
 
 class Tenants:
