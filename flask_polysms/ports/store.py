@@ -44,6 +44,7 @@ from .store_errors import Conflict, NotFound, StaleVersion, StoreError  # noqa: 
 from .store_optional import (
     DashboardSignIn,  # noqa: F401 - re-exported: the port's address
     DashboardSignIns,
+    EventWebhookRecords,
     IdempotencyKeys,
     OperationsFigures,
     TurnClaims,
@@ -85,7 +86,9 @@ def check_cursor(cursor: str | None) -> str | None:
     return cursor
 
 
-class Store(TurnClaims, OperationsFigures, DashboardSignIns, IdempotencyKeys, ABC):
+class Store(
+    TurnClaims, OperationsFigures, DashboardSignIns, IdempotencyKeys, EventWebhookRecords, ABC
+):
     """Persistence for accounts, projects, sessions, messages, templates, opt-outs and metrics."""
 
     #: URL schemes this backend serves (used by the backend registry).
