@@ -8,7 +8,9 @@ change nor the other receivers notice.
 
 The ``conversation`` and ``message`` arguments are the dicts of the HTTP API, built when the
 event is sent (a conversation is read then, with its messages) and only when the signal has
-receivers: an app that listens to nothing pays nothing.
+receivers or the app's event forwarder (webhook subscriptions) wants the event: an app that
+listens to nothing pays nothing. The forwarder decides from the project's record: a request or
+job that has read it says so with :func:`about_project`, and no further read is needed.
 """
 
 from __future__ import annotations
@@ -17,20 +19,60 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from blinker import Signal
 
 from .. import signals
 
 if TYPE_CHECKING:
-    from ..records import Message, Session
+    from ..records import Message, Project, Session
     from .state import PolySMSState
 
 log = logging.getLogger("flask_polysms.signals")
 
 _local = threading.local()
+
+# The project records the current block of work has read (see about_project): request- or
+# job-scoped, reset when the block ends.
+_known_projects: ContextVar[dict[str, Project] | None] = ContextVar(
+    "polysms_known_projects", default=None
+)
+
+
+class EventForwarder(Protocol):
+    """Where an app's events go besides the signals' receivers (its webhook subscriptions)."""
+
+    def wants(self, state: PolySMSState, signal: Signal, project_id: str) -> bool:
+        """Whether the event is forwarded: decided when it is emitted, inside the change."""
+
+    def forward(
+        self, state: PolySMSState, signal: Signal, project_id: str, arguments: dict[str, Any]
+    ) -> None:
+        """Forward the event, once committed, with the receivers' arguments."""
+
+
+@contextmanager
+def about_project(project: Project | None) -> Iterator[None]:
+    """Inside the block, the events of ``project`` are judged on this record of it, as read by
+    the caller: knowing whether it has webhook subscriptions costs no read."""
+    if project is None:
+        yield
+        return
+    token = _known_projects.set({**(_known_projects.get() or {}), project.id: project})
+    try:
+        yield
+    finally:
+        _known_projects.reset(token)
+
+
+def known_project(project_id: str) -> Project | None:
+    """The record of the project that an enclosing :func:`about_project` gave, else None."""
+    known = _known_projects.get()
+    return known.get(project_id) if known else None
+
 
 # How ``conversation`` and ``message`` arguments become the API's dicts: set by the module that
 # owns that JSON (conversation_reads), which sits above this one.
@@ -83,9 +125,11 @@ def holding() -> Iterator[list]:
 def emit(state: PolySMSState, signal: Signal, project_id: str, **kwargs: Any) -> None:
     """Send ``signal`` for a change made in the current unit of work, once it commits (at once
     outside one)."""
-    if not signal.receivers:
+    forwarder = state.event_forwarder
+    forward = forwarder is not None and forwarder.wants(state, signal, project_id)
+    if not forward and not signal.receivers:
         return
-    event = (state, signal, project_id, kwargs)
+    event = (state, signal, project_id, kwargs, forward)
     held = getattr(_local, "events", None)
     if held is None:
         _send(*event)
@@ -114,7 +158,9 @@ def opt_out_changed(
     )
 
 
-def _send(state: PolySMSState, signal: Signal, project_id: str, kwargs: dict) -> None:
+def _send(
+    state: PolySMSState, signal: Signal, project_id: str, kwargs: dict, forward: bool
+) -> None:
     app = state.app
     try:
         arguments = {name: _resolve(state, value) for name, value in kwargs.items()}
@@ -126,6 +172,11 @@ def _send(state: PolySMSState, signal: Signal, project_id: str, kwargs: dict) ->
             receiver(app, project_id=project_id, **arguments)
         except Exception:
             log.exception("a receiver of the polysms signal %s raised", signal.name)
+    if forward:
+        try:
+            state.event_forwarder.forward(state, signal, project_id, arguments)
+        except Exception:
+            log.exception("the polysms event %s was not forwarded", signal.name)
 
 
 def _resolve(state: PolySMSState, value: Any) -> Any:
