@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import threading
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -475,3 +476,53 @@ def test_the_delivery_log_is_newest_first_and_limited(sms, receiver):
             f"/v1/webhooks/{created['id']}/deliveries?limit={bad}", headers=sms.tenant.headers
         )
         assert response.status_code == 400
+
+
+# -- what a project without subscriptions pays -----------------------------------------------------
+class Statements:
+    """The SQL a Peewee store runs inside the block (its query hook)."""
+
+    def __init__(self, sms) -> None:
+        self.database = get_state(sms.app).store.database
+        self.sql: list[str] = []
+
+    def __enter__(self) -> Statements:
+        self.database.query_hooks = [lambda event: self.sql.append(event.sql)]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.database.query_hooks = []
+
+
+def test_a_project_without_subscriptions_runs_no_statement_more(make_sms, tmp_path, receiver):
+    """The inbound webhook, a status callback and the outbound API run the same statements as
+    with no event forwarding at all: whether the project has subscriptions is read from the
+    project record those requests read anyway. Another project's subscription changes nothing."""
+    sms = make_sms(
+        agent=lambda conv, text: None,
+        numbers=(AGENT,),
+        POLYSMS_STORAGE_URL=f"sqlite:///{tmp_path / 'polysms.db'}",
+    )
+    other = sms.provision(numbers=("+14155552679",))
+    subscribe(sms, receiver.url, ALL_EVENTS, tenant=other)
+    state = get_state(sms.app)
+    forwarder = state.event_forwarder
+
+    def traffic(n: int) -> list[str]:
+        with Statements(sms) as statements:
+            sms.inbound_ok(f"+1415555{n:04d}", "hello")  # a new conversation
+            sms.inbound_ok(f"+1415555{n:04d}", "again")  # an open one
+            sms.send_ok(f"+1415556{n:04d}")
+            assert sms.status_callback(sms.outbox[-1]["sid"], "delivered").status_code == 200
+        # Savepoint names are random: compared as statements, not names.
+        return [re.sub(r'"s[0-9a-f]{32}"', '"savepoint"', sql) for sql in statements.sql]
+
+    with_forwarding = traffic(1)
+    state.event_forwarder = None
+    try:
+        without = traffic(2)
+    finally:
+        state.event_forwarder = forwarder
+    assert len(with_forwarding) == len(without)
+    assert with_forwarding == without
+    assert receiver.requests == []
