@@ -61,6 +61,18 @@ class MemoryWebhooks:
                 self._refresh_webhook_events(project)
             return True
 
+    def list_encrypted_webhook_secrets(self) -> list[tuple[str, str]]:
+        with self._lock:
+            return [(s.id, s.secret_encrypted) for s in self._webhooks.values()]
+
+    def replace_webhook_secret(self, subscription_id: str, old: str, new: str) -> bool:
+        with self._lock:
+            found = self._webhooks.get(subscription_id)
+            if found is None or found.secret_encrypted != old:
+                return False
+            found.secret_encrypted = new
+            return True
+
     def add_webhook_delivery(self, delivery: WebhookDelivery) -> WebhookDelivery:
         with self._lock:
             self._webhook_deliveries.append(copy.deepcopy(delivery))

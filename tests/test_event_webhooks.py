@@ -22,6 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import store_backends
+from cryptography.fernet import Fernet
 from flask import Flask
 from freezegun import freeze_time
 from standardwebhooks import Webhook
@@ -29,7 +30,7 @@ from store_backends import BACKENDS
 
 from flask_polysms import PolySMS
 from flask_polysms.services.state import get_state
-from flask_polysms.testing import provision
+from flask_polysms.testing import provision, sign_twilio_request
 
 AGENT = "+14155552671"
 USER = "+14155552674"
@@ -526,3 +527,130 @@ def test_a_project_without_subscriptions_runs_no_statement_more(make_sms, tmp_pa
     assert len(with_forwarding) == len(without)
     assert with_forwarding == without
     assert receiver.requests == []
+
+
+# -- key rotation ---------------------------------------------------------------------------------
+# Apps with other keys on one database: the database backends (a memory store is one app's).
+@pytest.fixture(params=BACKENDS[1:])
+def database_url(request, tmp_path) -> str:
+    return store_backends.storage_url(request, request.param, tmp_path)
+
+
+def test_rotate_keys_re_encrypts_the_secrets(make_sms, database_url, receiver):
+    """After ``flask polysms rotate-keys`` under a new first key, the old key can go: deliveries
+    are still signed with the secret shown at creation."""
+    old_key, new_key = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    sms = make_sms(
+        numbers=(AGENT,), POLYSMS_STORAGE_URL=database_url, POLYSMS_ENCRYPTION_KEYS=[old_key]
+    )
+    created = subscribe(sms, receiver.url, ["message.received"])
+    get_state(sms.app).store.disconnect()
+
+    rotating = make_sms(
+        numbers=("+14155552679",),
+        POLYSMS_STORAGE_URL=database_url,
+        POLYSMS_ENCRYPTION_KEYS=[new_key, old_key],
+    )
+    first = rotating.app.test_cli_runner().invoke(args=["polysms", "rotate-keys"])
+    assert first.exit_code == 0, first.output
+    assert "1 webhook secret(s) re-encrypted with the first key, 0 already under it" in (
+        first.output
+    )
+    again = rotating.app.test_cli_runner().invoke(args=["polysms", "rotate-keys"])
+    assert "0 webhook secret(s) re-encrypted with the first key, 1 already under it" in (
+        again.output
+    )
+    get_state(rotating.app).store.disconnect()
+
+    after = make_sms(
+        numbers=("+14155552678",),
+        POLYSMS_STORAGE_URL=database_url,
+        POLYSMS_ENCRYPTION_KEYS=[new_key],
+    )
+    after.tenant = sms.tenant
+    after.inbound_ok(USER, "hello")
+    (request,) = receiver.requests
+    assert verified(request, created["secret"])["type"] == "message.received"
+    get_state(after.app).store.disconnect()
+
+
+def test_a_secret_no_key_opens_is_logged_as_an_error_and_retried(make_sms, database_url, receiver):
+    sms = make_sms(
+        numbers=(AGENT,),
+        POLYSMS_STORAGE_URL=database_url,
+        POLYSMS_ENCRYPTION_KEYS=[Fernet.generate_key().decode()],
+    )
+    created = subscribe(sms, receiver.url, ["message.received"])
+    get_state(sms.app).store.disconnect()
+    other = make_sms(
+        numbers=("+14155552679",),
+        POLYSMS_STORAGE_URL=database_url,
+        POLYSMS_ENCRYPTION_KEYS=[Fernet.generate_key().decode()],
+    )
+    other.tenant = sms.tenant
+    other.inbound_ok(USER, "hello")  # Twilio's webhook is answered as usual
+    assert receiver.requests == []  # nothing unsigned ever leaves
+    (attempt,) = deliveries(other, created["id"])
+    assert attempt["status_code"] is None
+    assert "cannot be decrypted" in attempt["error"]
+    assert next_retry_at(other) is not None
+    result = other.app.test_cli_runner().invoke(args=["polysms", "rotate-keys"])
+    assert result.exit_code == 1
+    assert created["id"] in result.output
+    get_state(other.app).store.disconnect()
+
+
+# -- on RQ: the request only enqueues -------------------------------------------------------------
+@pytest.mark.services
+def test_on_rq_the_request_enqueues_and_a_worker_delivers_and_schedules_the_retry(
+    redis_conn, redis_url, receiver
+):
+    from rq.registry import ScheduledJobRegistry
+
+    from flask_polysms.jobs import set_worker_app
+    from flask_polysms.ports.schedulers import worker_class
+
+    polysms = PolySMS()
+    app = Flask("webhooks_rq")
+    app.testing = True
+    app.config.update(
+        SECRET_KEY="test",
+        POLYSMS_GATEWAY="outbox",
+        POLYSMS_SCHEDULER="rq",
+        POLYSMS_REDIS_URL=redis_url,
+        POLYSMS_QUEUE_NAME="polysms-test",
+    )
+    polysms.init_app(app)
+    tenant = provision(app, numbers=(AGENT,))
+    client = app.test_client()
+    created = client.post(
+        "/v1/webhooks",
+        json={"url": receiver.url, "events": ["message.received"]},
+        headers=tenant.headers,
+    ).get_json()
+    receiver.statuses = [500]
+    params = {"MessageSid": "SM" + "1" * 32, "From": USER, "To": AGENT, "Body": "hello"}
+    signature = sign_twilio_request(
+        "http://localhost/v1/twilio/sms", params, tenant.twilio_auth_token
+    )
+    response = client.post("/v1/twilio/sms", data=params, headers={"X-Twilio-Signature": signature})
+    assert response.status_code == 200
+    assert receiver.requests == []  # the request only enqueued the event's job
+
+    queue = get_state(app).scheduler.queue
+    set_worker_app(app)
+    try:
+        worker_class()([queue], connection=queue.connection, serializer=queue.serializer).work(
+            burst=True
+        )
+    finally:
+        set_worker_app(None)
+    (request,) = receiver.requests
+    assert verified(request, created["secret"])["data"]["message"]["body"] == "hello"
+    with app.app_context():
+        (attempt,) = get_state(app).store.list_webhook_deliveries(tenant.project_id, created["id"])
+    assert (attempt.attempt, attempt.status_code) == (1, 500)
+    # The retry waits in RQ's scheduled jobs, under the id of attempt 2.
+    scheduled = ScheduledJobRegistry(queue=queue).get_job_ids()
+    webhook_id = request["headers"]["webhook-id"]
+    assert f"webhook-{webhook_id}-{created['id']}-2" in scheduled

@@ -62,6 +62,18 @@ class WebhookRecords(StatementRunner):
 
         return self._atomically(work)
 
+    def list_encrypted_webhook_secrets(self) -> list[tuple[str, str]]:
+        W = self._m.WebhookSubscription
+        return list(W.select(W.id, W.secret_encrypted).order_by(W.id).tuples())
+
+    def replace_webhook_secret(self, subscription_id: str, old: str, new: str) -> bool:
+        """In one conditional statement."""
+        W = self._m.WebhookSubscription
+        query = W.update(secret_encrypted=new).where(
+            (W.id == subscription_id) & (W.secret_encrypted == old)
+        )
+        return self._atomically(query.execute, one_statement=True) == 1
+
     def add_webhook_delivery(self, delivery: WebhookDelivery) -> WebhookDelivery:
         D = self._m.WebhookDelivery
         self._atomically(lambda: self._insert(D, _values(delivery)), one_statement=True)

@@ -177,6 +177,16 @@ class EventWebhookRecords:
         subscription."""
         return False
 
+    def list_encrypted_webhook_secrets(self) -> list[tuple[str, str]]:
+        """``(subscription id, encrypted secret)`` of every subscription of every project: what
+        ``flask polysms rotate-keys`` re-encrypts."""
+        return []
+
+    def replace_webhook_secret(self, subscription_id: str, old: str, new: str) -> bool:
+        """Compare-and-set a subscription's encrypted secret: ``new`` only if it is still
+        ``old``; False (nothing changed) otherwise."""
+        return False
+
     def add_webhook_delivery(self, delivery: WebhookDelivery) -> WebhookDelivery:
         """Record one delivery attempt."""
         raise NotImplementedError(f"{type(self).__name__} does not keep webhook deliveries")
