@@ -49,9 +49,9 @@ class EventForwarder(Protocol):
         """Whether the event is forwarded: decided when it is emitted, inside the change."""
 
     def forward(
-        self, state: PolySMSState, signal: Signal, project_id: str, arguments: dict[str, Any]
+        self, state: PolySMSState, signal: Signal, project_id: str, kwargs: dict[str, Any]
     ) -> None:
-        """Forward the event, once committed, with the receivers' arguments."""
+        """Forward the event, once committed; ``kwargs`` as emitted (see :func:`forwardable`)."""
 
 
 @contextmanager
@@ -162,21 +162,46 @@ def _send(
     state: PolySMSState, signal: Signal, project_id: str, kwargs: dict, forward: bool
 ) -> None:
     app = state.app
-    try:
-        arguments = {name: _resolve(state, value) for name, value in kwargs.items()}
-    except Exception:
-        log.exception("polysms signal %s not sent: its arguments could not be read", signal.name)
-        return
-    for receiver in signal.receivers_for(app):
+    receivers = list(signal.receivers_for(app))
+    if receivers:
         try:
-            receiver(app, project_id=project_id, **arguments)
+            arguments = {name: _resolve(state, value) for name, value in kwargs.items()}
         except Exception:
-            log.exception("a receiver of the polysms signal %s raised", signal.name)
+            log.exception(
+                "polysms signal %s not sent: its arguments could not be read", signal.name
+            )
+            arguments = None
+        for receiver in receivers if arguments is not None else ():
+            try:
+                receiver(app, project_id=project_id, **arguments)
+            except Exception:
+                log.exception("a receiver of the polysms signal %s raised", signal.name)
     if forward:
         try:
-            state.event_forwarder.forward(state, signal, project_id, arguments)
+            state.event_forwarder.forward(state, signal, project_id, kwargs)
         except Exception:
             log.exception("the polysms event %s was not forwarded", signal.name)
+
+
+def forwardable(state: PolySMSState, kwargs: dict) -> tuple[dict[str, Any], dict[str, str]]:
+    """An event's arguments for a forwarder: ``(arguments, conversations)``, every argument
+    resolved except the conversations, which are None in ``arguments`` and named by their
+    session id in ``conversations`` (read later with :func:`conversation_payload`, outside the
+    request: a conversation is read with all its messages)."""
+    arguments: dict[str, Any] = {}
+    conversations: dict[str, str] = {}
+    for name, value in kwargs.items():
+        if isinstance(value, _Payload) and value.kind == "conversation":
+            arguments[name] = None
+            conversations[name] = value.value
+        else:
+            arguments[name] = _resolve(state, value)
+    return arguments, conversations
+
+
+def conversation_payload(state: PolySMSState, session_id: str) -> dict | None:
+    """The ``conversation`` argument of an event as the signals give it, read now."""
+    return _payloads["conversation"](state, session_id)
 
 
 def _resolve(state: PolySMSState, value: Any) -> Any:

@@ -2,9 +2,11 @@
 specification says, in jobs.
 
 An event (a signal of :mod:`flask_polysms.signals`) of a project whose record lists its type in
-``webhook_events`` is turned into a body ``{"type", "timestamp", "data"}`` and a ``webhook-id``
-once, when it is sent, and handed to the scheduler as one job (with the request's other jobs).
-That job finds the subscriptions that want the event and enqueues one delivery job each. A
+``webhook_events`` gets its ``webhook-id`` and time when it is sent, and is handed to the
+scheduler as one small job (with the request's other jobs): its data as JSON, except a
+conversation, which that job reads (with its messages) outside the request. The job builds the
+body ``{"type", "timestamp", "data"}`` once, finds the subscriptions that want the event and
+enqueues one delivery job each. A
 delivery POSTs the body, signed with ``standardwebhooks`` at the time of the attempt (the
 ``webhook-id`` is the event's, the same on every attempt), records the attempt, and on anything
 but a 2xx answer tries again after 5 s, 10 s, 20 s... (at most 2 h apart) until 24 h after the
@@ -25,7 +27,7 @@ from standardwebhooks import Webhook
 from .. import signals
 from ..clock import utcnow
 from ..records import WebhookDelivery, new_id
-from .events import known_project
+from .events import conversation_payload, forwardable, known_project
 
 if TYPE_CHECKING:
     from .state import PolySMSState
@@ -94,30 +96,27 @@ class WebhookForwarder:
         )
 
     def forward(
-        self, state: PolySMSState, signal: Signal, project_id: str, arguments: dict[str, Any]
+        self, state: PolySMSState, signal: Signal, project_id: str, kwargs: dict[str, Any]
     ) -> None:
-        """Enqueue the event's job: its body and ``webhook-id`` are fixed here, once."""
-        event_type = EVENT_TYPES[signal]
+        """Enqueue the event's job with its ``webhook-id`` and time, fixed here, and its data:
+        what is in hand as JSON, a conversation by its id (the job reads it)."""
+        arguments, conversations = forwardable(state, kwargs)
         now = utcnow()
-        body = json.dumps(
-            {
-                "type": event_type,
-                "timestamp": now.isoformat(),
-                "data": {"project_id": project_id, **arguments},
-            },
-            default=_json_value,
-            separators=(",", ":"),
-        )
         webhook_id = new_id("evt_")
         state.scheduler.enqueue(
             EVENT_JOB,
             project_id,
-            event_type,
+            EVENT_TYPES[signal],
             webhook_id,
-            body,
             now.isoformat(),
+            _json({"project_id": project_id, **arguments}),
+            conversations.get("conversation", ""),
             job_id=event_job_id(webhook_id),
         )
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, default=_json_value, separators=(",", ":"))
 
 
 def event_job(
@@ -125,11 +124,19 @@ def event_job(
     project_id: str,
     event_type: str,
     webhook_id: str,
-    body: str,
     event_at: str,
+    data: str,
+    conversation_id: str = "",
 ) -> int:
-    """Enqueue the first delivery of the event to each subscription that wants it; how many."""
+    """Build the event's body (reading its conversation, if any, now) and enqueue its first
+    delivery to each subscription that wants it; how many."""
     wanted = state.store.list_webhook_subscriptions(project_id, event_type)
+    if not wanted:
+        return 0
+    payload = json.loads(data)
+    if conversation_id:
+        payload["conversation"] = conversation_payload(state, conversation_id)
+    body = _json({"type": event_type, "timestamp": event_at, "data": payload})
     with state.scheduler.holding():  # one hand-over (RQ: one round trip) for all of them
         for subscription in wanted:
             state.scheduler.enqueue(
