@@ -656,3 +656,36 @@ def test_on_rq_the_request_enqueues_and_a_worker_delivers_and_schedules_the_retr
     scheduled = ScheduledJobRegistry(queue=queue).get_job_ids()
     webhook_id = request["headers"]["webhook-id"]
     assert f"webhook-{webhook_id}-{created['id']}-2" in scheduled
+
+
+def test_timers_closing_many_conversations_read_the_project_once(make_sms, tmp_path):
+    """Outside a request that read the project, whether it has subscriptions is read once per
+    transaction, not once per event: closing several conversations at once costs one read."""
+    sms = make_sms(
+        agent=lambda conv, text: None,
+        numbers=(AGENT,),
+        POLYSMS_STORAGE_URL=f"sqlite:///{tmp_path / 'polysms.db'}",
+    )
+    state = get_state(sms.app)
+    forwarder = state.event_forwarder
+
+    def close_five(start: datetime) -> list[str]:
+        with freeze_time(start) as clock:
+            for n in range(5):
+                sms.send_ok(f"+1415557{start.hour:02d}{n:02d}")
+            clock.tick(timedelta(hours=25))
+            with Statements(sms) as statements:
+                sms.run_due_timers()
+        return [re.sub(r'"s[0-9a-f]{32}"', '"savepoint"', sql) for sql in statements.sql]
+
+    with_forwarding = close_five(START)
+    state.event_forwarder = None
+    try:
+        without = close_five(START + timedelta(days=2))
+    finally:
+        state.event_forwarder = forwarder
+    closed = [c for c in sms.conversations() if c["state"] == "closed"]
+    assert len(closed) == 10
+    project_reads = [sql for sql in with_forwarding if sql not in without]
+    assert len(with_forwarding) == len(without) + 1
+    assert len(project_reads) == 1 and '"polysms_project"' in project_reads[0]

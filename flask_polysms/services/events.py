@@ -69,9 +69,18 @@ def about_project(project: Project | None) -> Iterator[None]:
 
 
 def known_project(project_id: str) -> Project | None:
-    """The record of the project that an enclosing :func:`about_project` gave, else None."""
+    """The record of the project that an enclosing :func:`about_project` gave (or
+    :func:`remember_project` inside a unit of work), else None."""
     known = _known_projects.get()
     return known.get(project_id) if known else None
+
+
+def remember_project(project: Project) -> None:
+    """Keep ``project`` as read until the enclosing unit of work (or
+    :func:`about_project` block) ends; nothing outside one."""
+    known = _known_projects.get()
+    if known is not None:
+        known[project.id] = project
 
 
 # How ``conversation`` and ``message`` arguments become the API's dicts: set by the module that
@@ -114,10 +123,14 @@ def holding() -> Iterator[list]:
         yield held
         return
     held = _local.events = []
+    # Projects read for the forwarder inside the block are remembered until it ends: a
+    # transaction that closes many conversations reads each project once.
+    known = _known_projects.set(dict(_known_projects.get() or {}))
     try:
         yield held
     finally:
         _local.events = None
+        _known_projects.reset(known)
     for event in held:
         _send(*event)
 

@@ -27,7 +27,7 @@ from standardwebhooks import Webhook
 from .. import signals
 from ..clock import utcnow
 from ..records import WebhookDelivery, new_id
-from .events import conversation_payload, forwardable, known_project
+from .events import conversation_payload, forwardable, known_project, remember_project
 
 if TYPE_CHECKING:
     from .state import PolySMSState
@@ -90,10 +90,13 @@ class WebhookForwarder:
         event_type = EVENT_TYPES.get(signal)
         if event_type is None:
             return False
-        project = known_project(project_id) or state.store.get_project(project_id)
-        return bool(project and project.webhook_events) and event_type in (
-            project.webhook_events.split(",")
-        )
+        project = known_project(project_id)
+        if project is None:
+            project = state.store.get_project(project_id)
+            if project is None:
+                return False
+            remember_project(project)
+        return bool(project.webhook_events) and event_type in project.webhook_events.split(",")
 
     def forward(
         self, state: PolySMSState, signal: Signal, project_id: str, kwargs: dict[str, Any]
