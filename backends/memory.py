@@ -43,6 +43,7 @@ from .memory_opt_out_pages import MemoryOptOutPages
 from .memory_opt_outs import MemoryOptOuts
 from .memory_scheduled import MemoryScheduled
 from .memory_turns import MemoryTurns
+from .memory_webhooks import MemoryWebhooks
 
 
 def _copy(record):
@@ -65,6 +66,7 @@ class MemoryStore(
     MemoryTurns,
     MemoryScheduled,
     IdempotencyRecordsInMemory,
+    MemoryWebhooks,
     Store,
 ):
     """Everything in dictionaries guarded by one lock; every method is atomic."""
@@ -99,6 +101,8 @@ class MemoryStore(
             self._blocks: dict[tuple[str, str], datetime] = {}
             self._sign_ins: dict[str, DashboardSignIn] = {}
             self._idempotent_requests = {}
+            self._webhooks = {}
+            self._webhook_deliveries = []
             self._seq = 0
 
     def _next_seq(self) -> int:

@@ -1,6 +1,7 @@
 """Inbound webhook under gunicorn (2 sync workers) with RQ on Redis, beside its hand-written twin.
 
     python benchmarks/bench_inbound.py [--seconds 5] [--rounds 5] [--connections 8]
+        [--failing-subscriber]
 
 ``POST /v1/twilio/sms`` as Twilio sends it: form-encoded, signed. flask-polysms checks the
 signature with the project's (encrypted) Auth Token, claims the MessageSid, applies the opt-out,
@@ -12,6 +13,12 @@ session, records the message and moves the deadline in one transaction, and enqu
 500 users write in turn, each message distinct (so most messages land in an open session, as
 replies do). Rounds alternate between the two servers; the ratio is the median of the rounds'
 ratios. Every request is signed ahead of time and sent once (no MessageSid repeats). Prints JSON.
+
+``--failing-subscriber`` adds a third side in the same rounds: the same server, another project
+whose webhook subscription wants every event type and points at a local server that answers 500
+to everything. Its ratio to the project without subscriptions (``failing_subscriber``) is what a
+receiver that is down costs the webhook from Twilio: the request only enqueues the event's job.
+No worker runs: the jobs wait in Redis (their count is reported), as the agent jobs do.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ from harness import (  # noqa: E402
 )
 
 AGENT_NUMBER = "+14155550100"
+SUBSCRIBED_NUMBER = "+14155550101"
 USERS = 500
 PATH = "/v1/twilio/sms"
 
@@ -107,6 +115,64 @@ end
         return "POST", PATH, body.encode(), headers
 
 
+class Answers500:
+    """A local HTTP server answering 500 to every request (a subscriber that is down)."""
+
+    def __enter__(self) -> str:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                self.send_response(500)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return f"http://127.0.0.1:{self.server.server_port}/hook"
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def subscribe_everything(app, project_id: str, url: str) -> None:
+    """A subscription to every event type, written through the Store: the served app is
+    configured for production, where the API takes only https:// URLs."""
+    from flask_polysms.clock import utcnow
+    from flask_polysms.records import WEBHOOK_EVENT_TYPES, WebhookSubscription, new_id
+    from flask_polysms.services.state import get_state
+    from flask_polysms.services.webhook_subscriptions import new_secret
+
+    state = get_state(app)
+    state.store.add_webhook_subscription(
+        WebhookSubscription(
+            id=new_id("whk_"),
+            project_id=project_id,
+            url=url,
+            events=list(WEBHOOK_EVENT_TYPES),
+            secret_encrypted=state.cipher.encrypt(new_secret()),
+            created_at=utcnow(),
+        )
+    )
+    state.store.disconnect()
+
+
+def queued_webhook_jobs() -> int:
+    """How many event jobs wait in the benchmark's queue."""
+    from harness import QUEUE, REDIS_URL
+    from redis import Redis
+    from rq import Queue
+
+    queue = Queue(QUEUE, connection=Redis.from_url(REDIS_URL))
+    return sum(1 for job_id in queue.get_job_ids() if job_id.startswith("webhook-"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="per wrk run")
@@ -115,6 +181,11 @@ def main() -> None:
     parser.add_argument("--paced-seconds", type=float, default=8.0)
     parser.add_argument(
         "--max-rate", type=int, default=2000, help="fresh messages signed per second of a run"
+    )
+    parser.add_argument(
+        "--failing-subscriber",
+        action="store_true",
+        help="also measure a project subscribed to every event at a URL that answers 500",
     )
     args = parser.parse_args()
 
@@ -131,6 +202,7 @@ def main() -> None:
     env = {"POLYSMS_BENCH_BASELINE_TOKEN": baseline_apps.BASELINE_TOKEN}
     per_run = int(args.max_rate * args.seconds)
     with (
+        Answers500() as failing_url,
         tempfile.TemporaryDirectory() as scratch,
         gunicorn("baseline_apps:inbound_app()", env) as baseline_port,
         gunicorn("polysms_app:create_app()") as ours_port,
@@ -152,6 +224,17 @@ def main() -> None:
             ),
         }
         ports = {"baseline": baseline_port, "polysms": ours_port}
+        if args.failing_subscriber:
+            subscribed = provision(app, numbers=(SUBSCRIBED_NUMBER,))
+            subscribe_everything(app, subscribed.project_id, failing_url)
+            signers["failing_subscriber"] = Signer(
+                ours_port,
+                subscribed.twilio_auth_token,
+                subscribed.twilio_account_sid,
+                SUBSCRIBED_NUMBER,
+                5_000_000,
+            )
+            ports["failing_subscriber"] = ours_port
         for name, port in ports.items():  # warm-up, and the users' sessions get opened
             wrk(
                 f"http://127.0.0.1:{port}",
@@ -173,7 +256,7 @@ def main() -> None:
                 runs[name].append(run)
         peak = {name: median([r["requests_per_s"] for r in rs]) for name, rs in runs.items()}
         half = {}
-        for name in ("baseline", "polysms"):
+        for name in ports:
             log(f"paced load at half of {name}'s peak ({peak[name] / 2:.0f} req/s)")
             half[name] = paced(
                 ports[name], signers[name].build, rate=peak[name] / 2, seconds=args.paced_seconds
@@ -184,6 +267,13 @@ def main() -> None:
         for name, rs in runs.items()
     }
     ours_ratio = ratio_of_rounds(runs, "polysms", "baseline")
+    if args.failing_subscriber:
+        result["failing_subscriber"] = {
+            "url_answers": 500,
+            "ratio_to_polysms": ratio_of_rounds(runs, "failing_subscriber", "polysms"),
+            "ratio_to_baseline": ratio_of_rounds(runs, "failing_subscriber", "baseline"),
+            "event_jobs_queued": queued_webhook_jobs(),
+        }
     result.update(
         {
             "command": "python benchmarks/bench_inbound.py " + " ".join(sys.argv[1:]),

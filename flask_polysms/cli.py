@@ -258,22 +258,28 @@ def revoke_key(key_id: str) -> None:
 
 @polysms_cli.command("rotate-keys")
 def rotate_keys() -> None:
-    """Re-encrypt every stored Twilio Auth Token with the first POLYSMS_ENCRYPTION_KEYS key.
+    """Re-encrypt every stored Twilio Auth Token and webhook secret with the first
+    POLYSMS_ENCRYPTION_KEYS key.
 
     Run it after putting a new key first in the list (with the old keys still after it), on
     every process. Idempotent: tokens under the first key already are left as they are. Exits
     with status 1 when a token opens with no key of the list (it is left untouched).
     """
-    from .crypto import rotate_stored_tokens
+    from .crypto import rotate_stored_tokens, rotate_stored_webhook_secrets
 
     state = _state()
     try:
         result = rotate_stored_tokens(state.store, state.cipher)
     except NotImplementedError as exc:
         raise click.ClickException(str(exc)) from exc
+    secrets = rotate_stored_webhook_secrets(state.store, state.cipher)
     click.echo(
         f"{result.rotated} Twilio Auth Token(s) re-encrypted with the first key, "
         f"{result.current} already under it"
+    )
+    click.echo(
+        f"{secrets.rotated} webhook secret(s) re-encrypted with the first key, "
+        f"{secrets.current} already under it"
     )
     if result.unreadable:
         click.echo(
@@ -282,6 +288,14 @@ def rotate_keys() -> None:
             "or run connect-twilio again for them",
             err=True,
         )
+    if secrets.unreadable:
+        click.echo(
+            f"{len(secrets.unreadable)} webhook secret(s) open with no key of "
+            f"POLYSMS_ENCRYPTION_KEYS (subscriptions {', '.join(secrets.unreadable)}): add the "
+            "key they were stored under, or subscribe again",
+            err=True,
+        )
+    if result.unreadable or secrets.unreadable:
         click.get_current_context().exit(1)
 
 

@@ -16,7 +16,7 @@ import hashlib
 import hmac
 import logging
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -306,17 +306,29 @@ def rotate_stored_tokens(store: Any, cipher: TokenCipher) -> Rotation:
     A token changed meanwhile (``connect-twilio``) is not overwritten: the store's
     compare-and-set keeps the newer value, encrypted with the first key anyway.
     """
+    return _rotate(store.list_encrypted_auth_tokens(), store.replace_auth_token, cipher)
+
+
+def rotate_stored_webhook_secrets(store: Any, cipher: TokenCipher) -> Rotation:
+    """Re-encrypt every stored webhook subscription secret with the cipher's first key, as
+    :func:`rotate_stored_tokens` does for Auth Tokens (``unreadable`` names subscriptions)."""
+    return _rotate(store.list_encrypted_webhook_secrets(), store.replace_webhook_secret, cipher)
+
+
+def _rotate(
+    stored: Sequence[tuple[str, str]], replace: Callable[[str, str, str], bool], cipher: TokenCipher
+) -> Rotation:
     result = Rotation()
-    for project_id, ciphertext in store.list_encrypted_auth_tokens():
+    for owner_id, ciphertext in stored:
         try:
             rotated = cipher.rotate(ciphertext)
         except ValueError:
-            result.unreadable.append(project_id)
+            result.unreadable.append(owner_id)
             continue
         if rotated is None:
             result.current += 1
-        elif store.replace_auth_token(project_id, ciphertext, rotated):
+        elif replace(owner_id, ciphertext, rotated):
             result.rotated += 1
         else:
-            result.current += 1  # replaced meanwhile by connect-twilio, under the first key
+            result.current += 1  # replaced meanwhile, under the first key
     return result

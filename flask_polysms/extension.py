@@ -17,6 +17,7 @@ from .ports.schedulers import Scheduler, create_scheduler
 from .ports.store import Store
 from .services.job_ids import SWEEP_JOB
 from .services.state import EXTENSION_KEY, AgentFunc, PolySMSState, get_state
+from .services.webhook_delivery import WebhookForwarder
 
 __all__ = ["PolySMS", "PolySMSState", "get_state"]
 
@@ -103,6 +104,8 @@ class PolySMS:
                 settings.secret_key,
                 decrypt_with_secret=settings.decrypt_with_secret_key,
             ),
+            # The project's events to its webhook subscriptions (nothing for a project without).
+            event_forwarder=WebhookForwarder(),
         )
         app.extensions[EXTENSION_KEY] = state
         self._apps.add(app)

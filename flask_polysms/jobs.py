@@ -29,7 +29,7 @@ def set_worker_app(app: Flask) -> None:
 
 
 def _handlers() -> dict[str, Any]:
-    from .services import inbound, lifecycle, scheduled, sending
+    from .services import inbound, lifecycle, scheduled, sending, webhook_delivery
 
     return {
         "send": sending.send_job,
@@ -38,6 +38,8 @@ def _handlers() -> dict[str, Any]:
         "wake": lifecycle.wake_job,
         "timer": lifecycle.wake_job,  # one session's wake-up, as 0.1.0 scheduled it: the same job
         SWEEP_JOB: lifecycle.sweep,
+        webhook_delivery.EVENT_JOB: webhook_delivery.event_job,
+        webhook_delivery.DELIVERY_JOB: webhook_delivery.delivery_job,
     }
 
 

@@ -103,6 +103,10 @@ class Project:
     twilio_auth_token_encrypted: str | None = None
     # Per-project options: keyword replies, the sender guard, variant attributes per environment.
     settings: dict[str, Any] = field(default_factory=dict)
+    # The event types the project's webhook subscriptions listen to, comma-separated and sorted
+    # (None without any): kept by the Store with the subscriptions, so that a path that has read
+    # the project knows, without another query, whether an event goes anywhere.
+    webhook_events: str | None = None
 
 
 @dataclass
@@ -282,3 +286,44 @@ class IdempotentRequest:
     created_at: datetime
     expires_at: datetime
     response: dict[str, Any] | None = None
+
+
+# Events delivered to the project's own systems (webhook subscriptions), in the order documented.
+WEBHOOK_EVENT_TYPES = (
+    "message.received",
+    "message.status",
+    "opt_out.created",
+    "opt_out.removed",
+    "conversation.opened",
+    "conversation.closed",
+    "conversation.handoff",
+)
+
+
+@dataclass
+class WebhookSubscription:
+    """A project's subscription: events of ``events`` are POSTed to ``url``, signed with the
+    secret (kept encrypted; the plain ``whsec_...`` is shown once, at creation)."""
+
+    id: str
+    project_id: str
+    url: str
+    events: list[str]
+    secret_encrypted: str
+    created_at: datetime
+
+
+@dataclass
+class WebhookDelivery:
+    """One attempt to deliver one event to one subscription. ``webhook_id`` names the event
+    (the same on every attempt); ``status_code`` is None when the receiver did not answer."""
+
+    id: str
+    project_id: str
+    subscription_id: str
+    event_type: str
+    webhook_id: str
+    attempt: int
+    status_code: int | None
+    error: str | None
+    created_at: datetime

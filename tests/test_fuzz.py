@@ -47,6 +47,8 @@ OTHER_AGENT = "+14155552673"
 USER = "+14155552672"
 VALID_NUMBERS = (AGENT, OTHER_AGENT, USER, "+447400123456", "+14155552679")
 WEBHOOK_URL_BASE = "http://localhost"  # the host schemathesis' WSGI transport calls
+# Where subscriptions send: nothing listens on port 9, so each delivery fails at once.
+WEBHOOK_RECEIVER = "https://127.0.0.1:9/fuzz-hook"
 
 
 @pytest.fixture(params=["memory", pytest.param("postgresql", marks=pytest.mark.services)])
@@ -118,6 +120,20 @@ class Target:
         assert response.status_code == 201, response.get_json()
         return response.get_json()["id"]
 
+    def new_webhook(self) -> str:
+        """A fresh webhook subscription for one operation's cases (those of earlier operations
+        are deleted first: a project has at most a few)."""
+        listed = self.client.get("/v1/webhooks", headers=self.headers).get_json()["webhooks"]
+        for subscription in listed:
+            self.client.delete(f"/v1/webhooks/{subscription['id']}", headers=self.headers)
+        response = self.client.post(
+            "/v1/webhooks",
+            json={"url": WEBHOOK_RECEIVER, "events": ["message.received", "message.status"]},
+            headers=self.headers,
+        )
+        assert response.status_code == 201, response.get_json()
+        return response.get_json()["id"]
+
     def new_scheduled_message(self) -> str:
         """A fresh scheduled greeting for one operation's cases (cancel it, read it)."""
         send_at = (utcnow() + timedelta(days=1)).isoformat()
@@ -164,6 +180,8 @@ def _steer(case, draw, target: Target) -> dict[str, str]:
             senders["live"] = AGENT
         if "sender" in body and draw(st.booleans()):
             body["sender"] = AGENT
+        if case.path == "/v1/webhooks" and "url" in body and draw(st.booleans()):
+            body["url"] = WEBHOOK_RECEIVER
     query = case.query
     if isinstance(query, dict) and case.path.startswith("/v1/opt-outs") and draw(st.booleans()):
         # An opted-out pair of the tenant: filters that find it, a DELETE that opts it back in.
@@ -243,6 +261,8 @@ def test_every_operation_survives_schemathesis(storage_url):
             fixed["message_id"] = target.new_scheduled_message()
         if "{sender}" in operation.path:
             fixed["sender"] = AGENT
+        if "{subscription_id}" in operation.path:
+            fixed["subscription_id"] = target.new_webhook()
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
             fuzz_operation(target, operation, mode, documented, fixed, record)
 

@@ -255,7 +255,7 @@ def test_upgrading_an_empty_database_builds_todays_models(empty_url):
         assert migrated.upgrade_schema() == SchemaUpgrade(applied=EVERY_MIGRATION)
         modelled.create_model_tables()
         expected = describe(modelled, "mdl_")
-        assert len(expected) == 16  # 0007 added the idempotency keys
+        assert len(expected) == 18  # 0010 added the webhook subscriptions and deliveries
         assert describe(migrated, "upg_") == expected
         # Each prefix has its own history; the models' tables have none.
         assert "upg_" + HISTORY_TABLE in migrated.database.get_tables()

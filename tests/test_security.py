@@ -40,6 +40,9 @@ B_USER = "+14155552675"
 B_SECRET_TEXT = "B's private greeting 7f3a"
 B_TEMPLATE_TITLE = "b-secret-template"
 B_TEMPLATE_BODY = "B's template body 91c2"
+# Nothing listens there (port 9, discard): B's deliveries fail at once, without the network.
+B_WEBHOOK_URL = "https://127.0.0.1:9/b-private-hook-5d1e"
+A_WEBHOOK_URL = "https://127.0.0.1:9/a-hook"
 
 
 @pytest.fixture(params=["memory", pytest.param("postgresql", marks=pytest.mark.services)])
@@ -84,6 +87,14 @@ class Tenants:
             "/v1/opt-outs", json={"user_number": B_USER, "sender": B_NUMBER}, headers=self.b.headers
         )
         assert opt_out.status_code == 201
+        webhook = client.post(
+            "/v1/webhooks",
+            json={"url": B_WEBHOOK_URL, "events": ["message.received"]},
+            headers=self.b.headers,
+        )
+        assert webhook.status_code == 201
+        self.b_webhook_id = webhook.get_json()["id"]
+        self.b_webhook_secret = webhook.get_json()["secret"]
         # A has data of its own, so "empty" can never pass for "isolated".
         self.a_conversation_id = self.sms.send_ok(A_USER, "A's greeting")["conversation_id"]
 
@@ -92,6 +103,9 @@ class Tenants:
             self.b_conversation_id,
             self.b_message_id,
             self.b_template_id,
+            self.b_webhook_id,
+            self.b_webhook_secret,
+            B_WEBHOOK_URL,
             B_SECRET_TEXT,
             B_TEMPLATE_TITLE,
             B_TEMPLATE_BODY,
@@ -118,6 +132,10 @@ class Tenants:
                 "opt_outs": client.get("/v1/opt-outs", headers=headers).get_json(),
                 "opt_out_history": client.get(
                     "/v1/opt-outs/history", query_string={"user_number": B_USER}, headers=headers
+                ).get_json(),
+                "webhooks": client.get("/v1/webhooks", headers=headers).get_json(),
+                "deliveries": client.get(
+                    f"/v1/webhooks/{self.b_webhook_id}/deliveries", headers=headers
                 ).get_json(),
             },
             sort_keys=True,
@@ -183,6 +201,13 @@ def routes(t: Tenants) -> list[tuple[str, str, str, Any]]:
         ("polysms_operators.end", "POST", f"/v1/conversations/{t.b_conversation_id}/end", None),
         ("polysms_messages.get_message", "GET", f"/v1/messages/{t.b_message_id}", None),
         ("polysms_messages.cancel_message", "POST", f"/v1/messages/{t.b_message_id}/cancel", None),
+        ("polysms_event_webhooks.create_webhook", "POST", "/v1/webhooks",
+         {"url": A_WEBHOOK_URL, "events": ["opt_out.removed"]}),
+        ("polysms_event_webhooks.list_webhooks", "GET", "/v1/webhooks", None),
+        ("polysms_event_webhooks.delete_webhook", "DELETE", f"/v1/webhooks/{t.b_webhook_id}",
+         None),
+        ("polysms_event_webhooks.list_deliveries", "GET",
+         f"/v1/webhooks/{t.b_webhook_id}/deliveries", None),
     ]  # fmt: skip
 
 
@@ -214,6 +239,10 @@ EXPECTED_FOR_B_IDS = {
     "polysms_operators.end": 404,
     "polysms_messages.get_message": 404,
     "polysms_messages.cancel_message": 404,
+    "polysms_event_webhooks.create_webhook": 201,  # A's own subscription
+    "polysms_event_webhooks.list_webhooks": 200,  # A's own subscriptions
+    "polysms_event_webhooks.delete_webhook": 404,
+    "polysms_event_webhooks.list_deliveries": 404,
 }
 
 

@@ -62,6 +62,8 @@ def _build_models(database: pw.Database, prefix: str) -> SimpleNamespace:
         twilio_account_sid = opt_key()
         twilio_auth_token_encrypted = pw.TextField(null=True)
         settings = json_field()
+        # The event types of the project's webhook subscriptions (migration 0010).
+        webhook_events = pw.TextField(null=True)
 
         class Meta:
             table_name = prefix + "project"
@@ -267,6 +269,32 @@ def _build_models(database: pw.Database, prefix: str) -> SimpleNamespace:
         class Meta:
             table_name = prefix + "idempotent_request"
 
+    class WebhookSubscriptionRow(Base):
+        id = key(primary_key=True)
+        project_id = key()
+        url = pw.TextField()
+        events = json_field()
+        secret_encrypted = pw.TextField()
+        created_at = UTCDateTimeField()
+
+        class Meta:
+            table_name = prefix + "webhook_subscription"
+
+    class WebhookDeliveryRow(Base):
+        seq = pw.BigAutoField()  # attempt order: the log is read newest first
+        id = key(unique=True)
+        project_id = key()
+        subscription_id = key()
+        event_type = key(64)
+        webhook_id = key()
+        attempt = pw.IntegerField()
+        status_code = pw.IntegerField(null=True)
+        error = pw.TextField(null=True)
+        created_at = UTCDateTimeField()
+
+        class Meta:
+            table_name = prefix + "webhook_delivery"
+
     def index(model: type[pw.Model], name: str, *fields: pw.Field, unique: bool = False) -> None:
         model.add_index(*fields, unique=unique, name=prefix + name)
 
@@ -334,6 +362,13 @@ def _build_models(database: pw.Database, prefix: str) -> SimpleNamespace:
     )
     index(NumberBlock, "number_block_pair", NumberBlock.project_id, NumberBlock.number, unique=True)
     index(IdempotentRequestRow, "idempotent_expiry", IdempotentRequestRow.expires_at)
+    index(WebhookSubscriptionRow, "webhook_project", WebhookSubscriptionRow.project_id)
+    index(
+        WebhookDeliveryRow,
+        "webhook_delivery_log",
+        WebhookDeliveryRow.subscription_id,
+        WebhookDeliveryRow.seq,
+    )
 
     return SimpleNamespace(
         Account=Account,
@@ -352,6 +387,8 @@ def _build_models(database: pw.Database, prefix: str) -> SimpleNamespace:
         NumberBlock=NumberBlock,
         DashboardSignIn=DashboardSignInRow,
         IdempotentRequest=IdempotentRequestRow,
+        WebhookSubscription=WebhookSubscriptionRow,
+        WebhookDelivery=WebhookDeliveryRow,
         all=[
             Account,
             ApiKey,
@@ -369,5 +406,7 @@ def _build_models(database: pw.Database, prefix: str) -> SimpleNamespace:
             NumberBlock,
             DashboardSignInRow,
             IdempotentRequestRow,
+            WebhookSubscriptionRow,
+            WebhookDeliveryRow,
         ],
     )

@@ -31,6 +31,7 @@ from .sessions import SessionRecords
 from .statements import StatementRunner, T
 from .templates import TemplateRecords
 from .turns import TurnRecords
+from .webhooks import WebhookRecords
 
 DEFAULT_TABLE_PREFIX = "polysms_"
 # Index names are the prefix plus up to 22 characters; PostgreSQL cuts identifiers at 63.
@@ -47,6 +48,7 @@ class PeeweeStore(
     OptOutRecords,
     MetricRecords,
     IdempotencyRecords,
+    WebhookRecords,
     StatementRunner,
     Store,
 ):

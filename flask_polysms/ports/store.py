@@ -44,6 +44,7 @@ from .store_errors import Conflict, NotFound, StaleVersion, StoreError  # noqa: 
 from .store_optional import (
     DashboardSignIn,  # noqa: F401 - re-exported: the port's address
     DashboardSignIns,
+    EventWebhookRecords,
     IdempotencyKeys,
     OperationsFigures,
     OutboundReads,
@@ -86,7 +87,15 @@ def check_cursor(cursor: str | None) -> str | None:
     return cursor
 
 
-class Store(OutboundReads, TurnClaims, OperationsFigures, DashboardSignIns, IdempotencyKeys, ABC):
+class Store(
+    OutboundReads,
+    TurnClaims,
+    OperationsFigures,
+    DashboardSignIns,
+    IdempotencyKeys,
+    EventWebhookRecords,
+    ABC,
+):
     """Persistence for accounts, projects, sessions, messages, templates, opt-outs and metrics."""
 
     #: URL schemes this backend serves (used by the backend registry).

@@ -9,7 +9,7 @@ them all.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -26,6 +26,8 @@ from ..records import (
     Message,
     Project,
     Sender,
+    WebhookDelivery,
+    WebhookSubscription,
 )
 
 
@@ -170,3 +172,60 @@ class IdempotencyKeys:
     def purge_idempotent_requests(self, now: datetime, limit: int = 100) -> int:
         """Delete up to ``limit`` records expired by ``now``; how many went."""
         raise NotImplementedError(f"{type(self).__name__} does not keep idempotency keys")
+
+
+class EventWebhookRecords:
+    """Webhook subscriptions and their delivery log. The defaults, for backends written before
+    them, keep none: no event is delivered, and subscribing fails."""
+
+    def add_webhook_subscription(self, subscription: WebhookSubscription) -> WebhookSubscription:
+        """Record a subscription and set the project's ``webhook_events`` to the event types of
+        all its subscriptions, in one transaction that serialises with the other changes of the
+        project's subscriptions. Raises NotFound for an unknown project."""
+        raise NotImplementedError(f"{type(self).__name__} does not keep webhook subscriptions")
+
+    def list_webhook_subscriptions(
+        self, project_id: str, event_type: str | None = None
+    ) -> list[WebhookSubscription]:
+        """The project's subscriptions (those listening to ``event_type`` when given), oldest
+        first."""
+        return []
+
+    def get_webhook_subscription(
+        self, project_id: str, subscription_id: str
+    ) -> WebhookSubscription | None:
+        """The project's subscription with this id; None when unknown or another project's."""
+        return None
+
+    def delete_webhook_subscription(self, project_id: str, subscription_id: str) -> bool:
+        """Delete the project's subscription and its delivery log and set the project's
+        ``webhook_events`` again, in one transaction; False when the project has no such
+        subscription."""
+        return False
+
+    def list_encrypted_webhook_secrets(self) -> list[tuple[str, str]]:
+        """``(subscription id, encrypted secret)`` of every subscription of every project: what
+        ``flask polysms rotate-keys`` re-encrypts."""
+        return []
+
+    def replace_webhook_secret(self, subscription_id: str, old: str, new: str) -> bool:
+        """Compare-and-set a subscription's encrypted secret: ``new`` only if it is still
+        ``old``; False (nothing changed) otherwise."""
+        return False
+
+    def add_webhook_delivery(self, delivery: WebhookDelivery) -> WebhookDelivery:
+        """Record one delivery attempt."""
+        raise NotImplementedError(f"{type(self).__name__} does not keep webhook deliveries")
+
+    def list_webhook_deliveries(
+        self, project_id: str, subscription_id: str, limit: int = 100
+    ) -> list[WebhookDelivery]:
+        """The subscription's delivery attempts, newest first, at most ``limit``."""
+        return []
+
+
+def webhook_events_of(event_lists: Iterable[Sequence[str]]) -> str | None:
+    """A project's ``webhook_events`` from its subscriptions' ``events``: the event types they
+    listen to, sorted and comma-separated; None without any."""
+    types = sorted({event for events in event_lists for event in events})
+    return ",".join(types) or None

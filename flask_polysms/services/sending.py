@@ -19,6 +19,7 @@ from ..clock import utcnow
 from ..media import media_from_urls, urls_of
 from ..phone import is_messaging_service_sid
 from ..ports.gateways import GatewayError, OutgoingSMS, SendResult
+from ..ports.store import SendClaim
 from ..records import (
     FAILED,
     OUTBOUND,
@@ -34,7 +35,7 @@ from ..records import (
     new_id,
 )
 from ..segments import count_segments
-from .events import opt_out_changed, status_changed
+from .events import about_project, opt_out_changed, status_changed
 from .job_ids import release_job_id, send_job_id
 from .metrics import count
 from .pools import change_opt_out
@@ -240,7 +241,15 @@ def send_job(state: PolySMSState, message_id: str) -> bool:
     claim = store.claim_send(message_id, utcnow())
     if claim is None:
         return False
+    # The project as claimed tells whether its events go to webhooks.
+    with about_project(claim.project):
+        return _send_claimed(state, claim, started)
+
+
+def _send_claimed(state: PolySMSState, claim: SendClaim, started: float) -> bool:
+    store = state.store
     message = claim.message
+    message_id = message.id
     # The opt-out is checked here, at send time, not only when the message was accepted.
     if message.kind not in UNSUPPRESSED_KINDS and claim.opted_out:
         suppressed = store.update_message(

@@ -39,6 +39,9 @@ class PolySMSState:
     read_limiter: Any = None  # POLYSMS_READ_RATE_LIMIT, counted by every authenticated route
     emulator: Any = None  # a TwilioEmulator the app started in-process (the embedded demo)
     inbound_limits: Any = None  # built on first inbound message (inbound.inbound_limits)
+    # Where events go besides the signals' receivers: the webhook subscriptions (see
+    # services.events.EventForwarder), set by init_app.
+    event_forwarder: Any = None
 
     @property
     def agent(self) -> AgentFunc | None:

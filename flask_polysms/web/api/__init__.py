@@ -28,6 +28,7 @@ def register_api(app: Flask, state: PolySMSState) -> None:
     from . import (
         conversations,
         docs,
+        event_webhooks,
         health,
         messages,
         metrics,
@@ -82,6 +83,7 @@ def register_api(app: Flask, state: PolySMSState) -> None:
         project,
         opt_outs,
         webhooks,
+        event_webhooks,
     )
     for module in modules:
         api.register_blueprint(module.blp, url_prefix=prefix + module.URL_PREFIX)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import marshmallow as ma
 from flask import request
 
+from ...services.events import about_project
 from ...services.outbound import start_outbound
 from ...services.scheduled import send_at_problem
 from ...services.state import get_state
@@ -82,18 +83,20 @@ def send_outbound(body, caller):
     state = get_state()
     tenant, senders = caller.tenant_with_senders(body["user_number"])
     # start_outbound counts the project's POLYSMS_RATE_LIMIT (429), as for every other caller,
-    # here with the request budget.
-    session, message = start_outbound(
-        state,
-        tenant,
-        body["user_number"],
-        body["message"],
-        body.get("agent_number"),
-        media_urls=body.get("media_urls"),
-        send_at=body.get("send_at"),
-        senders=senders,
-        count_with=caller.count_budget,
-    )
+    # here with the request budget. The project as authenticated tells whether its events go to
+    # webhooks.
+    with about_project(tenant.project):
+        session, message = start_outbound(
+            state,
+            tenant,
+            body["user_number"],
+            body["message"],
+            body.get("agent_number"),
+            media_urls=body.get("media_urls"),
+            send_at=body.get("send_at"),
+            senders=senders,
+            count_with=caller.count_budget,
+        )
     # The path of GET /v1/conversations/<id>, as url_for would build it (ids are URL-safe):
     # a third of the cost of url_for, on the route the API serves most.
     prefix = request.script_root + state.settings.url_prefix + conversations.URL_PREFIX

@@ -9,6 +9,7 @@ from twilio.request_validator import RequestValidator
 from ...errors import Forbidden, InvalidInput
 from ...media import received_media
 from ...records import Project
+from ...services.events import about_project
 from ...services.inbound import handle_inbound, handle_status
 from ...services.pools import note_membership
 from ...services.state import get_state
@@ -148,16 +149,18 @@ def inbound_sms():
     if problems:
         raise InvalidInput("invalid webhook parameters", errors=problems)
     sender = note_membership(state, sender, form.get("MessagingServiceSid"))
-    handle_inbound(
-        state,
-        sender,
-        form["From"],
-        form.get("Body", ""),
-        form["MessageSid"],
-        project=project,
-        media=media,
-        opt_out_type=form.get("OptOutType"),
-    )
+    # The project as read for the signature tells whether its events go to webhooks.
+    with about_project(project):
+        handle_inbound(
+            state,
+            sender,
+            form["From"],
+            form.get("Body", ""),
+            form["MessageSid"],
+            project=project,
+            media=media,
+            opt_out_type=form.get("OptOutType"),
+        )
     return twiml()
 
 
@@ -176,6 +179,9 @@ def status_callback():
         if project_id is None and address:
             sender = state.store.get_sender(address)
             project_id = sender.project_id if sender else None
-    verify_signature(state.store.get_project(project_id) if project_id else None)
-    handle_status(state, _load(STATUS_CALLBACK))
+    project = state.store.get_project(project_id) if project_id else None
+    verify_signature(project)
+    form = _load(STATUS_CALLBACK)
+    with about_project(project):
+        handle_status(state, form)
     return twiml()
