@@ -175,6 +175,14 @@ class MemoryStore(
             _apply(project, fields)
             return _copy(project)
 
+    def change_project_settings(self, project_id: str, change) -> Project:
+        with self._lock:  # the change runs holding the store: one after the other
+            project = self._projects.get(project_id)
+            if project is None:
+                raise NotFound(f"no project {project_id}")
+            project.settings = change(copy.deepcopy(project.settings))
+            return _copy(project)
+
     def list_encrypted_auth_tokens(self) -> list[tuple[str, str]]:
         with self._lock:
             return [

@@ -291,6 +291,40 @@ def test_english_replies_can_be_changed(sms):
     ]
 
 
+def test_changes_made_at_once_all_land(sms):
+    """Eight PATCHes at once on real threads, each adding its own language and one of them
+    setting quiet hours: each is applied to the settings as stored when it runs, so every
+    language and the quiet hours are there at the end (read-modify-write lost all but a few)."""
+    import threading
+
+    languages = ["fr", "de", "es", "it", "pt", "nl", "sv", "pl"]
+    barrier = threading.Barrier(len(languages))
+    statuses: list[int] = []
+
+    def change(language: str) -> None:
+        client = sms.app.test_client()
+        texts = {"opt_out": f"bye {language}", "opt_in": f"hi {language}", "help": f"? {language}"}
+        body: dict = {"replies": {language: texts}}
+        if language == "sv":
+            body["quiet_hours"] = {"start": "21:00", "end": "08:00"}
+        barrier.wait()
+        response = client.patch("/v1/project", json=body, headers=sms.tenant.headers)
+        statuses.append(response.status_code)
+        sms.store.close()  # this thread's connection back to the pool
+
+    threads = [threading.Thread(target=change, args=(language,)) for language in languages]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+
+    assert statuses == [200] * len(languages)
+    found = settings(sms)
+    assert set(found["replies"]) == {"en", *languages}
+    assert found["replies"]["pl"]["help"] == "? pl"
+    assert found["quiet_hours"] == {"start": "21:00", "end": "08:00"}
+
+
 def test_with_twilio_answering_we_record_and_never_reply(sms, agent):
     assert patch_ok(sms, {"keyword_replies": "twilio"})["keyword_replies"] == "twilio"
     inbound(sms, "STOP")

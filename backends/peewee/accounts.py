@@ -134,6 +134,24 @@ class AccountRecords(StatementRunner):
             raise NotFound(f"no project {project_id}")
         return _record(Project, row)
 
+    def change_project_settings(
+        self, project_id: str, change: Callable[[dict[str, Any]], dict[str, Any]]
+    ) -> Project:
+        """Read the settings holding the project's row (SQLite's IMMEDIATE transaction holds the
+        whole database already), write ``change(settings)``: one transaction."""
+        P = self._m.Project
+
+        def work() -> dict[str, Any]:
+            query = P.select(P.settings).where(P.id == project_id)
+            row = self._first(query if self._is_sqlite else query.for_update())
+            if row is None:
+                raise NotFound(f"no project {project_id}")
+            settings = change(dict(row["settings"] or {}))
+            P.update(settings=settings).where(P.id == project_id).execute()
+            return self._first(P.select().where(P.id == project_id))
+
+        return _record(Project, self._atomically(work))
+
     def list_encrypted_auth_tokens(self) -> list[tuple[str, str]]:
         """``(project id, encrypted Auth Token)`` of every project that has a token."""
         P = self._m.Project

@@ -48,6 +48,7 @@ from .store_optional import (
     IdempotencyKeys,
     OperationsFigures,
     OutboundReads,
+    ProjectSettingsChanges,
     TurnClaims,
 )
 
@@ -89,6 +90,7 @@ def check_cursor(cursor: str | None) -> str | None:
 
 class Store(
     OutboundReads,
+    ProjectSettingsChanges,
     TurnClaims,
     OperationsFigures,
     DashboardSignIns,

@@ -9,9 +9,10 @@ them all.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from ..authorisation import authorises
 from ..records import (
@@ -29,6 +30,7 @@ from ..records import (
     WebhookDelivery,
     WebhookSubscription,
 )
+from .store_errors import NotFound
 
 
 @dataclass
@@ -68,6 +70,23 @@ class OutboundReads:
             return key, connector, project, None
         senders = self.senders_for_outbound(project.id, connector.environment, user_number)
         return key, connector, project, senders
+
+
+class ProjectSettingsChanges:
+    """Changing a project's settings from what they are when the change runs."""
+
+    def change_project_settings(
+        self, project_id: str, change: Callable[[dict[str, Any]], dict[str, Any]]
+    ) -> Project:
+        """Set the project's settings to ``change(settings as stored)`` and return the project;
+        an exception from ``change`` writes nothing. Two changes at once run one after the
+        other, the second from what the first wrote (across processes on the database
+        backends). NotFound for an unknown project. This default, for backends written before
+        it, reads and writes without holding anything."""
+        project = self.get_project(project_id)
+        if project is None:
+            raise NotFound(f"no project {project_id}")
+        return self.update_project(project_id, settings=change(dict(project.settings)))
 
 
 class TurnClaims:

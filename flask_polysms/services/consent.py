@@ -18,6 +18,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidInput, NotFoundError
+from ..ports.store import NotFound
 from ..records import Project
 from .keywords import (
     ACTION_OF,
@@ -117,10 +118,21 @@ def update_settings(state: PolySMSState, project_id: str, changes: dict[str, Any
     keyword is a built-in one or given twice, a keyword's language has no replies, or a new
     language lacks one of its three texts.
     """
-    project = state.store.get_project(project_id)
-    if project is None:
-        raise NotFoundError("project not found")
-    settings = dict(project.settings)
+
+    def changed(settings: dict[str, Any]) -> dict[str, Any]:
+        return _changed_settings(settings, changes)
+
+    try:
+        # Applied to the settings as stored when it runs: two changes at once both land.
+        updated = state.store.change_project_settings(project_id, changed)
+    except NotFound as exc:
+        raise NotFoundError("project not found") from exc
+    return settings_dict(updated)
+
+
+def _changed_settings(settings: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` with ``changes`` applied (see :func:`update_settings`); InvalidInput when
+    they are at fault."""
     errors: dict[str, list[str]] = {}
     if "replies" in changes:
         _apply_replies(settings, changes["replies"] or {}, errors)
@@ -142,8 +154,7 @@ def update_settings(state: PolySMSState, project_id: str, changes: dict[str, Any
             )
     if errors:
         raise InvalidInput("invalid project settings: see errors", errors=errors)
-    updated = state.store.update_project(project_id, settings=settings)
-    return settings_dict(updated)
+    return settings
 
 
 def _checked_keywords(entries: list[dict[str, str]], errors: dict[str, list[str]]) -> list:

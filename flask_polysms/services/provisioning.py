@@ -6,7 +6,7 @@ changes nothing.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..clock import utcnow
 from ..phone import is_e164, is_messaging_service_sid
@@ -157,10 +157,13 @@ def set_variant(
     if not attribute or not attribute.replace("_", "a").isascii() or not attribute.isidentifier():
         raise ProvisioningError(f"attribute {attribute!r}: ASCII letters, digits and _ only")
     env = environment_name(environment)
-    project = _project(state, project_id)
-    settings = dict(project.settings)
-    variants = {name: dict(values) for name, values in (settings.get("variants") or {}).items()}
-    variants.setdefault(env, {})[attribute] = value
-    settings["variants"] = variants
-    state.store.update_project(project_id, settings=settings)
-    return variants[env]
+    _project(state, project_id)
+
+    def changed(settings: dict[str, Any]) -> dict[str, Any]:
+        variants = {name: dict(values) for name, values in (settings.get("variants") or {}).items()}
+        variants.setdefault(env, {})[attribute] = value
+        return {**settings, "variants": variants}
+
+    # Applied to the settings as stored when it runs: a change made meanwhile is kept.
+    project = state.store.change_project_settings(project_id, changed)
+    return project.settings["variants"][env]
