@@ -28,11 +28,13 @@ import os
 import secrets
 import sys
 import tempfile
+import time
 import urllib.parse
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import tracing  # noqa: E402
 from harness import (  # noqa: E402
     emit,
     gunicorn,
@@ -187,6 +189,12 @@ def main() -> None:
         action="store_true",
         help="also measure a project subscribed to every event at a URL that answers 500",
     )
+    parser.add_argument(
+        "--trace",
+        action="store_true",
+        help="time every request inside the server too (benchmarks/tracing.py) and say where "
+        "the half-peak tail went",
+    )
     args = parser.parse_args()
 
     import baseline_apps
@@ -201,11 +209,13 @@ def main() -> None:
     tenant = provision(app, numbers=(AGENT_NUMBER,))
     env = {"POLYSMS_BENCH_BASELINE_TOKEN": baseline_apps.BASELINE_TOKEN}
     per_run = int(args.max_rate * args.seconds)
+    trace_folder = tempfile.mkdtemp(prefix="polysms-trace-") if args.trace else None
+    traced = {"POLYSMS_BENCH_TRACE": trace_folder} if trace_folder else None
     with (
         Answers500() as failing_url,
         tempfile.TemporaryDirectory() as scratch,
         gunicorn("baseline_apps:inbound_app()", env) as baseline_port,
-        gunicorn("polysms_app:create_app()") as ours_port,
+        gunicorn("polysms_app:create_app()", traced) as ours_port,
     ):
         signers = {
             "baseline": Signer(
@@ -258,9 +268,12 @@ def main() -> None:
         half = {}
         for name in ports:
             log(f"paced load at half of {name}'s peak ({peak[name] / 2:.0f} req/s)")
+            began = time.time()
             half[name] = paced(
                 ports[name], signers[name].build, rate=peak[name] / 2, seconds=args.paced_seconds
             )
+            if name == "polysms" and trace_folder:
+                half[name]["inside_the_server"] = tracing.summary(trace_folder, since=began)
 
     errors = {
         name: sum(r["non_2xx"] + r["connect_errors"] + r["timeouts"] for r in rs)
