@@ -54,6 +54,13 @@ def summary(reports: dict[str, dict], seconds: float) -> dict:
         "inbound_ratio": inbound["ratio_to_baseline"],
         "inbound_p99_half_peak_ms": inbound["half_peak_open_loop"]["polysms"]["p99_ms"],
         "inbound_baseline_p99_half_peak_ms": inbound["half_peak_open_loop"]["baseline"]["p99_ms"],
+        **{
+            f"{name}_server_p99_half_peak_ms": report["half_peak_open_loop"]["polysms"][
+                "inside_the_server"
+            ].get("server_p99_ms")
+            for name, report in (("outbound", outbound), ("inbound", inbound))
+            if "inside_the_server" in report["half_peak_open_loop"]["polysms"]
+        },
         "worker_ratio": worker["simple_worker"]["ratio_to_noop"],
         "forking_worker_ratio": worker["forking_worker"]["ratio_to_noop"],
     }
@@ -78,6 +85,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="short rounds (about 3 minutes)")
     parser.add_argument("--against", metavar="REV", help="outbound: also serve this commit")
     parser.add_argument("--out", type=Path, help="write each benchmark's report to this folder")
+    parser.add_argument(
+        "--trace", action="store_true", help="HTTP benchmarks: time each request inside the server"
+    )
     args = parser.parse_args()
     started = time.monotonic()
     reports = {}
@@ -85,6 +95,8 @@ def main() -> None:
         extra = list(QUICK[name]) if args.quick else []
         if name == "outbound" and args.against:
             extra += ["--against", args.against]
+        if name != "worker" and args.trace:
+            extra.append("--trace")
         reports[name] = run(name, extra)
         if args.out:
             args.out.mkdir(parents=True, exist_ok=True)
