@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+from handoff_agent import HandoffAgent
 
 from flask_polysms.services.state import get_state
 
@@ -36,25 +37,14 @@ def shot(page, name: str) -> None:
     page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
 
 
-class Agent:
-    """Hands the conversation to a person when asked for one, else answers; records its texts."""
-
-    def __init__(self) -> None:
-        self.texts: list[str] = []
-
-    def __call__(self, conv, text):
-        self.texts.append(text)
-        if text == HANDOFF_TRIGGER:
-            conv.handoff(reason="the user asked for a person")
-            return "Connecting you to a person."
-        return f"Agent here: you said {text!r}."
+REPLY = "Agent here: you said {text!r}."  # the agent's answer when no person is asked for
 
 
 @pytest.fixture
 def served(make_emulated_sms, live_server):
     """The app over HTTP with the agent, the dashboard and the phone simulator on an emulator."""
     base_url, bind = live_server
-    agent = Agent()
+    agent = HandoffAgent(HANDOFF_TRIGGER, REPLY)
     sms, emulator = make_emulated_sms(
         agent=agent,
         emulator={"callbacks": "auto"},

@@ -21,6 +21,7 @@ import re
 
 import pytest
 import store_backends
+from handoff_agent import HandoffAgent
 from store_backends import BACKENDS
 
 from flask_polysms.services import provisioning
@@ -36,18 +37,7 @@ ACTIONS = ("take-over", "hand-back", "end", "reply")
 HANDOFF_TRIGGER = "a person please"
 
 
-class Agent:
-    """Records each text; hands the conversation off when asked for a person, else echoes."""
-
-    def __init__(self) -> None:
-        self.texts: list[str] = []
-
-    def __call__(self, conv, text):
-        self.texts.append(text)
-        if text == HANDOFF_TRIGGER:
-            conv.handoff(reason="the user asked for a person")
-            return "Connecting you to a person."
-        return f"Agent: {text}"
+REPLY = "Agent: {text}"  # the agent's answer when no person is asked for
 
 
 class Operator:
@@ -108,8 +98,8 @@ def storage_url(request, tmp_path) -> str:
 
 
 @pytest.fixture
-def agent() -> Agent:
-    return Agent()
+def agent() -> HandoffAgent:
+    return HandoffAgent(HANDOFF_TRIGGER, REPLY)
 
 
 @pytest.fixture
