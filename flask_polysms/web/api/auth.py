@@ -58,20 +58,20 @@ class Caller:
         (None when the caller was authenticated already: read them then)."""
         if self._tenant is not None:
             return self._tenant, None
-        found: list[OutboundSenders | None] = []
+        senders: OutboundSenders | None = None
 
         def both() -> Tenant:
+            nonlocal senders
             tenant, senders = authenticate_with_senders(
                 get_state().store,
                 request.headers.get(AUTH_HEADER),
                 request.headers.get(CONNECTOR_HEADER),
                 user_number,
             )
-            found.append(senders)
             return tenant
 
         self._resolve(both)
-        return self._tenant, found[0]
+        return self._tenant, senders
 
     def _resolve(self, authenticate_now) -> None:
         if self._refusal is not None:  # refused once: the same answer, without asking again
