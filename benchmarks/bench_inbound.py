@@ -19,11 +19,15 @@ whose webhook subscription wants every event type and points at a local server t
 to everything. Its ratio to the project without subscriptions (``failing_subscriber``) is what a
 receiver that is down costs the webhook from Twilio: the request only enqueues the event's job.
 No worker runs: the jobs wait in Redis (their count is reported), as the agent jobs do.
+
+``--against REV`` adds the project at another commit (a git worktree, on a database of its own
+whose schema its own code made) to the same rounds and reports ``ratio_to_against``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import secrets
 import sys
@@ -36,6 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import tracing  # noqa: E402
 from harness import (  # noqa: E402
+    against_env,
+    checkout,
     emit,
     gunicorn,
     log,
@@ -43,6 +49,7 @@ from harness import (  # noqa: E402
     machine,
     median,
     paced,
+    prepare_against,
     ratio,
     ratio_of_rounds,
     reset_services,
@@ -190,6 +197,9 @@ def main() -> None:
         help="also measure a project subscribed to every event at a URL that answers 500",
     )
     parser.add_argument(
+        "--against", metavar="REV", help="also serve this commit of the project, side by side"
+    )
+    parser.add_argument(
         "--trace",
         action="store_true",
         help="time every request inside the server too (benchmarks/tracing.py) and say where "
@@ -211,12 +221,12 @@ def main() -> None:
     per_run = int(args.max_rate * args.seconds)
     trace_folder = tempfile.mkdtemp(prefix="polysms-trace-") if args.trace else None
     traced = {"POLYSMS_BENCH_TRACE": trace_folder} if trace_folder else None
-    with (
-        Answers500() as failing_url,
-        tempfile.TemporaryDirectory() as scratch,
-        gunicorn("baseline_apps:inbound_app()", env) as baseline_port,
-        gunicorn("polysms_app:create_app()", traced) as ours_port,
-    ):
+    with contextlib.ExitStack() as servers:
+        serve = servers.enter_context
+        failing_url = serve(Answers500())
+        scratch = serve(tempfile.TemporaryDirectory())
+        baseline_port = serve(gunicorn("baseline_apps:inbound_app()", env))
+        ours_port = serve(gunicorn("polysms_app:create_app()", traced))
         signers = {
             "baseline": Signer(
                 baseline_port,
@@ -245,6 +255,17 @@ def main() -> None:
                 5_000_000,
             )
             ports["failing_subscriber"] = ours_port
+        if args.against:
+            code = serve(checkout(args.against))
+            against = prepare_against(code, numbers=[AGENT_NUMBER])
+            ports["against"] = serve(gunicorn("polysms_app:create_app()", against_env(code)))
+            signers["against"] = Signer(
+                ports["against"],
+                against["twilio_auth_token"],
+                against["twilio_account_sid"],
+                AGENT_NUMBER,
+                6_000_000,
+            )
         for name, port in ports.items():  # warm-up, and the users' sessions get opened
             wrk(
                 f"http://127.0.0.1:{port}",
@@ -286,6 +307,12 @@ def main() -> None:
             "ratio_to_polysms": ratio_of_rounds(runs, "failing_subscriber", "polysms"),
             "ratio_to_baseline": ratio_of_rounds(runs, "failing_subscriber", "baseline"),
             "event_jobs_queued": queued_webhook_jobs(),
+        }
+    if args.against:
+        result["against"] = {
+            "revision": args.against,
+            "ratio_to_against": ratio_of_rounds(runs, "polysms", "against"),
+            "against_ratio_to_baseline": ratio_of_rounds(runs, "against", "baseline"),
         }
     result.update(
         {

@@ -10,9 +10,10 @@ median of the rounds' ratios, so that load from other processes, which comes and
 both sides alike. Then a paced open-loop load at half of each one's peak measures latency.
 Prints JSON.
 
-``--against REV`` serves a fourth server, the project at another commit (a git worktree), in the
-same rounds, and reports ``ratio_to_against``: a change's gain, which the ratio to the baseline
-cannot show from one run to the next when the machine's speed moves.
+``--against REV`` serves a fourth server, the project at another commit (a git worktree, on a
+database of its own whose schema its own code made), in the same rounds, and reports
+``ratio_to_against``: a change's gain, which the ratio to the baseline cannot show from one run to
+the next when the machine's speed moves.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import tracing  # noqa: E402
 from harness import (  # noqa: E402
+    against_env,
     checkout,
     emit,
     gunicorn,
@@ -37,6 +39,7 @@ from harness import (  # noqa: E402
     machine,
     median,
     paced,
+    prepare_against,
     ratio,
     ratio_of_rounds,
     reset_services,
@@ -97,13 +100,14 @@ def main() -> None:
     reset_services()
     app = polysms_app.create_app()
     tenant = provision(app, numbers=AGENT_NUMBERS)
-    headers = {**tenant.headers, "Content-Type": "application/json"}
+    headers = {"Content-Type": "application/json"}
+    tenant_headers = {name: {**tenant.headers, **headers} for name in ("baseline", "polysms")}
     numbers = iter(range(2_000_000, 9_000_000, 200_000))  # distinct users in every run
 
     def lua_for(name: str) -> str:
         if name == "hello":
             return HELLO_LUA
-        return outbound_lua(headers, next(numbers))
+        return outbound_lua(tenant_headers[name], next(numbers))
 
     trace_folder = tempfile.mkdtemp(prefix="polysms-trace-") if args.trace else None
     traced = {"POLYSMS_BENCH_TRACE": trace_folder} if trace_folder else None
@@ -116,9 +120,9 @@ def main() -> None:
         }
         if args.against:
             code = serve(checkout(args.against))
-            ports["against"] = serve(
-                gunicorn("polysms_app:create_app()", env={"POLYSMS_BENCH_CODE": code})
-            )
+            against = prepare_against(code, numbers=list(AGENT_NUMBERS))
+            tenant_headers["against"] = {**against["headers"], **headers}
+            ports["against"] = serve(gunicorn("polysms_app:create_app()", env=against_env(code)))
         for name, port in ports.items():  # warm-up: imports, connections, caches
             wrk(f"http://127.0.0.1:{port}", lua_for(name), connections=4, seconds=2)
         runs: dict[str, list[dict]] = {name: [] for name in ports}
@@ -144,7 +148,7 @@ def main() -> None:
 
         def build(i: int):
             body = json.dumps({"user_number": f"+1415{next(counter):07d}", "message": MESSAGE})
-            return "POST", "/v1/outbound-sms", body.encode(), headers
+            return "POST", "/v1/outbound-sms", body.encode(), tenant_headers["polysms"]
 
         half = {}
         for name in ("baseline", "polysms"):

@@ -220,6 +220,71 @@ def checkout(revision: str) -> Iterator[str]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def _next_redis_db(url: str) -> str:
+    """The same Redis server's next database (``.../11`` → ``.../12``)."""
+    base, _, db = url.rpartition("/")
+    return f"{base}/{int(db or 0) + 1}"
+
+
+#: Where the other commit's side of a side-by-side run keeps its data: a database of its own,
+#: whose schema its own code creates (a newer schema's indexes would slow the older code's
+#: writes), and the next Redis database, so neither side's queue grows with the other's jobs.
+AGAINST_ENV = {
+    "POLYSMS_BENCH_POSTGRES_URL": PG_URL + "_against",
+    "POLYSMS_BENCH_REDIS_URL": _next_redis_db(REDIS_URL),
+}
+
+
+def against_env(code: str) -> dict[str, str]:
+    """The environment that runs ``code`` (a :func:`checkout`) on its own data."""
+    return {"POLYSMS_BENCH_CODE": code, **AGAINST_ENV}
+
+
+def prepare_against(code: str, **provision_args: object) -> dict:
+    """In a child process running ``code``: create its database if missing, empty it and its
+    Redis database, create its schema and provision a tenant (``provision_args``: those of
+    ``flask_polysms.testing.provision``); returns the tenant's fields (``headers``...)."""
+    out = subprocess.run(
+        [sys.executable, str(Path(__file__)), "prepare", json.dumps(provision_args)],
+        env={**os.environ, **against_env(code)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"preparing {code} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _create_database_if_missing() -> None:
+    import psycopg2
+
+    name = _pg_dsn().rsplit("/", 1)[1]
+    connection = psycopg2.connect(_pg_dsn().rsplit("/", 1)[0] + "/postgres")
+    connection.autocommit = True
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+            if cursor.fetchone() is None:
+                cursor.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        connection.close()
+
+
+def _prepare_main(provision_args: dict) -> None:
+    """``prepare_against``'s child: its code is the one polysms_app imports."""
+    import dataclasses
+
+    import polysms_app
+
+    from flask_polysms.testing import provision
+
+    _create_database_if_missing()
+    reset_services()
+    tenant = provision(polysms_app.create_app(), **provision_args)
+    print(json.dumps(dataclasses.asdict(tenant)))
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time a process has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -403,3 +468,8 @@ def ratio_of_rounds(runs: dict[str, list[dict]], ours: str, baseline: str) -> fl
         ),
         3,
     )
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["prepare"]:
+    sys.path.insert(0, str(HERE))
+    _prepare_main(json.loads(sys.argv[2]))
