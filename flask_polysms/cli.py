@@ -20,6 +20,7 @@ from .demo import (  # noqa: F401 - re-exported: example_app and tests import th
     read_private_file,
     write_private_file,
 )
+from .ports.schedulers.base import LANES
 from .ports.store import SchemaError, SchemaTooNew, SchemaVersion, migration_number
 from .services import provisioning
 from .services.state import get_state
@@ -321,10 +322,20 @@ def sweep_command() -> None:
     help="SimpleWorker runs jobs in-process (fast); --fork forks a work-horse per job",
 )
 @click.option("--burst", is_flag=True, help="stop when the queue is empty")
-def worker(simple: bool, burst: bool) -> None:
+@click.option(
+    "--lane",
+    "lanes",
+    multiple=True,
+    type=click.Choice(LANES),
+    help="take jobs of this lane only (repeat for several; default: every lane, main first)",
+)
+def worker(simple: bool, burst: bool, lanes: tuple[str, ...]) -> None:
     """Run an RQ worker with its scheduler, every job in this app's context.
 
-    Its exit takes seconds, also with --burst, and its scheduler process ends with it.
+    Its exit takes seconds, also with --burst, and its scheduler process ends with it. Event
+    deliveries, which wait on the projects' receivers, have a lane (an RQ queue) of their own:
+    workers given ``--lane deliveries`` and others given ``--lane main`` keep a receiver that
+    hangs from holding up sends.
     """
     from .jobs import set_worker_app
     from .ports.schedulers import RQScheduler, keep_worker, worker_class
@@ -340,9 +351,9 @@ def worker(simple: bool, burst: bool) -> None:
         from .jobs import preload
 
         preload()  # once here, not once per work horse (~0.5 s each)
-    queue = state.scheduler.queue
+    queues = [state.scheduler.queues[lane] for lane in LANES if lane in (lanes or LANES)]
     w = worker_class(fork=not simple)(
-        [queue], connection=state.scheduler.connection, serializer=queue.serializer
+        queues, connection=state.scheduler.connection, serializer=queues[0].serializer
     )
     # Reports the worker alive, runs the sweep every few seconds (not in burst mode).
     keeper = keep_worker(state.scheduler, w, burst=burst)

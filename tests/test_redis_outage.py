@@ -425,6 +425,27 @@ def test_due_timed_jobs_are_moved_when_no_rq_scheduler_runs(rq_app):
     assert sweep(app).scheduled_moved == 0
 
 
+def test_due_timed_jobs_of_each_lane_are_moved_to_their_own_queue(rq_app):
+    from rq.scheduler import RQScheduler as RQOwnScheduler
+
+    app, _, _, scheduler = rq_app
+    deliveries = scheduler.queues["deliveries"]
+    past = utcnow() - timedelta(seconds=5)
+    with app.app_context():
+        scheduler.enqueue_at(past, "wake", job_id="wake-1")
+        scheduler.enqueue_at(past, "deliver", job_id="deliver-1", lane="deliveries")
+    # An RQ scheduler holds the main queue only (its workers take no deliveries): the keeper
+    # moves the deliveries lane's due job, and leaves the main one to it.
+    main_lock = RQOwnScheduler.get_locking_key(scheduler.queue.name)
+    scheduler.connection.set(main_lock, "someone")
+    assert scheduler.move_due_jobs() == 1
+    assert (scheduler.queue.job_ids, deliveries.job_ids) == ([], ["deliver-1"])
+    scheduler.connection.delete(main_lock)
+    scheduler.connection.delete(scheduler.keys.moving)  # the keepers' short lock, as if expired
+    assert scheduler.move_due_jobs() == 1
+    assert scheduler.queue.job_ids == ["wake-1"]
+
+
 def test_the_sweep_command_says_what_it_did(rq_app, redis_server, no_grace):
     app, _, tenant, scheduler = rq_app
     send(app, tenant, USERS[0], "lost")

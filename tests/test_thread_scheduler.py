@@ -90,13 +90,19 @@ def test_stop_ends_the_background_thread(setup):
     app, _, _ = setup
     scheduler = get_state(app).scheduler
     scheduler.start()
-    assert scheduler._thread.is_alive()
+    scheduler.enqueue("sweep", lane="deliveries")  # a second lane starts its own thread
+    assert [t.name for t in scheduler.threads()] == [
+        "polysms-scheduler",
+        "polysms-scheduler-deliveries",
+    ]
     scheduler.stop()
-    assert scheduler._thread is None
+    assert scheduler.threads() == []
 
 
 def _polysms_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == "polysms-scheduler" and t.is_alive()]
+    return [
+        t for t in threading.enumerate() if t.name.startswith("polysms-scheduler") and t.is_alive()
+    ]
 
 
 def _thread_app(testing: bool) -> Flask:
@@ -117,8 +123,9 @@ def test_no_scheduler_thread_survives_its_app():
     before = set(_polysms_threads())
     app = _thread_app(testing=False)
     assert app.test_client().get("/v1/senders").status_code == 401  # any request starts it
+    get_state(app).scheduler.enqueue("sweep", lane="deliveries")  # and a lane's first job its own
     started = set(_polysms_threads()) - before
-    assert len(started) == 1
+    assert len(started) == 2
     del app
     gc.collect()
     wait_for(lambda: not (set(_polysms_threads()) & started))

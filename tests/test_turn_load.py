@@ -216,10 +216,10 @@ class PoolScheduler(Scheduler):
         self.pool = ThreadPoolExecutor(max_workers=workers)
         self.futures: list = []
 
-    def _enqueue(self, job: str, *args: Any, job_id: str | None = None) -> None:
+    def _enqueue(self, job: str, *args: Any, job_id: str | None = None, lane: str = "") -> None:
         self.futures.append(self.pool.submit(self._run, job, args))
 
-    def _enqueue_at(self, when, job: str, *args: Any, job_id: str | None = None) -> None:
+    def _enqueue_at(self, when, job: str, *args: Any, job_id: str | None = None, lane: str = ""):
         pass
 
 

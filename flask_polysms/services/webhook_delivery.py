@@ -6,11 +6,11 @@ An event (a signal of :mod:`flask_polysms.signals`) of a project whose record li
 scheduler as one small job (with the request's other jobs): its data as JSON, except a
 conversation, which that job reads (with its messages) outside the request. The job builds the
 body ``{"type", "timestamp", "data"}`` once, finds the subscriptions that want the event and
-enqueues one delivery job each. A
-delivery POSTs the body, signed with ``standardwebhooks`` at the time of the attempt (the
-``webhook-id`` is the event's, the same on every attempt), records the attempt, and on anything
-but a 2xx answer tries again after 5 s, 10 s, 20 s... (at most 2 h apart) until 24 h after the
-event. The request that caused the event never waits for a receiver.
+enqueues one delivery job each, in the scheduler's deliveries lane (a receiver that hangs holds
+up no send). A delivery POSTs the body, signed with ``standardwebhooks`` at the time of the
+attempt (the ``webhook-id`` is the event's, the same on every attempt), records the attempt, and
+on anything but a 2xx answer tries again after 5 s, 10 s, 20 s... (at most 2 h apart) until 24 h
+after the event. The request that caused the event never waits for a receiver.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from standardwebhooks import Webhook
 
 from .. import signals
 from ..clock import utcnow
+from ..ports.schedulers.base import DELIVERIES_LANE
 from ..records import WebhookDelivery, new_id
 from .events import conversation_payload, forwardable, known_project, remember_project
 
@@ -152,6 +153,7 @@ def event_job(
                 event_at,
                 1,
                 job_id=delivery_job_id(webhook_id, subscription.id, 1),
+                lane=DELIVERIES_LANE,
             )
     return len(wanted)
 
@@ -216,6 +218,7 @@ def delivery_job(
         event_at,
         attempt + 1,
         job_id=delivery_job_id(webhook_id, subscription_id, attempt + 1),
+        lane=DELIVERIES_LANE,
     )
     return False
 

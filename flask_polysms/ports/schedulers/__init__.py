@@ -17,7 +17,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .base import (
+    DELIVERIES_LANE,
+    LANES,
     LOST,
+    MAIN_LANE,
     MISSING,
     PENDING,
     RUNNING,
@@ -37,6 +40,7 @@ from .rq_scheduler import (
     WORKER_SWEEP_EVERY,
     KeeperKeys,
     RQScheduler,
+    lane_queue_name,
 )
 from .serializer import RUN_JOB, JobSerializer
 from .workers import (
@@ -57,7 +61,10 @@ __all__ = [
     "BEAT",
     "BEAT_SCRIPT",
     "COMMAND_POLL",
+    "DELIVERIES_LANE",
+    "LANES",
     "LOST",
+    "MAIN_LANE",
     "MISSING",
     "MOVE_LOCK",
     "ORPHAN_GRACE",
@@ -84,6 +91,7 @@ __all__ = [
     "WorkerKeeper",
     "create_scheduler",
     "keep_worker",
+    "lane_queue_name",
     "worker_class",
 ]
 

@@ -36,8 +36,19 @@ MISSING = "missing"
 UNSURE = "unsure"
 
 
+#: The lane of the app's own work: sends, timers, agents, the sweep.
+MAIN_LANE = "main"
+#: The lane of jobs that wait on servers the app does not control (event deliveries to a
+#: project's receivers, up to their timeout each): in a lane of their own, a receiver that hangs
+#: never holds up a send or a timer.
+DELIVERIES_LANE = "deliveries"
+#: Every lane, the main one first (a worker taking jobs from several takes the first's first).
+LANES = (MAIN_LANE, DELIVERIES_LANE)
+
+
 class Scheduler(ABC):
-    """Runs named jobs now (``enqueue``) or later (``enqueue_at``)."""
+    """Runs named jobs now (``enqueue``) or later (``enqueue_at``), each in a lane: jobs of one
+    lane never wait for another lane's (where the scheduler runs jobs in the background)."""
 
     #: Whether ``enqueue`` runs the job before it returns (so its outcome can be read at once).
     inline = False
@@ -58,22 +69,27 @@ class Scheduler(ABC):
             raise RuntimeError("the app of this scheduler is gone")
         return app
 
-    def enqueue(self, job: str, *args: Any, job_id: str | None = None) -> None:
-        """Run the job as soon as possible; ``job_id`` names it for the broker (RQ), so that the
-        caller can ask about it later (:meth:`check_jobs`)."""
+    def enqueue(
+        self, job: str, *args: Any, job_id: str | None = None, lane: str = MAIN_LANE
+    ) -> None:
+        """Run the job as soon as possible, in ``lane``; ``job_id`` names it for the broker
+        (RQ), so that the caller can ask about it later (:meth:`check_jobs`)."""
         held = getattr(self._held, "jobs", None)
         if held is not None:
-            held.append((None, job, args, job_id))
+            held.append((None, job, args, job_id, lane))
         else:
-            self._enqueue(job, *args, job_id=job_id)
+            self._enqueue(job, *args, job_id=job_id, lane=lane)
 
-    def enqueue_at(self, when: datetime, job: str, *args: Any, job_id: str | None = None) -> None:
-        """Run the job at ``when``; a later call with the same ``job_id`` replaces the earlier."""
+    def enqueue_at(
+        self, when: datetime, job: str, *args: Any, job_id: str | None = None, lane: str = MAIN_LANE
+    ) -> None:
+        """Run the job at ``when``, in ``lane``; a later call with the same ``job_id`` replaces
+        the earlier."""
         held = getattr(self._held, "jobs", None)
         if held is not None:
-            held.append((when, job, args, job_id))
+            held.append((when, job, args, job_id, lane))
         else:
-            self._enqueue_at(when, job, *args, job_id=job_id)
+            self._enqueue_at(when, job, *args, job_id=job_id, lane=lane)
 
     @contextmanager
     def holding(self) -> Iterator[list]:
@@ -98,18 +114,22 @@ class Scheduler(ABC):
             self._hand_over(held)
 
     def _hand_over(self, held: list) -> None:
-        for when, job, args, job_id in held:
+        for when, job, args, job_id, lane in held:
             if when is None:
-                self._enqueue(job, *args, job_id=job_id)
+                self._enqueue(job, *args, job_id=job_id, lane=lane)
             else:
-                self._enqueue_at(when, job, *args, job_id=job_id)
+                self._enqueue_at(when, job, *args, job_id=job_id, lane=lane)
 
     @abstractmethod
-    def _enqueue(self, job: str, *args: Any, job_id: str | None = None) -> None:
+    def _enqueue(
+        self, job: str, *args: Any, job_id: str | None = None, lane: str = MAIN_LANE
+    ) -> None:
         """Run the job as soon as possible (not held)."""
 
     @abstractmethod
-    def _enqueue_at(self, when: datetime, job: str, *args: Any, job_id: str | None = None) -> None:
+    def _enqueue_at(
+        self, when: datetime, job: str, *args: Any, job_id: str | None = None, lane: str = MAIN_LANE
+    ) -> None:
         """Run the job at ``when`` (not held)."""
 
     def run_due(self, now: datetime) -> int:

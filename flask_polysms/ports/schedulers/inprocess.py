@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from ...clock import as_utc, utcnow
-from .base import JobRunner, Scheduler
+from .base import MAIN_LANE, JobRunner, Scheduler
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -30,14 +30,19 @@ class ManualScheduler(Scheduler):
         self._counter = itertools.count()
         self._lock = threading.RLock()
 
-    def _enqueue(self, job: str, *args: Any, job_id: str | None = None) -> None:
+    # Lanes matter only to jobs that run in the background: these run when asked, one by one.
+    def _enqueue(
+        self, job: str, *args: Any, job_id: str | None = None, lane: str = MAIN_LANE
+    ) -> None:
         self._run(job, args)
 
     def forget_pending(self) -> None:
         with self._lock:
             self._timed.clear()
 
-    def _enqueue_at(self, when: datetime, job: str, *args: Any, job_id: str | None = None) -> None:
+    def _enqueue_at(
+        self, when: datetime, job: str, *args: Any, job_id: str | None = None, lane: str = MAIN_LANE
+    ) -> None:
         with self._lock:
             key = job_id or f"job-{next(self._counter)}"
             self._timed[key] = (as_utc(when), job, args)
@@ -65,10 +70,11 @@ class ManualScheduler(Scheduler):
 
 
 class ThreadScheduler(Scheduler):
-    """In-process background loop: immediate jobs and timers in one daemon thread.
+    """In-process background loops: the main lane's jobs and timers in one daemon thread, each
+    other lane's in a thread of its own (started with the first job of that lane).
 
     Timed jobs live in memory only; that is safe because every deadline also lives in the Store and
-    the loop runs the sweep every ``POLYSMS_SWEEP_INTERVAL``, so a restart loses nothing.
+    the main loop runs the sweep every ``POLYSMS_SWEEP_INTERVAL``, so a restart loses nothing.
     """
 
     def __init__(
@@ -80,18 +86,96 @@ class ThreadScheduler(Scheduler):
     ) -> None:
         super().__init__(app, run_job)
         self._sweep_job = sweep_job
+        self._sweep_interval = sweep_interval
+        self._lanes: dict[str, _Lane] = {}
+        self._lock = threading.Lock()
+        self._started = False
+        # When the app goes away (or at interpreter exit), so do its loops: a loop outliving its
+        # app would fire timers of whatever shares its database through a dead app's gateway.
+        weakref.finalize(app, self._stop_soon)
+
+    def _lane(self, name: str) -> _Lane:
+        with self._lock:
+            lane = self._lanes.get(name)
+            if lane is None:
+                main = name == MAIN_LANE
+                lane = self._lanes[name] = _Lane(
+                    self,
+                    "polysms-scheduler" if main else f"polysms-scheduler-{name}",
+                    self._sweep_job if main else None,
+                    self._sweep_interval,
+                )
+                if self._started:
+                    lane.start()
+            return lane
+
+    def _enqueue(
+        self, job: str, *args: Any, job_id: str | None = None, lane: str = MAIN_LANE
+    ) -> None:
+        self._lane(lane).push(utcnow(), job, args, None)
+
+    def _enqueue_at(
+        self, when: datetime, job: str, *args: Any, job_id: str | None = None, lane: str = MAIN_LANE
+    ) -> None:
+        self._lane(lane).push(when, job, args, job_id)
+
+    def start(self) -> None:
+        """Start the loops (once): called by the first request the app serves outside testing.
+
+        Not at start-up, nor by a job: under `flask run --debug` the reloader's parent process
+        loads the app but never serves (its timers would fire twice), and CLI commands and test
+        suites load apps that must leave no thread behind. Jobs queued before wait for it.
+        """
+        self._lane(MAIN_LANE)
+        for lane in self._all_lanes(started=True):
+            lane.start()
+
+    def stop(self) -> None:
+        """Stop the loops and wait (up to 5 s each) for their current jobs to end."""
+        for lane in self._all_lanes(started=False):
+            lane.stop()
+
+    def threads(self) -> list[threading.Thread]:
+        """The loops' threads now running."""
+        threads = (lane.thread for lane in self._all_lanes())
+        return [t for t in threads if t is not None and t.is_alive()]
+
+    def _stop_soon(self) -> None:
+        # No join: this also runs from a finalizer, possibly on a loop's own thread.
+        for lane in self._all_lanes(started=False):
+            lane.stop_soon()
+
+    def _all_lanes(self, started: bool | None = None) -> list[_Lane]:
+        """The lanes made so far; with ``started``, whether lanes made from now on start."""
+        with self._lock:
+            if started is not None:
+                self._started = started
+            return list(self._lanes.values())
+
+
+class _Lane:
+    """One lane of a :class:`ThreadScheduler`: its timed jobs and the thread that runs them."""
+
+    def __init__(
+        self,
+        scheduler: ThreadScheduler,
+        thread_name: str,
+        sweep_job: str | None,
+        sweep_interval: float,
+    ) -> None:
+        # Weakly: the thread must not keep the scheduler, and so its app, alive.
+        self._scheduler = weakref.ref(scheduler)
+        self._thread_name = thread_name
+        self._sweep_job = sweep_job
+        self._sweep_interval = sweep_interval
         self._heap: list[tuple[datetime, int, str, str, tuple]] = []
         self._live_ids: dict[str, int] = {}
         self._counter = itertools.count()
         self._cond = threading.Condition()
-        self._thread: threading.Thread | None = None
+        self.thread: threading.Thread | None = None
         self._stopping = False
-        self._sweep_interval = sweep_interval
-        # When the app goes away (or at interpreter exit), so does its loop: a loop outliving its
-        # app would fire timers of whatever shares its database through a dead app's gateway.
-        weakref.finalize(app, self._stop_soon)
 
-    def _push(self, when: datetime, job: str, args: tuple, job_id: str | None) -> None:
+    def push(self, when: datetime, job: str, args: tuple, job_id: str | None) -> None:
         with self._cond:
             seq = next(self._counter)
             key = job_id or f"job-{seq}"
@@ -99,38 +183,22 @@ class ThreadScheduler(Scheduler):
             heapq.heappush(self._heap, (as_utc(when), seq, key, job, args))
             self._cond.notify()
 
-    def _enqueue(self, job: str, *args: Any, job_id: str | None = None) -> None:
-        self._push(utcnow(), job, args, None)
-
-    def _enqueue_at(self, when: datetime, job: str, *args: Any, job_id: str | None = None) -> None:
-        self._push(when, job, args, job_id)
-
     def start(self) -> None:
-        """Start the loop (once): called by the first request the app serves outside testing.
-
-        Not at start-up, nor by a job: under `flask run --debug` the reloader's parent process
-        loads the app but never serves (its timers would fire twice), and CLI commands and test
-        suites load apps that must leave no thread behind. Jobs queued before wait for it.
-        """
         with self._cond:
-            if self._thread is not None and self._thread.is_alive():
+            if self.thread is not None and self.thread.is_alive():
                 return
             self._stopping = False
-            self._thread = threading.Thread(
-                target=self._loop, name="polysms-scheduler", daemon=True
-            )
-            self._thread.start()
+            self.thread = threading.Thread(target=self._loop, name=self._thread_name, daemon=True)
+            self.thread.start()
 
     def stop(self) -> None:
-        """Stop the loop and wait (up to 5 s) for its current job to end."""
-        self._stop_soon()
-        thread = self._thread
+        self.stop_soon()
+        thread = self.thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=5)
-        self._thread = None
+        self.thread = None
 
-    def _stop_soon(self) -> None:
-        # No join: this also runs from a finalizer, possibly on the loop's own thread.
+    def stop_soon(self) -> None:
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
@@ -158,7 +226,11 @@ class ThreadScheduler(Scheduler):
                         continue
                     job, args = self._sweep_job, ()
                     next_sweep = now.timestamp() + self._sweep_interval
+            scheduler = self._scheduler()
+            if scheduler is None:  # its app is gone
+                return
             try:
-                self._run(job, args)
+                scheduler._run(job, args)
             except Exception:  # one failing job must not stop the loop
                 log.exception("polysms job %s failed", job)
+            del scheduler

@@ -11,7 +11,17 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from ...clock import as_utc, utcnow
-from .base import LOST, MISSING, PENDING, RUNNING, UNSURE, JobRunner, Scheduler
+from .base import (
+    LANES,
+    LOST,
+    MAIN_LANE,
+    MISSING,
+    PENDING,
+    RUNNING,
+    UNSURE,
+    JobRunner,
+    Scheduler,
+)
 from .serializer import RUN_JOB, JobSerializer
 
 if TYPE_CHECKING:
@@ -32,8 +42,14 @@ REDIS_CONNECT_TIMEOUT = 5.0
 WORKER_SWEEP_EVERY = 5.0
 
 
+def lane_queue_name(queue_name: str, lane: str) -> str:
+    """The RQ queue of a lane: the main lane's is ``POLYSMS_QUEUE_NAME`` itself."""
+    return queue_name if lane == MAIN_LANE else f"{queue_name}-{lane}"
+
+
 class RQScheduler(Scheduler):
-    """Jobs on Redis through RQ; timers through ``enqueue_at`` and the worker's scheduler.
+    """Jobs on Redis through RQ, a queue per lane; timers through ``enqueue_at`` and the
+    worker's scheduler.
 
     Every ``flask polysms worker`` also runs a :class:`WorkerKeeper` thread: it reports the
     worker alive and what it runs, moves due timed jobs when no RQ scheduler does, and has the
@@ -60,7 +76,17 @@ class RQScheduler(Scheduler):
         self.connection = Redis.from_url(redis_url, socket_connect_timeout=REDIS_CONNECT_TIMEOUT)
         # What "Redis unreachable" raises (see _outage_tolerated); imported once, not per job.
         self._outages = (RedisConnectionError, RedisTimeoutError)
-        self.queue = Queue(queue_name, connection=self.connection, serializer=JobSerializer)
+        #: The queue of each lane (``queue`` is the main lane's): ``flask polysms worker`` takes
+        #: jobs from all of them unless told which (``--lane``).
+        self.queues = {
+            lane: Queue(
+                lane_queue_name(queue_name, lane),
+                connection=self.connection,
+                serializer=JobSerializer,
+            )
+            for lane in LANES
+        }
+        self.queue = self.queues[MAIN_LANE]
         self.sweep_interval = sweep_interval
         self.keys = KeeperKeys(queue_name)
         self._beat: Any = None  # the beat's script, registered on first use
@@ -109,14 +135,21 @@ class RQScheduler(Scheduler):
             log.warning("Redis unreachable, %s not enqueued (the sweep recovers it): %s", what, exc)
 
     def _enqueue(
-        self, job: str, *args: Any, job_id: str | None = None, pipeline: Any = None
+        self,
+        job: str,
+        *args: Any,
+        job_id: str | None = None,
+        lane: str = MAIN_LANE,
+        pipeline: Any = None,
     ) -> None:
         with self._outage_tolerated(f"job {job}"):
-            self._put(job, args, job_id, pipeline=pipeline)
+            self._put(job, args, job_id, lane=lane, pipeline=pipeline)
 
-    def _put(self, job: str, args: tuple, job_id: str | None, **options: Any) -> None:
+    def _put(
+        self, job: str, args: tuple, job_id: str | None, lane: str = MAIN_LANE, **options: Any
+    ) -> None:
         # result_ttl=0: results are never read, and keeping them would cost Redis memory per job.
-        self.queue.enqueue(
+        self.queues[lane].enqueue(
             RUN_JOB,
             job,
             *args,
@@ -132,6 +165,7 @@ class RQScheduler(Scheduler):
         job: str,
         *args: Any,
         job_id: str | None = None,
+        lane: str = MAIN_LANE,
         pipeline: Any = None,
         tolerate: bool = True,
     ) -> None:
@@ -140,7 +174,7 @@ class RQScheduler(Scheduler):
         # Aware UTC: RQ reads naive datetimes as the server's local time.
         outage = self._outage_tolerated if tolerate else _raising
         with outage(f"job {job} at {when.isoformat()}"):
-            self.queue.enqueue_at(
+            self.queues[lane].enqueue_at(
                 as_utc(when),
                 RUN_JOB,
                 job,
@@ -158,11 +192,11 @@ class RQScheduler(Scheduler):
         timed = []
         with self._outage_tolerated(f"{len(held)} jobs"), self.connection.pipeline() as pipe:
             pipe.multi()  # before the first command: RQ's enqueue calls multi() itself otherwise
-            for when, job, args, job_id in held:
+            for when, job, args, job_id, lane in held:
                 if when is None:
-                    self._enqueue(job, *args, job_id=job_id, pipeline=pipe)
+                    self._enqueue(job, *args, job_id=job_id, lane=lane, pipeline=pipe)
                 elif not self._is_scheduled(job_id, when) and (job_id, when) not in timed:
-                    self._enqueue_at(when, job, *args, job_id=job_id, pipeline=pipe)
+                    self._enqueue_at(when, job, *args, job_id=job_id, lane=lane, pipeline=pipe)
                     if job_id is not None:
                         timed.append((job_id, when))
             if pipe.command_stack:
@@ -264,8 +298,8 @@ class RQScheduler(Scheduler):
         return True
 
     def move_due_jobs(self) -> int:
-        """Move timed jobs whose time has come from RQ's scheduled registry to the queue, as RQ's
-        scheduler does, when no RQ scheduler holds the queue's lock.
+        """Move timed jobs whose time has come from RQ's scheduled registries to their queues,
+        as RQ's scheduler does, for each lane's queue that no RQ scheduler holds the lock of.
 
         RQ's scheduler process dies with its Redis connection and its worker starts it again
         only at its next maintenance (10 minutes); a killed worker's lock stops the others'
@@ -278,24 +312,33 @@ class RQScheduler(Scheduler):
         from rq.scheduler import RQScheduler as RQOwnScheduler
 
         connection = self.connection
-        if connection.exists(RQOwnScheduler.get_locking_key(self.queue.name)):
+        with connection.pipeline(transaction=False) as pipe:
+            for queue in self.queues.values():
+                pipe.exists(RQOwnScheduler.get_locking_key(queue.name))
+            locked = pipe.execute()
+        unattended = [q for q, held in zip(self.queues.values(), locked, strict=True) if not held]
+        if not unattended:
             return 0
         if not connection.set(self.keys.moving, "1", nx=True, px=int(MOVE_LOCK * 1000)):
             return 0
-        registry = ScheduledJobRegistry(queue=self.queue)
-        due = registry.get_jobs_to_schedule()
-        if not due:
-            return 0
-        jobs = Job.fetch_many(due, connection=connection, serializer=JobSerializer)
-        with connection.pipeline() as pipe:
-            for job_id, job in zip(due, jobs, strict=True):
-                if job is not None:
-                    self.queue.enqueue_job(job, pipeline=pipe)
-                registry.remove(job_id, pipeline=pipe)
-            pipe.execute()
-        moved = sum(job is not None for job in jobs)
+        moved = 0
+        for queue in unattended:
+            registry = ScheduledJobRegistry(queue=queue)
+            due = registry.get_jobs_to_schedule()
+            if not due:
+                continue
+            jobs = Job.fetch_many(due, connection=connection, serializer=JobSerializer)
+            with connection.pipeline() as pipe:
+                for job_id, job in zip(due, jobs, strict=True):
+                    if job is not None:
+                        queue.enqueue_job(job, pipeline=pipe)
+                    registry.remove(job_id, pipeline=pipe)
+                pipe.execute()
+            moved += sum(job is not None for job in jobs)
         if moved:
-            log.info("%d due timed jobs moved to the queue (no RQ scheduler holds its lock)", moved)
+            log.info("%d due timed jobs moved to their queues (no RQ scheduler held them)", moved)
+        else:  # nothing was due: another keeper need not wait for the lock to expire
+            connection.delete(self.keys.moving)
         return moved
 
     # -- what the keeper does ---------------------------------------------------------------------
