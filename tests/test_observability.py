@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from flask_polysms import PolySMS, backends
 from flask_polysms.clock import utcnow
 from flask_polysms.records import CLOSED, OUTBOUND, QUEUED, SENT, Message, Session, new_id
+from flask_polysms.services.state import get_state
 
 AGENT = "+14155552671"
 OTHER_AGENT = "+14155552672"
@@ -418,14 +419,18 @@ def test_queue_depth_is_the_rq_queues_length(make_sms, redis_url, redis_conn, un
         POLYSMS_METRICS_ENDPOINT="/metrics",
     )
     queue = ("queue", f"polysms-obs-{unique}")
+    deliveries = ("queue", f"polysms-obs-{unique}-deliveries")
     _, empty = scrape(sms)
     assert empty[("polysms_queue_depth", (queue,))] == 0
+    assert empty[("polysms_queue_depth", (deliveries,))] == 0
 
     sms.send_ok(USER)  # no worker: the send job waits in the queue
     sms.send_ok(OTHER_USER)
+    get_state(sms.app).scheduler.enqueue("deliver", lane="deliveries")
 
     _, waiting = scrape(sms)
     assert waiting[("polysms_queue_depth", (queue,))] == 2
+    assert waiting[("polysms_queue_depth", (deliveries,))] == 1
     assert waiting[("polysms_sends_total", (("outcome", "sent"),))] == 0
 
 

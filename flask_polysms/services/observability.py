@@ -9,7 +9,7 @@ HTTP, so per-process counters in the web process would never see them):
 - ``polysms_send_retries_total{cause}``: attempts that will be tried again, after a Twilio
   error (429, 5xx, connection lost: ``error``) or no answer in time (``timeout``).
 - ``polysms_deliveries_total{status}``: Twilio's final delivery callbacks.
-- ``polysms_queue_depth{queue}``: jobs waiting in the RQ queue (``rq`` scheduler only).
+- ``polysms_queue_depth{queue}``: jobs waiting in each lane's RQ queue (``rq`` scheduler only).
 - ``polysms_oldest_unsent_message_age_seconds``: how long the oldest outbound message still
   ``queued`` or ``sending`` has waited (0 when none waits).
 - ``polysms_timers_due``: sessions whose deadline has passed and whose timer has not fired.
@@ -121,13 +121,14 @@ class StoreCollector(Collector):
         )
 
     def _queue(self) -> Iterator[Metric]:
-        queue = getattr(self._state.scheduler, "queue", None)
-        if queue is None:  # only the rq scheduler has a queue others can see
+        queues = getattr(self._state.scheduler, "queues", None)
+        if queues is None:  # only the rq scheduler has queues others can see
             return
         family = GaugeMetricFamily(
-            "polysms_queue_depth", "Jobs waiting in the RQ queue", labels=["queue"]
+            "polysms_queue_depth", "Jobs waiting in each lane's RQ queue", labels=["queue"]
         )
-        family.add_metric([queue.name], queue.count)
+        for queue in queues.values():
+            family.add_metric([queue.name], queue.count)
         yield family
 
 
