@@ -63,6 +63,58 @@ def test_messaging_service_sid_is_sent_as_such(emulator):
     assert emulator.messages[0]["from"] is None
 
 
+def test_a_send_carries_basic_auth_and_its_whole_form(emulator):
+    gateway = TwilioGateway(base_url=emulator.base_url, timeout=2)
+    gateway.send(
+        SID,
+        TOKEN,
+        OutgoingSMS(
+            to="+14155552672",
+            body="hi & bye",
+            from_="+14155552671",
+            status_callback="https://sms.example/v1/twilio/status?message_id=msg_1",
+            media_urls=("https://example.com/a.png", "https://example.com/b.png"),
+        ),
+    )
+    (sent,) = emulator.messages  # the emulator checks Basic auth against the account
+    assert sent["body"] == "hi & bye"
+    assert sent["status_callback"] == "https://sms.example/v1/twilio/status?message_id=msg_1"
+    assert sent["media_urls"] == ["https://example.com/a.png", "https://example.com/b.png"]
+
+
+def test_the_environments_proxy_is_used(emulator, monkeypatch):
+    """Read once when the client is made, then given to every send: with a proxy that does not
+    answer, the send cannot reach even the local emulator."""
+    import socket
+
+    from flask_polysms.ports.gateways import GatewayError
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{port}")
+    gateway = TwilioGateway(base_url=emulator.base_url, timeout=2)
+    with pytest.raises(GatewayError) as caught:
+        gateway.send(SID, TOKEN, OutgoingSMS(to="+14155552672", body="hi", from_="+14155552671"))
+    assert caught.value.retryable and "ProxyError" in str(caught.value)
+    assert emulator.messages == []
+
+
+def test_the_twilio_clients_log_lines_when_its_logger_logs_info(emulator, caplog):
+    import logging
+
+    gateway = TwilioGateway(base_url=emulator.base_url, timeout=2)
+    with caplog.at_level(logging.INFO, logger="twilio.http_client"):
+        gateway.send(SID, TOKEN, OutgoingSMS(to="+14155552672", body="hi", from_="+14155552671"))
+    lines = [r.getMessage() for r in caplog.records if r.name == "twilio.http_client"]
+    assert lines[0] == "-- BEGIN Twilio API Request --"
+    assert f"POST Request: {emulator.base_url}/2010-04-01/Accounts/{SID}/Messages.json" in lines
+    assert "Response Status Code: 201" in lines
+    assert not [line for line in lines if TOKEN in line or "Authorization" in line]
+
+
 def test_outbox_records_what_would_be_sent():
     gateway = OutboxGateway()
     result = gateway.send(

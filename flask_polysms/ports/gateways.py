@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import uuid
@@ -101,12 +102,16 @@ def _settle_environment(session: requests.Session, origin: str) -> None:
 
 
 class BaseUrlHttpClient(TwilioHttpClient):
-    """The twilio client's own HTTP client, sending to another origin than Twilio's (the local
-    emulator) when ``base_url`` is given; everything else is ``TwilioHttpClient``'s, through its
-    public ``request``.
+    """The twilio client's own HTTP client (its session, pooled connections, timeout and log
+    lines), sending to another origin than Twilio's (the local emulator) when ``base_url`` is
+    given.
 
-    The environment's proxy and CA-bundle settings are read once (see
-    :func:`_settle_environment`): requests would read them again on every send.
+    A request is prepared by requests itself (``PreparedRequest.prepare``: URL, headers, form or
+    JSON body, Basic auth) and sent through the session's adapter, with the session's headers,
+    proxies and TLS settings. What ``Session.request`` adds on every call is left out, as a call
+    to Twilio's API needs none of it: merging cookies and hooks, reading the environment's proxy
+    and CA-bundle settings again (read once, see :func:`_settle_environment`), following
+    redirects (the twilio client never asks to). A third of a send's CPU in the twilio client.
     """
 
     def __init__(self, base_url: str | None, timeout: float) -> None:
@@ -114,11 +119,70 @@ class BaseUrlHttpClient(TwilioHttpClient):
         self.base_url = base_url.rstrip("/") if base_url else None
         _settle_environment(self.session, self.base_url or TWILIO_API_ORIGIN)
 
-    def request(self, method: str, url: str, *args, **kwargs) -> Response:
-        """Send as ``TwilioHttpClient`` does, to ``base_url`` instead of Twilio's origin."""
+    def request(
+        self,
+        method: str,
+        url: str,
+        params: dict | None = None,
+        data: dict | None = None,
+        headers: dict | None = None,
+        auth: tuple[str, str] | None = None,
+        timeout: float | None = None,
+        allow_redirects: bool = False,
+    ) -> Response:
+        """Send as ``TwilioHttpClient.request`` does, to ``base_url`` instead of Twilio's
+        origin; the same answer (``twilio.http.response.Response``) and the same log lines."""
         if self.base_url and url.startswith(TWILIO_API_ORIGIN):
             url = self.base_url + url[len(TWILIO_API_ORIGIN) :]
-        return super().request(method, url, *args, **kwargs)
+        if allow_redirects:  # never asked by the twilio client: the session's full path
+            return super().request(
+                method, url, params, data, headers, auth, timeout, allow_redirects=True
+            )
+        if timeout is None:
+            timeout = self.timeout
+        elif timeout <= 0:
+            raise ValueError(timeout)
+        body = {"json" if _is_json(headers) else "data": data}
+        logs = self.logger.isEnabledFor(logging.INFO)
+        if logs:
+            self.log_request(
+                {
+                    "method": method.upper(),
+                    "url": url,
+                    "params": params,
+                    "headers": headers,
+                    "auth": auth,
+                    **body,
+                }
+            )
+        session = self.session
+        prepared = requests.PreparedRequest()
+        # The session's headers first, the call's over them, as the session merges them.
+        prepared.prepare(
+            method=method.upper(),
+            url=url,
+            headers={**session.headers, **(headers or {})},
+            params=params,
+            auth=auth,
+            **body,
+        )
+        answer = session.get_adapter(prepared.url).send(
+            prepared,
+            stream=False,
+            timeout=timeout,
+            verify=session.verify,
+            cert=session.cert,
+            proxies=session.proxies,
+        )
+        if logs:
+            self.log_response(answer.status_code, answer)
+        return Response(answer.status_code, answer.text, answer.headers)
+
+
+def _is_json(headers: dict | None) -> bool:
+    """Whether the twilio client sends ``data`` as JSON (as ``TwilioHttpClient`` decides)."""
+    content_type = (headers or {}).get("Content-Type")
+    return content_type in ("application/json", "application/scim+json")
 
 
 class TwilioGateway(Gateway):
