@@ -1,4 +1,4 @@
-"""Sessions and the host app's agent (DESIGN §4.2, §5): which session an inbound message joins,
+"""Sessions and the host app's agent: which session an inbound message joins,
 the engaged flag, the agent as a job with its ``conv``, persisted ``conv.state``,
 ``conv.send_sms``, and an agent that raises."""
 

@@ -1,4 +1,4 @@
-"""Compliance keywords and opt-outs (DESIGN §4.1) and the inbound abuse limits (§4.4), driven by
+"""Compliance keywords and opt-outs and the inbound abuse limits, driven by
 signed Twilio webhooks. The keyword normaliser itself is covered in test_keywords.py."""
 
 from __future__ import annotations

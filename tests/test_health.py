@@ -1,4 +1,4 @@
-"""``/healthz`` and ``/readyz`` (DESIGN §7.10): unauthenticated, under the URL prefix, and
+"""``/healthz`` and ``/readyz``: unauthenticated, under the URL prefix, and
 ``readyz`` says which of the database and Redis is down."""
 
 from __future__ import annotations

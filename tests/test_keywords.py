@@ -1,4 +1,5 @@
-"""Compliance keywords (flask_polysms.services.keywords): DESIGN section 4.1, exactly."""
+"""Compliance keywords (flask_polysms.services.keywords): normalisation, matching and the word
+lists, exactly."""
 
 from __future__ import annotations
 

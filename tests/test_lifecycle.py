@@ -1,4 +1,4 @@
-"""Session inactivity lifecycle (DESIGN §4.2) with the manual scheduler under freezegun."""
+"""Session inactivity lifecycle with the manual scheduler under freezegun."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The error messages a newcomer meets first say what is wrong (DESIGN §7.1, §7.3)."""
+"""The error messages a newcomer meets first say what is wrong."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""What operators see (DESIGN §7.10): one log line per send attempt, ``attempts`` and
+"""What operators see: one log line per send attempt, ``attempts`` and
 ``last_error`` on messages, and the Prometheus endpoint behind ``POLYSMS_METRICS_ENDPOINT``.
 
 Twilio is the local emulator throughout; the figures are checked against what the test made

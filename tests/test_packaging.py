@@ -61,7 +61,7 @@ def test_regular_install_in_a_fresh_venv_imports_the_peewee_backend(tmp_path):
     )
     assert install.returncode == 0, install.stderr
     # Run from outside the checkout: with the repo root first on sys.path the source tree would
-    # shadow the installed package (PITFALLS).
+    # shadow the installed package.
     result = subprocess.run(
         [str(python), "-c", "import flask_polysms.backends.peewee as p; print(p.__file__)"],
         cwd=tmp_path,

@@ -1,5 +1,5 @@
 """Redis is never needed to accept a message, and work whose job Redis lost runs again within
-seconds (DESIGN §7.10); a greeting accepted for an opted-out recipient is never sent (§3.1).
+seconds; a greeting accepted for an opted-out recipient is never sent.
 
 Every test runs its own ``redis-server`` (:class:`test_faults.PrivateRedis`), stopped and started
 again as the test needs: the rate limits count in it and RQ keeps its jobs in it, as in

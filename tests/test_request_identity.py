@@ -1,4 +1,4 @@
-"""Identity is per request and the test helpers work anywhere (DESIGN §7.1)."""
+"""Identity is per request and the test helpers work anywhere."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The send path through the real ``twilio`` client and the local Twilio emulator (DESIGN §4.3):
+"""The send path through the real ``twilio`` client and the local Twilio emulator:
 retryable errors are retried with exponential backoff, permanent ones fail at once with Twilio's
 code, 21610 suppresses the message and records an opt-out, an opted-out pair is suppressed at send
 time."""

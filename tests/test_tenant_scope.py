@@ -1,6 +1,6 @@
 """What an authenticated caller can read, and at what cost, on every backend.
 
-- A connector's environment scopes conversations and their messages (DESIGN §7.9): another
+- A connector's environment scopes conversations and their messages: another
   environment's conversation is absent (404), its list filter a 400; metrics are per environment.
 - Pagination cursors are opaque and bound to the project and environment they were given to;
   anything else (altered, made up, oversized, another project's) is one and the same 400.

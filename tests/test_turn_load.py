@@ -1,4 +1,4 @@
-"""Concurrency in a conversation under load (DESIGN §7.4): 20 users send 10 messages each, all
+"""Concurrency in a conversation under load: 20 users send 10 messages each, all
 users at once, through the signed inbound webhook. On PostgreSQL and MariaDB the agent turns run
 in four `flask polysms worker` processes; on the memory store and SQLite in four threads of this
 process. Checked: one session per user, turns of one conversation never overlap, every user's

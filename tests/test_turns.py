@@ -1,4 +1,4 @@
-"""Concurrency in a conversation (DESIGN §7.4), in one process: turns one at a time in arrival
+"""Concurrency in a conversation, in one process: turns one at a time in arrival
 order, each seeing the state the previous one saved; messages merged within
 ``POLYSMS_MERGE_WINDOW``; a crashed worker's claim taken over; first messages racing each other
 open one session. Worker processes on PostgreSQL and MariaDB: tests/test_turn_load.py."""

@@ -1,4 +1,4 @@
-"""Twilio webhooks (DESIGN §3.5, §4.3): the signature, idempotent inbound messages, status
+"""Twilio webhooks: the signature, idempotent inbound messages, status
 callbacks (one event per SID and status, never a step back, counted once), the emulator's real
 signed callbacks through a live server, and two processes racing on one MessageSid."""
 

@@ -86,7 +86,7 @@ def classify(text: str) -> Keyword | None:
 #: The action of a project's own keyword, by the keyword it stands for, and back.
 ACTIONS: dict[str, Keyword] = {"opt_out": "STOP", "opt_in": "START", "help": "HELP"}
 ACTION_OF: dict[Keyword, str] = {keyword: action for action, keyword in ACTIONS.items()}
-#: The language of the §4.1 words and of Twilio's classification.
+#: The language of the compliance keywords (STOP, START, HELP...) and of Twilio's classification.
 DEFAULT_LANGUAGE = "en"
 
 

@@ -218,8 +218,8 @@ def _take_back(state: PolySMSState, message: Message, now: datetime) -> Message 
     """A message whose job died while holding it (``sending``, ``processing``) waits for a job
     again; None when it moved on meanwhile (its job ended after all, or another sweep took it).
 
-    At least once: a send that died after Twilio accepted it is sent again (DESIGN §4.3 keeps a
-    message rather than lose it), and an agent's turn that died runs again.
+    At least once: a send that died after Twilio accepted it is sent again (a message is kept
+    rather than lost), and an agent's turn that died runs again.
     """
     waiting = RECEIVED if message.direction == INBOUND else QUEUED
     return state.store.update_message(
