@@ -1,9 +1,9 @@
 """The Store: the one storage contract every backend fulfils.
 
-Every method here is the whole promise; the contract test suite (tests/test_store_contract.py) runs
-unchanged against each backend. Methods that decide a race (claims, compare-and-set updates, opt-out
-changes, unique inserts) are atomic in every backend, across threads and, for the database backends,
-across processes.
+Every method here is the whole promise; the contract test suite (tests/test_store_*.py, its
+fixtures in tests/store_contract_support.py) runs unchanged against each backend. Methods that
+decide a race (claims, compare-and-set updates, opt-out changes, unique inserts) are atomic in
+every backend, across threads and, for the database backends, across processes.
 """
 
 from __future__ import annotations
