@@ -9,9 +9,16 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from pathlib import Path
 
 import pytest
-from emulator_account import EMULATOR_ACCOUNT_SID, EMULATOR_AUTH_TOKEN
+
+# The shared helpers of several test modules: their asserts explain a failure as the tests' own do.
+pytest.register_assert_rewrite(
+    *sorted(path.stem for path in Path(__file__).parent.glob("*_support.py"))
+)
+
+from emulator_account import EMULATOR_ACCOUNT_SID, EMULATOR_AUTH_TOKEN  # noqa: E402
 
 PG_URL = os.environ.get("POLYSMS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 MYSQL_URL = os.environ.get("POLYSMS_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test")

@@ -1,10 +1,10 @@
 """Redis is never needed to accept a message, and work whose job Redis lost runs again within
 seconds; a greeting accepted for an opted-out recipient is never sent.
 
-Every test runs its own ``redis-server`` (:class:`test_faults.PrivateRedis`), stopped and started
-again as the test needs: the rate limits count in it and RQ keeps its jobs in it, as in
-production. Workers here run in this process (the worker class of ``flask polysms worker``);
-tests/test_faults.py runs worker processes.
+Every test runs its own ``redis-server`` (:class:`faults_migrations_support.PrivateRedis`),
+stopped and started again as the test needs: the rate limits count in it and RQ keeps its jobs in
+it, as in production. Workers here run in this process (the worker class of ``flask polysms
+worker``); tests/test_faults.py and tests/test_redis_faults.py run worker processes.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import time
 from datetime import timedelta
 
 import pytest
+from faults_migrations_support import PrivateRedis, private_redis_server
 from flask import Flask
 from rq.job import Job
-from test_faults import PrivateRedis, private_redis_server
 
 from flask_polysms import PolySMS, get_state
 from flask_polysms.clock import utcnow
