@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from outbound_support import (
@@ -48,6 +50,29 @@ def test_openapi_document_lists_every_v1_path(sms):
     assert served <= documented
     post = document["paths"]["/v1/outbound-sms"]["post"]
     assert {"202", "400", "401", "403", "404", "413", "429"} <= set(post["responses"])
+
+
+def test_the_api_object_and_threads_reading_at_once_get_every_path(make_sms):
+    # The routes are described when the document is first read: through flask-smorest's own Api
+    # object (as its `flask openapi` commands read it) and by threads that ask at the same time.
+    sms = make_sms()
+    api = sms.app.extensions["flask-smorest"]["apis"]["POLYSMS_"]["ext_obj"]
+    served = _v1_paths(sms.app)
+    assert served <= set(api.spec.to_dict()["paths"])
+
+    other = make_sms()
+    start = threading.Barrier(4)
+
+    def read() -> dict:
+        start.wait()
+        with other.app.test_client() as client:
+            return client.get("/v1/openapi.json").get_json()
+
+    with ThreadPoolExecutor(4) as pool:
+        documents = list(pool.map(lambda _: read(), range(4)))
+    assert all(document == documents[0] for document in documents)
+    assert served <= set(documents[0]["paths"])
+    assert documents[0]["paths"] == api.spec.to_dict()["paths"]
 
 
 def test_docs_page_is_html_that_loads_nothing_from_another_host(sms):

@@ -85,8 +85,10 @@ def register_api(app: Flask, state: PolySMSState) -> None:
         webhooks,
         event_webhooks,
     )
+    api.deferring_docs(True)
     for module in modules:
         api.register_blueprint(module.blp, url_prefix=prefix + module.URL_PREFIX)
+    api.deferring_docs(False)
     # The browsable reference, from installed packages only (flask-smorest's loads a CDN).
     app.register_blueprint(docs.bp, url_prefix=f"{prefix}/v1")
     if state.settings.health_routes:

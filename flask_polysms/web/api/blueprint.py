@@ -3,6 +3,9 @@ app-wide error handler."""
 
 from __future__ import annotations
 
+import threading
+from typing import Any
+
 from flask_smorest import Api
 from flask_smorest import Blueprint as SmorestBlueprint
 from webargs.flaskparser import FlaskParser
@@ -48,12 +51,57 @@ class Blueprint(SmorestBlueprint):
         register_handlers(self)
         self.before_request(check_request)
 
+    def register_views_in_doc(self, api, app, spec, *, name, parameters) -> None:
+        """Describe the routes in ``spec`` now, or when the document is first read if ``api``
+        defers it (see :meth:`PolySMSApi.deferring_docs`)."""
+        if isinstance(api, PolySMSApi) and api.defer(self, app, spec, name, parameters):
+            return
+        super().register_views_in_doc(api, app, spec, name=name, parameters=parameters)
+
 
 class PolySMSApi(Api):
     """flask-smorest's Api without its app-wide error handler: the host app keeps its own error
-    pages; our blueprints carry ours."""
+    pages; our blueprints carry ours.
+
+    The routes are described in the OpenAPI document when it is first read (``spec``), not when
+    the app is built: describing them is most of what building an app costs, and a test suite
+    builds an app per test while few of them read the document.
+    """
 
     ERROR_SCHEMA = ErrorSchema
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._deferred: list[tuple] = []
+        self._deferring = False
+        self._describing = threading.Lock()
+        super().__init__(*args, **kwargs)
+
+    @property
+    def spec(self) -> Any:
+        """The OpenAPI document (apispec's ``APISpec``), every route described."""
+        if self._deferred and not self._deferring:
+            with self._describing:
+                while self._deferred:
+                    blueprint, app, spec, name, parameters = self._deferred.pop(0)
+                    SmorestBlueprint.register_views_in_doc(
+                        blueprint, self, app, spec, name=name, parameters=parameters
+                    )
+        return self.__dict__["spec"]
+
+    @spec.setter
+    def spec(self, value: Any) -> None:
+        self.__dict__["spec"] = value
+
+    def deferring_docs(self, deferring: bool) -> None:
+        """While true, blueprints registered wait to be described until ``spec`` is read."""
+        self._deferring = deferring
+
+    def defer(self, blueprint: SmorestBlueprint, app: Any, spec: Any, name: str, parameters: Any):
+        """Keep a blueprint's description for later; False when not deferring."""
+        if not self._deferring:
+            return False
+        self._deferred.append((blueprint, app, spec, name, parameters))
+        return True
 
     def _register_error_handlers(self) -> None:
         return None
