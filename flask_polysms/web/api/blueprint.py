@@ -79,14 +79,18 @@ class PolySMSApi(Api):
     @property
     def spec(self) -> Any:
         """The OpenAPI document (apispec's ``APISpec``), every route described."""
+        spec = self.__dict__["spec"]
         if self._deferred and not self._deferring:
             with self._describing:
                 while self._deferred:
-                    blueprint, app, spec, name, parameters = self._deferred.pop(0)
+                    blueprint, app, name, parameters = self._deferred[0]
                     SmorestBlueprint.register_views_in_doc(
                         blueprint, self, app, spec, name=name, parameters=parameters
                     )
-        return self.__dict__["spec"]
+                    # Taken off only once described: a reader that finds the list empty finds
+                    # every route in the document, never one still being described.
+                    self._deferred.pop(0)
+        return spec
 
     @spec.setter
     def spec(self, value: Any) -> None:
@@ -97,10 +101,11 @@ class PolySMSApi(Api):
         self._deferring = deferring
 
     def defer(self, blueprint: SmorestBlueprint, app: Any, spec: Any, name: str, parameters: Any):
-        """Keep a blueprint's description for later; False when not deferring."""
+        """Keep a blueprint's description for later (in this Api's own ``spec``); False when not
+        deferring."""
         if not self._deferring:
             return False
-        self._deferred.append((blueprint, app, spec, name, parameters))
+        self._deferred.append((blueprint, app, name, parameters))
         return True
 
     def _register_error_handlers(self) -> None:
